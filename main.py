@@ -1,0 +1,39 @@
+"""The seed's entry point, kept working: a thin wrapper over osad's workflow.
+
+    python main.py --training_type Train    # train OSDN on the default config
+    python main.py --training_type Test     # evaluate that run, print the table
+
+Both use the embedded default configuration; ``--run_dir`` (default
+``runs/main``) says where the run lives, and extra ``key=value`` arguments
+override the configuration as in ``osad train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from osad.cli import main as osad_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--training_type", required=True, choices=["Train", "Test"])
+    parser.add_argument("--run_dir", default="runs/main")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    flags = (["--force"] if args.force else []) + (["--no-progress"] if args.no_progress else [])
+    if args.training_type == "Train":
+        return osad_main(["train", "--out", args.run_dir, *flags, *args.overrides])
+    if args.overrides:
+        parser.error("Test takes no overrides: it evaluates the run as it was trained")
+    return osad_main(["test", args.run_dir, *flags])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from osad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+"""The embedded default: scikit-learn's real 8x8 handwritten digits (no download)."""
+
+from __future__ import annotations
+
+import torch
+from sklearn.datasets import load_digits
+
+from osad.data.dataset import ClassImages, RawDataset
+
+
+def load_digits_pool(root: str = "") -> RawDataset:
+    """All 1797 digits as one pool of float images in [0, 1] (gray levels 0..16 / 16)."""
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    labels = torch.as_tensor(bunch.target, dtype=torch.long)
+    return RawDataset(train=ClassImages(images, labels), test=None)

@@ -1,0 +1,45 @@
+"""Typed errors raised at osad's boundaries.
+
+Every error a user can cause derives from :class:`OsadError`; the CLI turns it
+into one line on stderr and exit status 2, the Python API lets it propagate.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class OsadError(Exception):
+    """Base class of the errors a user can fix by changing their input."""
+
+
+class ConfigError(OsadError, ValueError):
+    """A configuration key, value or override is invalid."""
+
+
+class DataError(OsadError, ValueError):
+    """A dataset is missing, malformed or does not match the request."""
+
+
+class RunDirError(OsadError):
+    """A run directory is missing, incomplete, or would be overwritten."""
+
+
+class CheckpointError(OsadError):
+    """Saved weights are missing, corrupted or do not match the architecture."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
+    """A ConfigError for a name that is not among ``choices``, with a suggestion."""
+    choices = sorted(choices)
+    return ConfigError(
+        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: "
+        + ", ".join(choices)
+    )

@@ -1,0 +1,187 @@
+"""The OSAD test protocol (Shao et al., ECCV 2020, section 4).
+
+For every condition (``clean`` and each attack of ``eval.attacks``):
+
+* known test images are attacked with their true label, unknown test images
+  with the label the model predicts for the clean image (they have none);
+* closed-set accuracy is measured on the attacked known images;
+* each open-set scorer is fitted on the training images (for OpenMax: the
+  logits of the correctly classified training images, attacked under the same
+  condition with their true labels, no augmentation) and scores the attacked
+  test images; AUROC takes unknown images as positives.
+
+Attacks are seeded per pass, so the same model and seed give the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from osad.attacks import build_attack, eval_mode, model_outputs
+from osad.config import AttackConfig, Config
+from osad.data import OpenSetData, to_float
+from osad.eval.metrics import auroc, closed_set_accuracy
+from osad.openset import SCORERS, OpenMax, Scorer
+
+
+@dataclass
+class Outputs:
+    logits: Tensor
+    features: Tensor | None
+
+
+@dataclass
+class ConditionResult:
+    name: str
+    attack: dict[str, Any] | None
+    logits: Tensor
+    features: Tensor | None
+    scores: dict[str, Tensor]
+    closed_set_accuracy: float
+    auroc: dict[str, float]
+    scorer_fit: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    conditions: list[ConditionResult]
+    test_labels: Tensor  # remapped known label, -1 for unknown
+    test_classes: Tensor  # original class id
+
+
+def outputs_under_attack(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | None,
+    attack_config: AttackConfig | None,
+    *,
+    batch_size: int,
+    seed: int,
+    desc: str = "",
+    progress: bool = False,
+) -> Outputs:
+    """Model outputs on ``images``, each first attacked with ``labels`` (or, where a
+    label is -1 or ``labels`` is None, with the model's prediction on the clean image)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    attack = (
+        build_attack(model, attack_config, generator=generator)
+        if attack_config is not None
+        else None
+    )
+    logits, features = [], []
+    with eval_mode(model):
+        for i in tqdm(
+            range(0, len(images), batch_size),
+            desc=desc,
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        ):
+            x = to_float(images[i : i + batch_size])
+            if attack is not None:
+                with torch.no_grad():
+                    predicted = model(x).argmax(1)
+                y = predicted if labels is None else labels[i : i + batch_size]
+                y = torch.where(y >= 0, y, predicted)
+                x = attack(x, y)
+            with torch.no_grad():
+                out, feat = model_outputs(model, x)
+            logits.append(out)
+            if feat is not None:
+                features.append(feat)
+    return Outputs(torch.cat(logits), torch.cat(features) if features else None)
+
+
+def make_scorers(config: Config) -> dict[str, Scorer]:
+    scorers: dict[str, Scorer] = {}
+    for name in config.eval.scores:
+        if name == "openmax":
+            scorers[name] = OpenMax(tail_size=config.eval.openmax_tail)
+        else:
+            scorers[name] = SCORERS[name]()
+    return scorers
+
+
+def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
+    if isinstance(scorer, OpenMax):
+        return {
+            "correct_per_class": [f.correct for f in scorer.class_fits],
+            "tail_per_class": [f.tail for f in scorer.class_fits],
+            "classes_fitted_on_all_images": [
+                i for i, f in enumerate(scorer.class_fits) if f.used_misclassified
+            ],
+        }
+    return {}
+
+
+def evaluate(
+    model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
+) -> EvalResult:
+    """Run the test protocol of ``config.eval`` on ``data`` (moved to the model's device)."""
+    device = next(model.parameters()).device
+    data = data.to(device)
+    bs = config.eval.batch_size
+    conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
+    conditions += list(config.eval.attacks.items())
+    is_known = data.test_known
+    clean_train: Outputs | None = None
+    results = []
+    for name, attack_config in tqdm(
+        conditions, desc="evaluate", disable=not progress, dynamic_ncols=True
+    ):
+        test = outputs_under_attack(
+            model,
+            data.test_images,
+            data.test_labels,
+            attack_config,
+            batch_size=bs,
+            seed=config.seed,
+            desc=f"{name} test",
+            progress=progress,
+        )
+        fit_config = attack_config if config.eval.openmax_fit == "attacked" else None
+        if fit_config is None and clean_train is not None:
+            train_out = clean_train
+        else:
+            train_out = outputs_under_attack(
+                model,
+                data.train_images,
+                data.train_labels,
+                fit_config,
+                batch_size=bs,
+                seed=config.seed + 1,
+                desc=f"{name} fit",
+                progress=progress,
+            )
+            if fit_config is None:
+                clean_train = train_out
+        scores, aurocs, fits = {}, {}, {}
+        for score_name, scorer in make_scorers(config).items():
+            scorer.fit(train_out.logits, train_out.features, data.train_labels)
+            with torch.no_grad():
+                scores[score_name] = scorer.score(test.logits, test.features).cpu()
+            aurocs[score_name] = auroc(scores[score_name], ~is_known.cpu())
+            report = _scorer_fit_report(scorer)
+            if report:
+                fits[score_name] = report
+        results.append(
+            ConditionResult(
+                name=name,
+                attack=None if attack_config is None else dict(attack_config.__dict__),
+                logits=test.logits.cpu(),
+                features=None if test.features is None else test.features.cpu(),
+                scores=scores,
+                closed_set_accuracy=closed_set_accuracy(
+                    test.logits[is_known], data.test_labels[is_known]
+                ),
+                auroc=aurocs,
+                scorer_fit=fits,
+            )
+        )
+    return EvalResult(results, data.test_labels.cpu(), data.test_classes.cpu())

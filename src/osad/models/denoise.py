@@ -1,0 +1,91 @@
+"""Feature-denoising blocks (Xie et al., CVPR 2019, "Feature Denoising for
+Improving Adversarial Robustness", https://arxiv.org/abs/1812.03411).
+
+Each block is ``out = x + BN(W(op(x)))``: a denoising operation ``op``, a 1x1
+convolution ``W`` back to the input channels and a BatchNorm whose weight and
+bias start at zero, so every block starts as the identity. The operations:
+
+* ``gaussian``: embedded-Gaussian non-local means. With 1x1 embeddings
+  theta, phi, g to C/2 channels, ``y_i = sum_j softmax_j(theta_i . phi_j) g_j``
+  over all spatial positions: softmax attention with scale 1, computed with
+  :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels on
+  GPU, memory linear in the number of positions).
+* ``dot``: dot-product non-local, ``y_i = (1/N) sum_j (theta_i . phi_j) g_j``,
+  computed as ``theta (phi^T g) / N``: linear in N, the same value.
+* ``mean``: 3x3 mean filter.
+* ``median``: 3x3 median filter (edge-replicated borders).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class EmbeddedGaussian(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(channels // 2, 1)
+        self.theta = nn.Conv2d(channels, inner, 1, bias=False)
+        self.phi = nn.Conv2d(channels, inner, 1, bias=False)
+        self.g = nn.Conv2d(channels, inner, 1, bias=False)
+        self.out_channels = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        q = self.theta(x).flatten(2).transpose(1, 2)
+        k = self.phi(x).flatten(2).transpose(1, 2)
+        v = self.g(x).flatten(2).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return y.transpose(1, 2).reshape(b, self.out_channels, h, w)
+
+
+class DotProduct(EmbeddedGaussian):
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        q = self.theta(x).flatten(2)  # (B, c, N)
+        k = self.phi(x).flatten(2)
+        v = self.g(x).flatten(2)
+        kv = v @ k.transpose(1, 2)  # (B, c, c): sum_j g_j phi_j^T
+        y = (kv @ q) / (h * w)
+        return y.reshape(b, self.out_channels, h, w)
+
+
+class MeanFilter(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class MedianFilter(MeanFilter):
+    def forward(self, x: Tensor) -> Tensor:
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        windows = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # (B, C, H, W, 3, 3)
+        return windows.flatten(-2).median(dim=-1).values
+
+
+DENOISERS: dict[str, type[nn.Module]] = {
+    "gaussian": EmbeddedGaussian,
+    "dot": DotProduct,
+    "mean": MeanFilter,
+    "median": MedianFilter,
+}
+
+
+class DenoiseBlock(nn.Module):
+    """``x + BN(W(op(x)))`` with the BN zero-initialised (identity at start)."""
+
+    def __init__(self, channels: int, form: str = "gaussian") -> None:
+        super().__init__()
+        self.form = form
+        self.op = DENOISERS[form](channels)
+        self.proj = nn.Conv2d(self.op.out_channels, channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bn(self.proj(self.op(x)))

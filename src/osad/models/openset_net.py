@@ -1,0 +1,81 @@
+"""The open-set network: OSDN and, with parts removed, its baselines.
+
+``OpenSetNet`` maps images in [0, 1] to the logits of the K known classes; the
+normalisation is its first layer, so attacks work in pixel space. With
+denoising blocks, a decoder and a rotation head it is the Open-Set Defense
+Network (OSDN, Shao et al., ECCV 2020, https://arxiv.org/abs/2009.00814):
+
+    z = ReLU(BN(Linear(Encoder(normalise(x)))))      latent
+    logits = Linear(z)                                open-set classifier
+    rotation_logits = Linear(z)                       transformation classifier
+    reconstruction = Decoder(z)                       clean-image decoder
+
+Without them it is the plain ResNet of the ``plain`` and ``pgd-at`` baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from osad.models.decoder import Decoder
+from osad.models.resnet import ResNetEncoder
+
+NUM_ROTATIONS = 4
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` on images in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class OpenSetNet(nn.Module):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        arch: str = "resnet18",
+        width: int = 64,
+        latent_dim: int = 512,
+        denoise: str = "gaussian",
+        denoise_places: Sequence[int] = (),
+        decoder: bool = False,
+        rotation_head: bool = False,
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.normalize = Normalize(mean, std)
+        self.encoder = ResNetEncoder(arch, in_channels, width, denoise, tuple(denoise_places))
+        self.latent = nn.Sequential(
+            nn.Linear(self.encoder.out_features, latent_dim),
+            nn.BatchNorm1d(latent_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(latent_dim, num_classes)
+        self.rotation_head = nn.Linear(latent_dim, NUM_ROTATIONS) if rotation_head else None
+        self.decoder = Decoder(latent_dim, in_channels, image_size, width) if decoder else None
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images in [0, 1] -> latent vectors z."""
+        return self.latent(self.encoder(self.normalize(x)))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, latent z): the pair attack objectives and open-set scores use."""
+        z = self.encode(x)
+        return self.classifier(z), z
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.encode(x))

@@ -1,0 +1,82 @@
+"""Training methods: which model parts each uses and whether it trains on attacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from osad.config import Config
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    adversarial: bool
+    denoise: bool
+    decoder: bool
+    rotation: bool
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("plain", False, False, False, False, "clean cross-entropy, plain ResNet"),
+        Method(
+            "pgd-at",
+            True,
+            False,
+            False,
+            False,
+            "adversarial training (Madry et al. 2018), plain ResNet",
+        ),
+        Method(
+            "fd",
+            True,
+            True,
+            False,
+            False,
+            "adversarial training of the feature-denoising encoder (Xie et al. 2019)",
+        ),
+        Method(
+            "osdn",
+            True,
+            True,
+            True,
+            True,
+            "OSDN: denoising encoder + clean-image decoder + rotation self-supervision",
+        ),
+    )
+}
+
+
+def model_spec(
+    config: Config,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> tuple[str, dict[str, Any]]:
+    """(registry name, constructor kwargs) of the model ``config`` trains.
+
+    The method decides the parts: denoising blocks only for ``fd`` and ``osdn``;
+    the decoder and rotation head only for ``osdn``, minus its ablations
+    (``train.reconstruction=false``, ``train.self_supervision=false``).
+    """
+    method = METHODS[config.method]
+    m = config.model
+    return "openset-resnet", {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "arch": m.arch,
+        "width": m.width,
+        "latent_dim": m.latent_dim,
+        "denoise": m.denoise,
+        "denoise_places": sorted(m.denoise_places) if method.denoise else [],
+        "decoder": method.decoder and config.train.reconstruction,
+        "rotation_head": method.rotation and config.train.self_supervision,
+    }

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny configurations and a small trained digits model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from osad.config import make_config
+from osad.data import load_openset
+from osad.train import train
+
+# A configuration small enough for a training run in a few seconds.
+TINY = (
+    "model.width=4",
+    "model.latent_dim=16",
+    "train.epochs=1",
+    "train.attack.steps=2",
+    "eval.attacks.pgd.steps=3",
+)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_split0():
+    return load_openset(make_config().data)
+
+
+@pytest.fixture(scope="session")
+def plain_model(digits_split0):
+    """An undefended digits classifier trained on clean images (accurate, not robust)."""
+    config = make_config(
+        overrides=["method=plain", "model.width=8", "model.latent_dim=32", "train.epochs=4"]
+    )
+    return train(config, digits_split0, progress=False).model.eval()

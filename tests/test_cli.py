@@ -1,0 +1,143 @@
+"""End-to-end behaviour of the command line on tiny digits runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from osad.checkpoint import load_model
+from osad.cli import main
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--out", str(out), "--no-progress", *TINY]) == 0
+    assert main(["test", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_and_test_write_the_run_directory(tiny_run, capsys):
+    for name in (
+        "config.yaml",
+        "model.safetensors",
+        "history.jsonl",
+        "eval/metrics.json",
+        "eval/scores.h5",
+        "eval/results.md",
+    ):
+        assert (tiny_run / name).is_file(), name
+    assert any((tiny_run / "tensorboard").iterdir())
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    assert set(metrics["conditions"]) == {"clean", "fgsm", "pgd"}
+    for cond in metrics["conditions"].values():
+        assert 0.0 <= cond["closed_set_accuracy"] <= 1.0
+        assert set(cond["auroc"]) == {"msp", "openmax"}
+        assert "attack" in cond
+    assert metrics["seed"] == 0 and metrics["config"]["method"] == "osdn"
+    assert metrics["conditions"]["pgd"]["attack"]["eps"] == 32.0
+    history = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["epoch"] == 1 and "val_attacked_accuracy" in history[-1]
+
+
+def test_scores_h5_holds_per_sample_results(tiny_run):
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    with h5py.File(tiny_run / "eval" / "scores.h5") as f:
+        assert set(f) == {"clean", "fgsm", "pgd"}
+        g = f["pgd"]
+        n = metrics["counts"]["test_known"] + metrics["counts"]["test_unknown"]
+        for key in ("index", "true_class", "is_known", "logits", "score_msp", "score_openmax"):
+            assert g[key].shape[0] == n
+        known = g["is_known"][:]
+        acc = (g["predicted"][:][known] == g["label"][:][known]).mean()
+        assert acc == pytest.approx(metrics["conditions"]["pgd"]["closed_set_accuracy"], abs=1e-6)
+
+
+def test_rebuilt_model_gives_identical_logits(tmp_path):
+    from osad.checkpoint import save_model
+    from osad.config import make_config
+    from osad.data import load_openset
+    from osad.train import train
+
+    config = make_config(overrides=list(TINY))
+    data = load_openset(config.data)
+    result = train(config, data, progress=False)
+    save_model(tmp_path / "m.safetensors", result.model, result.model_name, result.model_kwargs)
+    rebuilt = load_model(tmp_path / "m.safetensors")
+    x = data.test_images[:50]
+    with torch.no_grad():
+        assert torch.equal(result.model.eval()(x), rebuilt(x))
+
+
+def test_same_seed_gives_identical_metrics(tiny_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--out", str(again), "--no-progress", *TINY]) == 0
+    assert main(["test", str(again), "--no-progress"]) == 0
+    first = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    second = json.loads((again / "eval" / "metrics.json").read_text())
+    assert first["conditions"] == second["conditions"]
+
+
+def test_existing_output_is_not_overwritten(tiny_run, capsys):
+    before = (tiny_run / "model.safetensors").read_bytes()
+    assert main(["train", "--out", str(tiny_run), "--no-progress", *TINY]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tiny_run / "model.safetensors").read_bytes() == before
+    assert main(["test", str(tiny_run), "--no-progress"]) == 2
+    assert "already holds results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--out", "{tmp}/a", "data.name=cifar11"], "unknown dataset 'cifar11'"),
+        (["train", "--out", "{tmp}/a", "method=osdm"], "did you mean 'osdn'"),
+        (["test", "{tmp}/no-such-run"], "run directory not found"),
+        (["train", "--out", "{tmp}/a", "--config", "{tmp}/missing.yaml"], "config file not found"),
+        (["train", "--out", "{tmp}/a", "data.split=7"], "'data.split' must be in 0..4"),
+        (["train", "--out", "{tmp}/a", "train.epochs"], "malformed override"),
+        (["train"], "required: --out"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("osad: error: ")
+    assert message in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "osad", "test", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("osad: error: run directory not found")
+    assert "Traceback" not in proc.stderr
+
+
+def test_seed_entry_point_trains_and_tests(tmp_path):
+    run_dir = tmp_path / "main-run"
+    common = [sys.executable, str(ROOT / "main.py"), "--run_dir", str(run_dir), "--no-progress"]
+    train = subprocess.run(
+        [*common, "--training_type", "Train", *TINY], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert train.returncode == 0, train.stderr
+    test = subprocess.run(
+        [*common, "--training_type", "Test"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert test.returncode == 0, test.stderr
+    assert "| pgd |" in test.stdout and (run_dir / "eval" / "metrics.json").is_file()

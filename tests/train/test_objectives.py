@@ -1,0 +1,91 @@
+import torch
+import torch.nn.functional as F
+
+from osad.attacks import attack, cross_entropy
+from osad.config import AttackConfig, make_config
+from osad.models import create_model
+from osad.train import METHODS, TrainObjective, model_spec
+from osad.train.objectives import rotation_branch_objective
+
+
+def _model(method="osdn", **over):
+    config = make_config(
+        overrides=[
+            f"method={method}",
+            "model.width=4",
+            "model.latent_dim=16",
+            *[f"{k}={v}" for k, v in over.items()],
+        ]
+    )
+    name, kwargs = model_spec(config, 6, 1, 8, (0.3,), (0.37,))
+    return create_model(name, **kwargs)
+
+
+def test_methods_choose_their_parts():
+    assert set(METHODS) == {"plain", "pgd-at", "fd", "osdn"}
+    plain, fd, osdn = _model("plain"), _model("fd"), _model("osdn")
+    assert len(plain.encoder.denoise) == 0 and plain.decoder is None
+    assert len(fd.encoder.denoise) == 5 and fd.decoder is None and fd.rotation_head is None
+    assert osdn.decoder is not None and osdn.rotation_head is not None
+    no_dec = _model("osdn", **{"train.reconstruction": "false"})
+    no_ss = _model("osdn", **{"train.self_supervision": "false"})
+    assert no_dec.decoder is None and no_dec.rotation_head is not None
+    assert no_ss.rotation_head is None and no_ss.decoder is not None
+
+
+def test_joint_branch_attack_equals_two_separate_attacks():
+    model = _model().eval()
+    x, x_rot = torch.rand(5, 1, 8, 8), torch.rand(5, 1, 8, 8)
+    y, r = torch.randint(0, 6, (5,)), torch.randint(0, 4, (5,))
+    kw = dict(eps=16 / 255, alpha=4 / 255, steps=3, random_start=False, select="last")
+    joint = attack(
+        model,
+        torch.cat([x, x_rot]),
+        torch.cat([y, r]),
+        objective=rotation_branch_objective(model, 5),
+        **kw,
+    )
+
+    class RotationView(torch.nn.Module):
+        def forward(self, inp):
+            return model.rotation_head(model.encode(inp))
+
+    sep_cls = attack(model, x, y, objective=cross_entropy, **kw)
+    sep_rot = attack(RotationView(), x_rot, r, objective=cross_entropy, **kw)
+    assert torch.allclose(joint, torch.cat([sep_cls, sep_rot]), atol=1e-6)
+
+
+def test_osdn_losses_match_their_definition():
+    torch.manual_seed(0)
+    model = _model().train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=2), 0.5, 2.0)
+    out = objective(model, x, y)
+    assert set(out.terms) == {"ce", "rotation", "reconstruction"}
+    expected = out.terms["ce"] + 2.0 * out.terms["rotation"] + 0.5 * out.terms["reconstruction"]
+    assert torch.allclose(out.loss, expected)
+    assert out.logits.shape == (8, 6)
+
+
+def test_plain_objective_is_clean_cross_entropy():
+    model = _model("plain").eval()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    out = TrainObjective(None)(model, x, y)
+    assert torch.allclose(out.loss, F.cross_entropy(model(x), y))
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = _model().train()
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 6, (32,))
+    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=1))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(15):
+        torch.manual_seed(1)
+        out = objective(model, x, y)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.7 * losses[0]
