@@ -131,12 +131,17 @@ def attack(
             best_loss.copy_(torch.where(better, loss, best_loss))
             best.copy_(torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best))
 
+        def evaluate(x_adv: Tensor) -> Tensor:
+            logits, features = model_outputs(model, x_adv)
+            if getattr(objective, "needs_images", False):
+                return sign * objective(logits, features, y, images=x_adv)
+            return sign * objective(logits, features, y)
+
         for _ in range(restarts):
             delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
             for _ in range(steps):
                 delta.requires_grad_(True)
-                logits, features = model_outputs(model, x + delta)
-                loss = sign * objective(logits, features, y)
+                loss = evaluate(x + delta)
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
                 delta = delta.detach()
                 if track_best:
@@ -144,8 +149,7 @@ def attack(
                 delta = _project(delta + _ascent_step(grad, alpha, norm), x, eps, norm)
             if track_best:
                 with torch.no_grad():
-                    logits, features = model_outputs(model, x + delta)
-                    keep_better(x + delta, sign * objective(logits, features, y))
+                    keep_better(x + delta, evaluate(x + delta))
             else:
                 best = x + delta
     return best.detach()

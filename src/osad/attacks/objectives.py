@@ -3,7 +3,9 @@
 An objective is a callable ``objective(logits, features, labels) -> loss`` with
 one loss per sample. ``features`` is the model's latent (``None`` for models
 without ``forward_features``), so objectives can attack detection scores
-computed in the latent space, not just the classifier.
+computed in the latent space, not just the classifier. An objective that also
+needs the current (attacked) input images sets the attribute
+``needs_images = True``; the engine then calls it with ``images=...``.
 """
 
 from __future__ import annotations

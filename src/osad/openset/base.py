@@ -11,17 +11,33 @@ from torch import Tensor
 
 
 class Scorer:
-    """Base class. Subclasses set ``name`` and implement :meth:`score`."""
+    """Base class. Subclasses set ``name`` and implement :meth:`score`.
+
+    ``needs_features`` / ``needs_images``: whether :meth:`score` uses the latent
+    features or the (possibly attacked) input images besides the logits.
+    """
 
     name: str = ""
+    needs_features: bool = False
+    needs_images: bool = False
 
-    def fit(self, logits: Tensor, features: Tensor | None, labels: Tensor) -> Scorer:
+    def fit(
+        self,
+        logits: Tensor,
+        features: Tensor | None,
+        labels: Tensor,
+        images: Tensor | None = None,
+    ) -> Scorer:
         """Learn from training outputs (no-op for scores that learn nothing)."""
         return self
 
-    def score(self, logits: Tensor, features: Tensor | None = None) -> Tensor:
+    def score(
+        self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None
+    ) -> Tensor:
         """Per-sample unknown-ness, shape (N,); higher = more likely unknown."""
         raise NotImplementedError
 
-    def __call__(self, logits: Tensor, features: Tensor | None = None) -> Tensor:
-        return self.score(logits, features)
+    def __call__(
+        self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None
+    ) -> Tensor:
+        return self.score(logits, features, images)

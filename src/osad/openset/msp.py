@@ -11,5 +11,7 @@ from osad.openset.base import Scorer
 class MSP(Scorer):
     name = "msp"
 
-    def score(self, logits: Tensor, features: Tensor | None = None) -> Tensor:
+    def score(
+        self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None
+    ) -> Tensor:
         return -logits.softmax(dim=1).amax(dim=1)

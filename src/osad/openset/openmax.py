@@ -47,7 +47,13 @@ class OpenMax(Scorer):
         self.weibull: WeibullTail | None = None
         self.class_fits: list[ClassFit] = []
 
-    def fit(self, logits: Tensor, features: Tensor | None, labels: Tensor) -> OpenMax:
+    def fit(
+        self,
+        logits: Tensor,
+        features: Tensor | None,
+        labels: Tensor,
+        images: Tensor | None = None,
+    ) -> OpenMax:
         """Fit on training logits and their true labels (0..K-1).
 
         A class with fewer than two correctly classified images (possible under a
@@ -79,7 +85,9 @@ class OpenMax(Scorer):
         self.class_fits = fits
         return self
 
-    def score(self, logits: Tensor, features: Tensor | None = None) -> Tensor:
+    def score(
+        self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None
+    ) -> Tensor:
         if self.mav is None or self.weibull is None:
             raise RuntimeError("OpenMax.score called before fit")
         mav = self.mav.to(device=logits.device, dtype=logits.dtype)
