@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,14 @@ def test_file_attacks_replace_the_default_set(tmp_path):
         ("model.denoise_places=[0, 5]", "must be in 0..4"),
         ("eval.scores=[msp, energyy]", "unknown score"),
         ("eval.attacks.pgd.norm=l3", "unknown norm"),
+        ("eval.attacks.pgd.name=apdg", "did you mean 'apgd'"),
+        ("eval.attacks.pgd.loss=dlrr", "did you mean 'dlr'"),
+        ("eval.attacks.pgd.name=apgd", "'eval.attacks.pgd.alpha' does not apply to apgd"),
+        ("eval.attacks.fgsm.alpha=8", "'eval.attacks.fgsm.alpha' is always 32.0 for fgsm"),
+        ("eval.attacks.pgd.queries=100", "'eval.attacks.pgd.queries' does not apply to pgd"),
+        ("eval.attacks.sq={name: square, steps: 10}", "'eval.attacks.sq.steps' does not apply"),
+        ("eval.attacks.pgd.alpha=0", "must be > 0"),
+        ("train.attack.name=square", "black-box evaluation attack"),
         ("train.epochs", "malformed override"),
         ("=3", "malformed override"),
         ("train.epochs=[1", "malformed value"),
@@ -87,3 +96,29 @@ def test_round_trip_through_dict():
     c = make_config(overrides=["train.epochs=2"])
     assert config_from_dict(c.to_dict()) == c
     assert isinstance(c, Config)
+
+
+def test_new_attacks_from_overrides_take_their_defaults():
+    c = make_config(
+        overrides=[
+            "eval.attacks.apgd.name=apgd",
+            "eval.attacks.apgd.eps=32",
+            "eval.attacks.apgd.loss=dlr",
+            "eval.attacks.square={name: square, eps: 32, queries: 100}",
+            "eval.attacks.rs={name: fgsm-rs, eps: 8}",
+            "eval.attacks.pgd.alpha=null",
+        ]
+    )
+    attacks = {k: a.resolved() for k, a in c.eval.attacks.items()}
+    assert attacks["apgd"].steps == 100 and attacks["apgd"].alpha is None
+    assert attacks["square"].loss == "margin" and attacks["square"].p_init == 0.8
+    assert attacks["rs"].alpha == 10.0 and attacks["rs"].random_start is True
+    assert attacks["pgd"].alpha == 8.0  # eps / 4
+    assert attacks["apgd"].describe() == "APGD-DLR linf eps 32/255, 100 steps"
+    assert attacks["square"].describe() == "Square linf eps 32/255, 100 queries, p_init 0.8"
+    assert c.eval.attacks["pgd"].describe() == "PGD linf eps 32/255, step 8/255, 10 steps"
+
+
+def test_unknown_attack_key_is_named():
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'eval.attacks.pgd.queries'")):
+        make_config(overrides=["eval.attacks.pgd.querys=3"])

@@ -24,20 +24,83 @@ import yaml
 from osad.errors import ConfigError, did_you_mean
 
 NORMS = ("linf", "l2")
-ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd")
+
+
+@dataclass(frozen=True)
+class AttackKeys:
+    """How one attack reads the optional keys of an :class:`AttackConfig`.
+
+    ``alpha`` values here are multiples of ``eps``.
+    """
+
+    defaults: dict[str, Any]  # the value a key left unset takes
+    fixed: dict[str, Any] = field(default_factory=dict)  # the only value a key may take
+    unused: dict[str, str] = field(default_factory=dict)  # why a key does not apply
+
+
+_SQUARE_ONLY = "it belongs to the square attack"
+_NO_STEP = "its step size adapts"
+ATTACK_KEYS: dict[str, AttackKeys] = {
+    "pgd": AttackKeys(
+        defaults={"alpha": 0.25, "steps": 10, "random_start": True, "loss": "ce"},
+        unused={"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+    ),
+    "fgsm": AttackKeys(
+        defaults={"random_start": False, "loss": "ce"},
+        fixed={"alpha": 1.0, "steps": 1},
+        unused={"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+    ),
+    "fgsm-rs": AttackKeys(
+        defaults={"alpha": 1.25, "loss": "ce"},
+        fixed={"steps": 1, "random_start": True},
+        unused={"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+    ),
+    "apgd": AttackKeys(
+        defaults={"steps": 100, "random_start": True, "loss": "ce"},
+        unused={"alpha": _NO_STEP, "queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+    ),
+    "square": AttackKeys(
+        defaults={"queries": 5000, "p_init": 0.8, "loss": "margin"},
+        unused={
+            "alpha": "it takes no gradient steps",
+            "steps": "its budget is 'queries'",
+            "random_start": "it starts from its own initialisation",
+        },
+    ),
+}
+ATTACK_NAMES = tuple(ATTACK_KEYS)
+# Attacks that can run inside training (they need gradients; square is an evaluation check).
+TRAIN_ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd", "apgd")
 
 
 @dataclass
 class AttackConfig:
-    """One attack setting. ``eps`` and ``alpha`` are in 1/255 units."""
+    """One attack setting. ``eps`` and ``alpha`` are in 1/255 units.
+
+    Keys left unset (``None``) take the attack's default (:data:`ATTACK_KEYS`),
+    e.g. ``alpha`` is ``eps / 4`` for PGD and ``1.25 eps`` for FGSM-RS;
+    :meth:`resolved` fills them in.
+    """
 
     name: str = "pgd"
     norm: str = "linf"
     eps: float = 8.0
-    alpha: float = 2.0
-    steps: int = 10
+    alpha: float | None = None
+    steps: int | None = None
     restarts: int = 1
-    random_start: bool = True
+    random_start: bool | None = None
+    loss: str | None = None
+    queries: int | None = None
+    p_init: float | None = None
+
+    def resolved(self) -> AttackConfig:
+        """A copy with every unset key filled with the attack's default."""
+        keys = ATTACK_KEYS[self.name]
+        filled = {}
+        for key, default in {**keys.defaults, **keys.fixed}.items():
+            if getattr(self, key) is None:
+                filled[key] = default * self.eps if key == "alpha" else default
+        return dataclasses.replace(self, **filled)
 
     @property
     def eps_unit(self) -> float:
@@ -46,8 +109,28 @@ class AttackConfig:
 
     @property
     def alpha_unit(self) -> float:
-        """``alpha`` in [0, 1] pixel units."""
-        return self.alpha / 255.0
+        """The step size in [0, 1] pixel units (the attack's default if unset)."""
+        alpha = self.resolved().alpha
+        if alpha is None:
+            raise ValueError(f"the {self.name} attack has no step size")
+        return alpha / 255.0
+
+    def describe(self) -> str:
+        """One line for tables, e.g. ``PGD linf eps 8/255, step 2/255, 10 steps``."""
+        c = self.resolved()
+        name = {"apgd": f"APGD-{c.loss.upper()}", "square": "Square"}.get(c.name, c.name.upper())
+        parts = [f"{name} {c.norm} eps {c.eps:g}/255"]
+        if c.name in ("pgd", "fgsm-rs"):
+            parts.append(f"step {c.alpha:g}/255")
+        if c.name in ("pgd", "apgd"):
+            parts.append(f"{c.steps} steps")
+        if c.name == "square":
+            parts.append(f"{c.queries} queries, p_init {c.p_init:g}")
+        if c.restarts > 1:
+            parts.append(f"{c.restarts} restarts")
+        if c.name != "apgd" and c.loss != ATTACK_KEYS[c.name].defaults["loss"]:
+            parts.append(f"{c.loss} loss")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -85,7 +168,9 @@ DIGITS_EPS = 32.0
 
 
 def _digits_train_attack() -> AttackConfig:
-    return AttackConfig(name="pgd", eps=DIGITS_EPS, alpha=DIGITS_EPS / 4, steps=5)
+    return AttackConfig(
+        name="pgd", eps=DIGITS_EPS, alpha=DIGITS_EPS / 4, steps=5, random_start=True, loss="ce"
+    )
 
 
 @dataclass
@@ -108,9 +193,11 @@ class TrainConfig:
 def _digits_eval_attacks() -> dict[str, AttackConfig]:
     return {
         "fgsm": AttackConfig(
-            name="fgsm", eps=DIGITS_EPS, alpha=DIGITS_EPS, steps=1, random_start=False
+            name="fgsm", eps=DIGITS_EPS, alpha=DIGITS_EPS, steps=1, random_start=False, loss="ce"
         ),
-        "pgd": AttackConfig(name="pgd", eps=DIGITS_EPS, alpha=DIGITS_EPS / 4, steps=10),
+        "pgd": AttackConfig(
+            name="pgd", eps=DIGITS_EPS, alpha=DIGITS_EPS / 4, steps=10, random_start=True, loss="ce"
+        ),
     }
 
 
@@ -153,6 +240,9 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
         return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(inner)} or null"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -176,7 +266,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        raise TypeError("optional config fields are not supported")
+        # Optional fields: null means "the default of whatever the field belongs to".
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, inner, key)
     # bool is an int subclass: refuse it where a number is expected, and refuse
     # strings such as "False" where a bool is expected (a trap of the reference code).
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -295,8 +387,13 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_attack(attack: AttackConfig, key: str) -> None:
-    """Range checks of one attack setting; ``key`` names it in messages."""
+def validate_attack(attack: AttackConfig, key: str, num_classes: int | None = None) -> None:
+    """Range checks of one attack setting; ``key`` names it in messages.
+
+    ``num_classes`` (the known classes the model separates) enables the check that
+    the DLR loss has the three classes it needs.
+    """
+    from osad.attacks.objectives import OBJECTIVES
     from osad.errors import unknown_name
 
     if attack.name not in ATTACK_NAMES:
@@ -306,9 +403,35 @@ def validate_attack(attack: AttackConfig, key: str) -> None:
     _check(attack.eps >= 0, f"'{key}.eps' must be >= 0 (in 1/255 units), got {attack.eps}")
     if attack.norm == "linf":
         _check(attack.eps <= 255, f"'{key}.eps' must be <= 255 (in 1/255 units), got {attack.eps}")
-    _check(attack.alpha > 0, f"'{key}.alpha' must be > 0 (in 1/255 units), got {attack.alpha}")
-    _check(attack.steps >= 1, f"'{key}.steps' must be >= 1, got {attack.steps}")
+    keys = ATTACK_KEYS[attack.name]
+    for name, why in keys.unused.items():
+        _check(
+            getattr(attack, name) is None,
+            f"'{key}.{name}' does not apply to {attack.name} ({why}); remove it",
+        )
+    for name, fixed in keys.fixed.items():
+        value = getattr(attack, name)
+        expected = fixed * attack.eps if name == "alpha" else fixed
+        _check(
+            value is None or value == expected,
+            f"'{key}.{name}' is always {expected} for {attack.name}; remove it, got {value}",
+        )
+    if attack.alpha is not None:
+        _check(attack.alpha > 0, f"'{key}.alpha' must be > 0 (in 1/255 units), got {attack.alpha}")
+    if attack.steps is not None:
+        _check(attack.steps >= 1, f"'{key}.steps' must be >= 1, got {attack.steps}")
+    if attack.queries is not None:
+        _check(attack.queries >= 1, f"'{key}.queries' must be >= 1, got {attack.queries}")
+    if attack.p_init is not None:
+        _check(0 < attack.p_init <= 1, f"'{key}.p_init' must be in (0, 1], got {attack.p_init}")
     _check(attack.restarts >= 1, f"'{key}.restarts' must be >= 1, got {attack.restarts}")
+    if attack.loss is not None and attack.loss not in OBJECTIVES:
+        raise unknown_name(f"loss in '{key}.loss'", attack.loss, OBJECTIVES)
+    if attack.resolved().loss == "dlr" and num_classes is not None:
+        _check(
+            num_classes >= 3,
+            f"'{key}.loss' dlr needs at least 3 classes, the split has {num_classes}; use margin",
+        )
 
 
 def validate(config: Config) -> None:
@@ -364,13 +487,19 @@ def validate(config: Config) -> None:
         raise unknown_name("train.optimizer", t.optimizer, ("adam", "sgd"))
     _check(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
     _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
-    validate_attack(t.attack, "train.attack")
+    _check(
+        t.attack.name not in ATTACK_NAMES or t.attack.name in TRAIN_ATTACK_NAMES,
+        f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "
+        f"needs a gradient attack: {', '.join(TRAIN_ATTACK_NAMES)}",
+    )
+    num_known = len(info.known_splits[d.split])
+    validate_attack(t.attack, "train.attack", num_known)
 
     e = config.eval
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
     for name, attack in e.attacks.items():
         _check(name != "clean", "'eval.attacks' may not define 'clean': it is always evaluated")
-        validate_attack(attack, f"eval.attacks.{name}")
+        validate_attack(attack, f"eval.attacks.{name}", num_known)
     _check(len(e.scores) >= 1, "'eval.scores' must name at least one score")
     for name in e.scores:
         if name not in SCORERS:

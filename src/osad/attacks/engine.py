@@ -1,27 +1,34 @@
-"""One attack engine for every gradient attack of osad.
+"""The attack engine: the pieces every attack of osad shares, and PGD.
 
 Images are in [0, 1] pixel space; the model normalises internally. Budgets are
-in the same [0, 1] units (``eps=8/255``). The engine
+in the same [0, 1] units (``eps=8/255``). Every attack built on this module
 
-* never writes gradients into model parameters (it asks autograd for the
-  input gradient only),
-* runs the model in eval mode (BatchNorm uses running statistics, so samples
-  do not interact and the model's statistics are not updated), restoring the
-  previous mode afterwards,
-* keeps, per sample, the perturbation with the highest objective over all
-  iterates and restarts (``select="best"``) or the last iterate
-  (``select="last"``, the usual choice inside adversarial training).
+* runs the model in eval mode (:func:`attack_mode`): BatchNorm uses running
+  statistics, so samples do not interact and the statistics are not updated;
+  each submodule's previous mode is restored afterwards;
+* never writes gradients into model parameters: :class:`Oracle` asks autograd
+  for the input gradient only, and black-box attacks run under ``no_grad``;
+* keeps the sample inside the ``eps``-ball and the [0, 1] box (:func:`project`);
+* returns, per sample, the best point over all iterates and restarts
+  (:class:`BestPoint`): a point where the objective reports success beats one
+  where it does not, and among equals the higher objective wins.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from osad.attacks.objectives import Objective, cross_entropy
+from osad.attacks.objectives import (
+    Objective,
+    cross_entropy,
+    objective_success,
+    objective_values,
+)
 
 NORMS = ("linf", "l2")
 
@@ -38,6 +45,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, gradients: bool) -> Iterator[nn.Module]:
+    """Eval mode, with autograd on (gradient attacks) or off (black-box attacks)."""
+    with eval_mode(model), torch.set_grad_enabled(gradients):
+        yield model
+
+
 def model_outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     """(logits, features) from ``model.forward_features`` if it has one, else (model(x), None)."""
     forward_features = getattr(model, "forward_features", None)
@@ -46,35 +60,149 @@ def model_outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     return model(x), None
 
 
-def _per_sample_norm(t: Tensor) -> Tensor:
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+def check_budget(eps: float, norm: str, restarts: int) -> None:
+    """Raise ValueError for a budget no attack can honour."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
 
 
-def _project(delta: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-    """Project onto the eps-ball of ``norm``, then into the [0, 1] box."""
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape (B,) ``values`` to broadcast against ``like`` of shape (B, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def per_sample_norm(t: Tensor) -> Tensor:
+    """The L2 norm of each sample, shaped to broadcast against ``t``."""
+    return per_sample(t.flatten(1).norm(dim=1), t)
+
+
+def project(delta: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Project ``delta`` onto the eps-ball of ``norm``, then ``x + delta`` into the [0, 1] box.
+
+    The box step moves each pixel towards ``x``, so it never leaves the ball.
+    """
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
-        delta = delta * (eps / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        delta = delta * (eps / per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
     return (x + delta).clamp(0.0, 1.0) - x
 
 
-def _random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
+def random_init(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
+    """A perturbation drawn uniformly from the ``eps``-cube (linf), or with a uniform
+    radius in a uniform direction (l2), projected into the box."""
     if norm == "linf":
         delta = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         delta = (2 * delta - 1) * eps
     else:
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
+        direction = direction / per_sample_norm(direction).clamp_min(1e-12)
         radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-        delta = direction * (radius * eps).view(-1, *([1] * (x.dim() - 1)))
-    return _project(delta, x, eps, norm)
+        delta = direction * per_sample(radius * eps, x)
+    return project(delta, x, eps, norm)
 
 
-def _ascent_step(grad: Tensor, alpha: float, norm: str) -> Tensor:
+def steepest_ascent(grad: Tensor, norm: str) -> Tensor:
+    """The unit-size step of steepest ascent for ``norm``: ``sign(g)`` or ``g / ||g||_2``."""
     if norm == "linf":
-        return alpha * grad.sign()
-    return alpha * grad / _per_sample_norm(grad).clamp_min(1e-12)
+        return grad.sign()
+    return grad / per_sample_norm(grad).clamp_min(1e-12)
+
+
+def resolve_labels(model: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
+    """``y``, or the model's prediction on ``x`` where no labels are given."""
+    if y is not None:
+        return y
+    with torch.no_grad():
+        return model_outputs(model, x)[0].argmax(dim=1)
+
+
+@dataclass
+class Evaluation:
+    """The attacker's view of a batch of points: value to maximise and success per sample."""
+
+    value: Tensor
+    success: Tensor
+
+
+class Oracle:
+    """The attacked model and objective for one batch of labels.
+
+    ``value = sign * objective`` with ``sign = -1`` for a targeted attack (which
+    minimises the objective towards its target label). Success comes from the
+    objective's ``success`` for untargeted attacks; a targeted attack, or an
+    objective without one, never reports success.
+    """
+
+    def __init__(
+        self, model: nn.Module, objective: Objective, labels: Tensor, targeted: bool = False
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.labels = labels
+        self.sign = -1.0 if targeted else 1.0
+        self.targeted = targeted
+
+    def subset(self, index: Tensor) -> Oracle:
+        """The same oracle for the samples at ``index``."""
+        return Oracle(self.model, self.objective, self.labels[index], self.targeted)
+
+    def _evaluate(self, x_adv: Tensor) -> tuple[Tensor, Tensor]:
+        logits, features = model_outputs(self.model, x_adv)
+        value = self.sign * objective_values(self.objective, logits, features, self.labels, x_adv)
+        success = None
+        if not self.targeted:
+            with torch.no_grad():
+                success = objective_success(
+                    self.objective,
+                    logits.detach(),
+                    None if features is None else features.detach(),
+                    self.labels,
+                    x_adv.detach(),
+                )
+        if success is None:
+            success = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
+        return value, success
+
+    def __call__(self, x_adv: Tensor) -> Evaluation:
+        """Values and success at ``x_adv``, without gradients."""
+        with torch.no_grad():
+            value, success = self._evaluate(x_adv)
+        return Evaluation(value, success)
+
+    def with_gradient(self, x_adv: Tensor) -> tuple[Evaluation, Tensor]:
+        """Values and success at ``x_adv``, and the gradient of the values w.r.t. ``x_adv``."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        value, success = self._evaluate(x_adv)
+        (grad,) = torch.autograd.grad(value.sum(), x_adv)
+        return Evaluation(value.detach(), success), grad
+
+
+class BestPoint:
+    """The best point per sample seen so far: success first, then the higher value."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.images = x.clone()
+        self.value = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=x.dtype)
+        self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def offer(self, candidate: Tensor, evaluation: Evaluation, index: Tensor | None = None) -> None:
+        """Keep ``candidate`` where it is better; ``index`` names the samples it holds
+        when it covers only part of the batch."""
+        if index is None:
+            index = torch.arange(len(self.value), device=self.value.device)
+        value, success = evaluation.value, evaluation.success
+        held_value, held_success = self.value[index], self.success[index]
+        better = (success & ~held_success) | ((success == held_success) & (value > held_value))
+        self.images[index] = torch.where(
+            per_sample(better, candidate), candidate, self.images[index]
+        )
+        self.value[index] = torch.where(better, value, held_value)
+        self.success[index] = held_success | success
 
 
 def attack(
@@ -93,7 +221,11 @@ def attack(
     select: str = "best",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Projected gradient ascent of ``objective`` within an ``eps``-ball around ``x``.
+    """Projected gradient ascent (PGD) of ``objective`` within an ``eps``-ball around ``x``.
+
+    Each step is ``delta <- P(delta + alpha * s(grad))`` with ``s`` the steepest
+    ascent direction of the norm (sign for linf, normalised gradient for l2) and
+    ``P`` the projection onto the ball and the [0, 1] box.
 
     Args:
         model: maps images in [0, 1] to logits (optionally ``forward_features``).
@@ -106,50 +238,28 @@ def attack(
         restarts: independent random starts; the best per sample is returned.
         random_start: start uniformly in the ball (else at ``x``).
         targeted: minimise the objective instead (``y`` is then the target).
-        select: ``"best"`` iterate per sample, or ``"last"`` iterate.
+        select: ``"best"`` point per sample over all iterates (see :class:`BestPoint`),
+            or the ``"last"`` iterate (the usual choice inside adversarial training).
         generator: random source for the starts (reproducible attacks).
 
     Returns:
         Adversarial images in [0, 1] with ``||x_adv - x|| <= eps``, detached.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_budget(eps, norm, restarts)
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     x = x.detach()
-    sign = -1.0 if targeted else 1.0
-    with eval_mode(model), torch.enable_grad():
-        if y is None:
-            with torch.no_grad():
-                y = model_outputs(model, x)[0].argmax(dim=1)
+    with attack_mode(model, gradients=True):
+        oracle = Oracle(model, objective, resolve_labels(model, x, y), targeted)
+        best = BestPoint(x)
         track_best = select == "best" or restarts > 1
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
-
-        def keep_better(candidate: Tensor, loss: Tensor) -> None:
-            better = loss > best_loss
-            best_loss.copy_(torch.where(better, loss, best_loss))
-            best.copy_(torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best))
-
-        def evaluate(x_adv: Tensor) -> Tensor:
-            logits, features = model_outputs(model, x_adv)
-            if getattr(objective, "needs_images", False):
-                return sign * objective(logits, features, y, images=x_adv)
-            return sign * objective(logits, features, y)
-
         for _ in range(restarts):
-            delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+            delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
             for _ in range(steps):
-                delta.requires_grad_(True)
-                loss = evaluate(x + delta)
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                delta = delta.detach()
+                evaluation, grad = oracle.with_gradient(x + delta)
                 if track_best:
-                    keep_better(x + delta, loss.detach())
-                delta = _project(delta + _ascent_step(grad, alpha, norm), x, eps, norm)
+                    best.offer(x + delta, evaluation)
+                delta = project(delta + alpha * steepest_ascent(grad, norm), x, eps, norm)
             if track_best:
-                with torch.no_grad():
-                    keep_better(x + delta, evaluate(x + delta))
-            else:
-                best = x + delta
-    return best.detach()
+                best.offer(x + delta, oracle(x + delta))
+    return best.images.detach() if track_best else (x + delta).detach()

@@ -1,4 +1,4 @@
-"""Named attacks: thin front-ends over :func:`osad.attacks.engine.attack`.
+"""PGD, FGSM and FGSM-RS: thin front-ends over :func:`osad.attacks.engine.attack`.
 
 Usage::
 
@@ -10,96 +10,111 @@ Images must be in [0, 1]; budgets are in the same units.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from osad.attacks.base import Attack
 from osad.attacks.engine import attack
-from osad.attacks.objectives import Objective, cross_entropy
-
-
-class Attack:
-    """An attack bound to a model and a budget; call it on (images, labels)."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        eps: float,
-        alpha: float,
-        steps: int,
-        norm: str = "linf",
-        restarts: int = 1,
-        random_start: bool = True,
-        objective: Objective = cross_entropy,
-        select: str = "best",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.model = model
-        self.eps, self.alpha, self.steps = eps, alpha, steps
-        self.norm, self.restarts, self.random_start = norm, restarts, random_start
-        self.objective, self.select, self.generator = objective, select, generator
-
-    def __call__(self, x: Tensor, y: Tensor | None = None, *, targeted: bool = False) -> Tensor:
-        return attack(
-            self.model,
-            x,
-            y,
-            objective=self.objective,
-            eps=self.eps,
-            alpha=self.alpha,
-            steps=self.steps,
-            norm=self.norm,
-            restarts=self.restarts,
-            random_start=self.random_start,
-            targeted=targeted,
-            select=self.select,
-            generator=self.generator,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(eps={self.eps * 255:g}/255, alpha={self.alpha * 255:g}/255, "
-            f"steps={self.steps}, norm={self.norm}, restarts={self.restarts})"
-        )
+from osad.attacks.objectives import Objective
 
 
 class PGD(Attack):
     """Projected gradient descent (Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083).
 
-    Args: ``eps`` (default 8/255), ``alpha`` step (2/255), ``steps`` (10),
-    ``norm`` ("linf" or "l2"), ``restarts`` (1), ``random_start`` (True).
+    Maximises the objective by ``steps`` steps
+    ``delta <- P(delta + alpha * sign(grad))`` (linf) or
+    ``delta <- P(delta + alpha * grad / ||grad||_2)`` (l2), ``P`` the projection onto
+    the eps-ball and the [0, 1] box, from a uniform random start in the ball.
+
+    Args:
+        model: maps images in [0, 1] to logits (normalisation inside the model).
+        eps: budget in [0, 1] units (default 8/255).
+        alpha: step size (default ``eps / 4``).
+        steps: iterations (default 10).
+        norm: ``"linf"`` (default) or ``"l2"``.
+        restarts: random starts; the best point per sample is kept (default 1).
+        random_start: start uniformly in the ball, else at ``x`` (default True).
+        loss: ``"ce"`` (default), ``"margin"`` or ``"dlr"``; ignored when ``objective``
+            is given.
+        objective: any per-sample objective to maximise (see
+            :mod:`osad.attacks.objectives`), instead of ``loss``.
+        select: ``"best"`` point per sample over all iterates, or the ``"last"`` iterate.
+        generator: random source for the starts.
+
+    Example::
+
+        >>> x_adv = PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)
     """
 
     def __init__(
         self,
         model: nn.Module,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
+        alpha: float | None = None,
         steps: int = 10,
-        **kwargs,
+        *,
+        norm: str = "linf",
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "ce",
+        objective: Objective | None = None,
+        select: str = "best",
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, **kwargs)
+        super().__init__(model, eps, norm, restarts, loss, objective, generator)
+        alpha = eps / 4 if alpha is None else alpha
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.alpha, self.steps = alpha, steps
+        self.random_start, self.select = random_start, select
+
+    def perturb(self, x: Tensor, y: Tensor | None, *, targeted: bool) -> Tensor:
+        return attack(
+            self.model,
+            x,
+            y,
+            alpha=self.alpha,
+            steps=self.steps,
+            random_start=self.random_start,
+            targeted=targeted,
+            select=self.select,
+            **self.shared_arguments(),
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {"alpha": f"{self.alpha * 255:g}/255", "steps": self.steps}
 
 
-class FGSM(Attack):
-    """Fast gradient sign method (Goodfellow et al., ICLR 2015): one step of size eps."""
+class FGSM(PGD):
+    """Fast gradient sign method (Goodfellow et al., ICLR 2015,
+    https://arxiv.org/abs/1412.6572): one step of size eps, ``x + eps * sign(grad)``.
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, **kwargs) -> None:
+    Args: ``eps`` (default 8/255) and the keywords of :class:`PGD` except ``alpha``
+    and ``steps``; ``random_start`` defaults to False.
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, **kwargs: Any) -> None:
         kwargs.setdefault("random_start", False)
         super().__init__(model, eps=eps, alpha=eps, steps=1, **kwargs)
 
 
-class FGSMRS(Attack):
-    """FGSM with a uniform random start and step 1.25 eps (Wong et al., ICLR 2020,
-    "Fast is better than free", https://arxiv.org/abs/2001.03994)."""
+class FGSMRS(PGD):
+    """FGSM from a random start (Wong, Rice & Kolter, ICLR 2020, "Fast is better than
+    free", https://arxiv.org/abs/2001.03994)::
+
+        delta ~ U(-eps, eps);  delta <- P(delta + alpha * sign(grad));  alpha = 1.25 eps
+
+    Args: ``eps`` (default 8/255), ``alpha`` (default ``1.25 * eps``) and the keywords
+    of :class:`PGD` except ``steps`` and ``random_start`` (always one step from a
+    random start).
+    """
 
     def __init__(
-        self, model: nn.Module, eps: float = 8 / 255, alpha: float | None = None, **kwargs
+        self, model: nn.Module, eps: float = 8 / 255, alpha: float | None = None, **kwargs: Any
     ) -> None:
-        kwargs.setdefault("random_start", True)
         alpha = 1.25 * eps if alpha is None else alpha
-        super().__init__(model, eps=eps, alpha=alpha, steps=1, **kwargs)
+        super().__init__(model, eps=eps, alpha=alpha, steps=1, random_start=True, **kwargs)

@@ -15,7 +15,7 @@ Attacks are seeded per pass, so the same model and seed give the same numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -173,7 +173,7 @@ def evaluate(
         results.append(
             ConditionResult(
                 name=name,
-                attack=None if attack_config is None else dict(attack_config.__dict__),
+                attack=None if attack_config is None else asdict(attack_config.resolved()),
                 logits=test.logits.cpu(),
                 features=None if test.features is None else test.features.cpu(),
                 scores=scores,

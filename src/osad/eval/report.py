@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from osad import __version__
-from osad.config import Config
+from osad.config import AttackConfig, Config
 from osad.eval.protocol import EvalResult
 
 SCORE_LABELS = {"msp": "MSP", "openmax": "OpenMax"}
@@ -39,14 +39,7 @@ def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
 
 
 def _attack_text(attack: dict[str, Any] | None) -> str:
-    if attack is None:
-        return "none"
-    text = f"{attack['name'].upper()} {attack['norm']} eps {attack['eps']:g}/255"
-    if attack["name"] != "fgsm":
-        text += f", step {attack['alpha']:g}/255, {attack['steps']} steps"
-        if attack["restarts"] > 1:
-            text += f", {attack['restarts']} restarts"
-    return text
+    return "none" if attack is None else AttackConfig(**attack).describe()
 
 
 def results_table(result: EvalResult) -> str:

@@ -8,6 +8,8 @@ All methods share one objective, whose parts follow the model:
   ``x_adv`` attacking the classifier and ``x_r_adv`` attacking the rotation head,
   ``CE(C(z), y) + w_rot CE(R(E(x_r_adv)), r) + w_rec MSE(D(z), x)``, ``z = E(x_adv)``.
 
+The training attack maximises the loss that ``train.attack.loss`` names
+(cross-entropy by default) on both the classifier and the rotation head.
 The two OSDN attacks run as one batched attack on ``[x; x_r]`` whose per-sample
 loss is the classifier loss on the first half and the rotation loss on the
 second. The model is in eval mode while attacking, so samples do not interact
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from osad.attacks import build_attack
-from osad.attacks.objectives import Objective, cross_entropy
+from osad.attacks.objectives import Objective, cross_entropy, get_objective
 from osad.config import AttackConfig
 from osad.data import rotate_batch
 from osad.models import OpenSetNet
@@ -38,14 +40,17 @@ class StepLosses:
     logits: Tensor  # classifier logits of the (attacked) training images
 
 
-def rotation_branch_objective(model: OpenSetNet, num_class_samples: int) -> Objective:
-    """Classifier CE on the first ``num_class_samples`` samples, rotation CE on the rest."""
+def rotation_branch_objective(
+    model: OpenSetNet, num_class_samples: int, loss: Objective = cross_entropy
+) -> Objective:
+    """``loss`` of the classifier on the first ``num_class_samples`` samples, of the
+    rotation head on the rest."""
 
     def objective(logits: Tensor, features: Tensor | None, labels: Tensor) -> Tensor:
         n = num_class_samples
         assert features is not None and model.rotation_head is not None
-        cls = F.cross_entropy(logits[:n], labels[:n], reduction="none")
-        rot = F.cross_entropy(model.rotation_head(features[n:]), labels[n:], reduction="none")
+        cls = loss(logits[:n], None, labels[:n])
+        rot = loss(model.rotation_head(features[n:]), None, labels[n:])
         return torch.cat([cls, rot])
 
     return objective
@@ -67,11 +72,10 @@ class TrainObjective:
     def _attacked(self, model: OpenSetNet, x: Tensor, labels: Tensor, n: int) -> Tensor:
         if self.attack is None:
             return x
-        objective = (
-            rotation_branch_objective(model, n)
-            if model.rotation_head is not None
-            else cross_entropy
-        )
+        objective = None  # the classifier loss the config names
+        if model.rotation_head is not None:
+            loss = get_objective(self.attack.resolved().loss)
+            objective = rotation_branch_objective(model, n, loss)
         return build_attack(model, self.attack, objective=objective, select="last")(x, labels)
 
     def __call__(self, model: OpenSetNet, x: Tensor, y: Tensor) -> StepLosses:

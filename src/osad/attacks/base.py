@@ -1,0 +1,67 @@
+"""The interface every named attack shares: ``Attack(model, eps=...)(images, labels)``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from osad.attacks.engine import check_budget
+from osad.attacks.objectives import Objective, get_objective
+
+
+class Attack(ABC):
+    """An attack bound to a model, a budget and an objective; call it on (images, labels).
+
+    Images are in [0, 1]; ``eps`` is in the same units (``8/255``). Calling the
+    attack returns adversarial images of the same shape, detached, with
+    ``||x_adv - x|| <= eps`` in the attack's norm and every pixel in [0, 1].
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str,
+        restarts: int,
+        loss: str,
+        objective: Objective | None,
+        generator: torch.Generator | None,
+    ) -> None:
+        check_budget(eps, norm, restarts)
+        self.model = model
+        self.eps, self.norm, self.restarts = eps, norm, restarts
+        # An explicit objective (e.g. a detector score) replaces the named loss.
+        self.objective = get_objective(loss) if objective is None else objective
+        self.generator = generator
+
+    def __call__(self, x: Tensor, y: Tensor | None = None, *, targeted: bool = False) -> Tensor:
+        """Attack ``x`` with labels ``y`` (``None``: the model's prediction on ``x``).
+
+        ``targeted=True`` minimises the objective instead, with ``y`` the target.
+        """
+        return self.perturb(x, y, targeted=targeted)
+
+    @abstractmethod
+    def perturb(self, x: Tensor, y: Tensor | None, *, targeted: bool) -> Tensor: ...
+
+    def shared_arguments(self) -> dict[str, Any]:
+        """The keywords every attack function of osad takes, from this attack's settings."""
+        return dict(
+            objective=self.objective,
+            eps=self.eps,
+            norm=self.norm,
+            restarts=self.restarts,
+            generator=self.generator,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The attack-specific settings shown by ``repr``."""
+        return {}
+
+    def __repr__(self) -> str:
+        fields = {"eps": f"{self.eps * 255:g}/255", **self.settings()}
+        fields.update(norm=self.norm, restarts=self.restarts, objective=self.objective)
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
