@@ -87,3 +87,13 @@ def test_round_trip_through_dict():
     c = make_config(overrides=["train.epochs=2"])
     assert config_from_dict(c.to_dict()) == c
     assert isinstance(c, Config)
+
+
+def test_undotted_keys_name_the_one_section_that_has_them():
+    c = make_config(overrides=["split=2", "epochs=3", "width=8", "unknown=svhn"])
+    assert (c.data.split, c.train.epochs, c.model.width, c.data.unknown) == (2, 3, 8, "svhn")
+    assert make_config(overrides=["seed=4"]).seed == 4  # top-level keys stay top-level
+    with pytest.raises(ConfigError, match="ambiguous key 'batch_size': write one of"):
+        make_config(overrides=["batch_size=32"])
+    with pytest.raises(ConfigError, match="unknown config key 'splitt'"):
+        make_config(overrides=["splitt=2"])
