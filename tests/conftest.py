@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -22,6 +24,24 @@ TINY = (
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run tiny models on one thread: with two threads on a busy machine,
+    synchronisation costs more than the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+import yaml
 
 from osad.checkpoint import load_model
 from osad.cli import main
-from tests.conftest import TINY
+from tests.conftest import TINY, one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +143,70 @@ def test_seed_entry_point_trains_and_tests(tmp_path):
     )
     assert test.returncode == 0, test.stderr
     assert "| pgd |" in test.stdout and (run_dir / "eval" / "metrics.json").is_file()
+
+
+# A paper preset shrunk to seconds (the non-local filter costs O(pixels^2) whatever
+# the width, so the local mean filter stands in); the data are a miniature CIFAR-10.
+PAPER_TINY = (
+    "model.width=4",
+    "model.latent_dim=16",
+    "model.denoise=mean",
+    "train.epochs=1",
+    "eval.attacks.pgd.steps=2",
+    "eval.attacks.pgd20.steps=2",
+    "data.verify=false",
+    "data.download=false",
+)
+CIFAR_PRESET = str(ROOT / "configs" / "cifar10-osdn-pgd.yaml")
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    """``osad train --config configs/cifar10-osdn-pgd.yaml split=2 --data-root DIR``."""
+    from tests.data.miniature import write_cifar10
+
+    base = tmp_path_factory.mktemp("paper")
+    data_root, out = base / "data", base / "run"
+    write_cifar10(data_root)
+    # The flag wins over data.root from the config or an override.
+    options = ["--out", str(out), "--no-progress", "--data-root", str(data_root)]
+    argv = ["train", *options, "--config", CIFAR_PRESET, "split=2", "data.root=/nonexistent"]
+    with one_torch_thread():
+        assert main([*argv, *PAPER_TINY]) == 0
+    return out, data_root
+
+
+def test_paper_preset_starts_a_real_run(paper_run):
+    out, data_root = paper_run
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["name"] == "cifar10" and saved["data"]["split"] == 2
+    assert saved["data"]["root"] == str(data_root)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["epoch"] == 1 and history[-1]["step"] > 0
+
+
+def test_moved_data_needs_the_test_time_flag(paper_run, tmp_path, capsys):
+    out, data_root = paper_run
+    moved = tmp_path / "moved"
+    shutil.copytree(data_root, moved)
+    shutil.rmtree(data_root)
+    capsys.readouterr()
+    assert main(["test", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CIFAR-10 (python version) not found" in err
+    assert str(data_root / "cifar-10-batches-py") in err
+    with one_torch_thread():
+        assert main(["test", str(out), "--no-progress", "--data-root", str(moved)]) == 0
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics["conditions"]) == {"clean", "fgsm", "pgd", "pgd20"}
+
+
+def test_missing_data_leaves_no_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", CIFAR_PRESET, "--out", str(out), "--no-progress"]
+    argv += ["--data-root", str(tmp_path / "empty")]
+    assert main([*argv, *PAPER_TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("osad: error: CIFAR-10 (python version) not found: expected data_batch_1")
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in err
+    assert not out.exists()

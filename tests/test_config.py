@@ -122,3 +122,13 @@ def test_new_attacks_from_overrides_take_their_defaults():
 def test_unknown_attack_key_is_named():
     with pytest.raises(ConfigError, match=re.escape("did you mean 'eval.attacks.pgd.queries'")):
         make_config(overrides=["eval.attacks.pgd.querys=3"])
+
+
+def test_undotted_keys_name_the_one_section_that_has_them():
+    c = make_config(overrides=["split=2", "epochs=3", "width=8", "unknown=svhn"])
+    assert (c.data.split, c.train.epochs, c.model.width, c.data.unknown) == (2, 3, 8, "svhn")
+    assert make_config(overrides=["seed=4"]).seed == 4  # top-level keys stay top-level
+    with pytest.raises(ConfigError, match="ambiguous key 'batch_size': write one of"):
+        make_config(overrides=["batch_size=32"])
+    with pytest.raises(ConfigError, match="unknown config key 'splitt'"):
+        make_config(overrides=["splitt=2"])

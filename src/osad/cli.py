@@ -31,8 +31,15 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
+_DATA_ROOT_HELP = (
+    "folder holding the datasets (overrides data.root, which overrides $OSAD_DATA_ROOT; "
+    "default ~/.cache/osad/data)"
+)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (defaults: the embedded digits OSDN setting)")
+    p.add_argument("--data-root", help=_DATA_ROOT_HELP)
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     te = sub.add_parser("test", help="evaluate a trained run (writes RUN_DIR/eval/)")
     te.add_argument("run_dir", help="run directory made by 'osad train'")
+    te.add_argument("--data-root", help=_DATA_ROOT_HELP)
     te.add_argument("--force", action="store_true", help="overwrite existing results")
     te.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
@@ -79,11 +87,15 @@ def _run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()
-        table = test_run(args.run_dir, force=args.force, progress=progress)
+        table = test_run(
+            args.run_dir, force=args.force, progress=progress, data_root=args.data_root
+        )
         print(table)
         print(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")
         return 0
     config = make_config(args.config, args.overrides)
+    if args.data_root:
+        config.data.root = args.data_root
     out = Path(args.out) if args.out else _default_out(config)
     start = time.perf_counter()
     run = train_run(config, out, force=args.force, progress=progress)

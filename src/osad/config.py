@@ -1,8 +1,10 @@
 """The run configuration: one typed schema, validated once at the boundary.
 
 A configuration is built from the defaults below (the embedded digits OSDN
-setting), then a YAML file, then ``key=value`` overrides such as
-``train.epochs=3`` or ``eval.attacks.pgd.steps=20``. Unknown keys, wrong types
+setting), then a YAML file (which may ``extends:`` another one), then
+``key=value`` overrides such as ``train.epochs=3`` or
+``eval.attacks.pgd.steps=20``; a field name that only one section has may be
+given alone (``split=2`` for ``data.split=2``). Unknown keys, wrong types
 and out-of-range values raise :class:`~osad.errors.ConfigError` naming the key
 and, for misspellings, the closest valid one.
 
@@ -135,18 +137,29 @@ class AttackConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset, open-set split and partition."""
+    """Dataset, open-set split, partition, augmentation and where the files are."""
 
     name: str = "digits"
     split: int = 0
+    # Explicit known classes (original ids) instead of the split's; the rest are unknown.
+    known: list[int] = field(default_factory=list)
+    # "" = the split's held-out classes; a dataset name or an image-folder path =
+    # out-of-distribution unknowns (that dataset's test set, or every image of the folder).
+    unknown: str = ""
     # 0 keeps the native resolution; any other value resizes (bilinear) to a square.
     image_size: int = 0
+    # Only for datasets without an official test set (digits).
     test_fraction: float = 0.3
     val_fraction: float = 0.1
     partition_seed: int = 0
     crop_padding: int = 0
     hflip: bool = False
+    # "" = $OSAD_DATA_ROOT, else ~/.cache/osad/data; --data-root overrides it.
     root: str = ""
+    # Fetch missing files from the official URLs (MD5-verified).
+    download: bool = True
+    # Check present files against their official MD5 (false for re-packed copies).
+    verify: bool = True
 
 
 @dataclass
@@ -333,24 +346,87 @@ def _merge_tree(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping, with one-line errors."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (PyYAML would
+    silently keep the last one, hiding a preset's mistake)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with one-line errors.
+
+    A file may start from another one: ``extends: other.yaml`` (relative to the
+    file) loads that file first and merges this one over it, section by section.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        by = f" (extended by {_extended_by[-1]})" if _extended_by else ""
+        raise ConfigError(f"config file not found: {path}{by}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        why = f": {problem}" if problem else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}{why}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
         )
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"'extends' in {path} must be a file name, got {base!r}")
+    chain = (*_extended_by, path.resolve())
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        raise ConfigError(f"config files extend each other in a loop: {path} -> {base_path}")
+    return _merge_tree(load_yaml(base_path, chain), data)
+
+
+def _section_fields() -> dict[str, list[str]]:
+    """Field name -> the ``section.field`` keys that carry it."""
+    hints = typing.get_type_hints(Config)
+    paths: dict[str, list[str]] = {}
+    for section in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(hints[section.name]):
+            for f in dataclasses.fields(hints[section.name]):
+                paths.setdefault(f.name, []).append(f"{section.name}.{f.name}")
+    return paths
+
+
+def expand_key(key: str) -> str:
+    """Expand an undotted override key that names the field of exactly one section.
+
+    ``split=2`` means ``data.split=2`` and ``epochs=3`` means ``train.epochs=3``;
+    a name that several sections carry (``batch_size``) must be written in full.
+    """
+    if "." in key or key in {f.name for f in dataclasses.fields(Config)}:
+        return key
+    paths = _section_fields().get(key, [])
+    if len(paths) > 1:
+        raise ConfigError(f"ambiguous key '{key}': write one of {', '.join(paths)}")
+    return paths[0] if paths else key
 
 
 def make_config(
@@ -361,7 +437,8 @@ def make_config(
     if file is not None:
         tree = _merge_tree(tree, dict(file) if isinstance(file, dict) else load_yaml(file))
     for text in overrides:
-        _set_dotted(tree, *parse_override(text))
+        key, value = parse_override(text)
+        _set_dotted(tree, expand_key(key), value)
     config = _build(Config, tree)
     validate(config)
     return config
@@ -434,9 +511,22 @@ def validate_attack(attack: AttackConfig, key: str, num_classes: int | None = No
         )
 
 
+def _validate_known(known: list[int], unknown: str, info) -> None:
+    _check(
+        all(0 <= c < info.num_classes for c in known),
+        f"'data.known' entries must be class ids in 0..{info.num_classes - 1}, got {known}",
+    )
+    _check(len(set(known)) == len(known), f"'data.known' has duplicates: {known}")
+    _check(len(known) >= 2, f"'data.known' needs at least 2 classes, got {known}")
+    _check(
+        bool(unknown) or len(known) < info.num_classes,
+        "'data.known' names every class; leave some unknown or set data.unknown",
+    )
+
+
 def validate(config: Config) -> None:
     """Check names against the registries and every value against its range."""
-    from osad.data import dataset_info
+    from osad.data import DATASETS, dataset_info, is_folder_path
     from osad.errors import unknown_name
     from osad.models import DENOISERS, ENCODERS
     from osad.openset import SCORERS
@@ -451,10 +541,23 @@ def validate(config: Config) -> None:
 
     d = config.data
     info = dataset_info(d.name)
-    _check(
-        0 <= d.split < info.num_splits,
-        f"'data.split' must be in 0..{info.num_splits - 1} for {d.name}, got {d.split}",
-    )
+    if d.known:
+        _validate_known(d.known, d.unknown, info)
+    else:
+        _check(
+            info.num_splits > 0,
+            f"{d.name} has no split table; name its known classes, e.g. data.known=[0,1,2,3,4]",
+        )
+        _check(
+            0 <= d.split < info.num_splits,
+            f"'data.split' must be in 0..{info.num_splits - 1} for {d.name}, got {d.split}",
+        )
+    if d.unknown and not is_folder_path(d.unknown):
+        other = dataset_info(d.unknown) if d.unknown in DATASETS else None
+        if other is None:
+            error = unknown_name("dataset in 'data.unknown'", d.unknown, DATASETS)
+            raise ConfigError(f"{error}, or a path to an image folder (containing '/')")
+        _check(other.name != d.name, f"'data.unknown' must be another dataset than {d.name}")
     _check(d.image_size >= 0, f"'data.image_size' must be >= 0 (0 = native), got {d.image_size}")
     _check(
         0 < d.test_fraction < 1, f"'data.test_fraction' must be in (0, 1), got {d.test_fraction}"
@@ -492,7 +595,7 @@ def validate(config: Config) -> None:
         f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "
         f"needs a gradient attack: {', '.join(TRAIN_ATTACK_NAMES)}",
     )
-    num_known = len(info.known_splits[d.split])
+    num_known = len(d.known) if d.known else len(info.known_splits[d.split])
     validate_attack(t.attack, "train.attack", num_known)
 
     e = config.eval

@@ -20,9 +20,10 @@ def train_run(
     config: Config, out: str | Path, *, force: bool = False, progress: bool = True
 ) -> RunDir:
     """Train ``config`` into a new run directory ``out`` (config, weights, history)."""
+    # Data first: a missing or damaged dataset must not cost an existing run (--force).
+    data = load_openset(config.data)
     run = RunDir.create(out, force=force)
     save_config(config, run.config)
-    data = load_openset(config.data)
     result = train(config, data, run=run, progress=progress)
     save_model(run.model, result.model, result.model_name, result.model_kwargs)
     return run
@@ -39,12 +40,23 @@ def load_run_config(run: RunDir) -> Config:
     return config_from_dict(data)
 
 
-def test_run(run_dir: str | Path, *, force: bool = False, progress: bool = True) -> str:
-    """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table."""
+def test_run(
+    run_dir: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    data_root: str | None = None,
+) -> str:
+    """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
+
+    ``data_root`` points at the datasets when they moved since training.
+    """
     run = RunDir.open(run_dir)
     if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
         raise RunDirError(f"{run.eval_dir} already holds results; pass --force to overwrite them")
     config = load_run_config(run)
+    if data_root:
+        config.data.root = data_root
     model = load_model(run.model, resolve_device(config.device))
     data = load_openset(config.data)
     result = evaluate(model, data, config, progress=progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from osad.data.files import FileSet
 from osad.data.splits import unknown_of
+from osad.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,14 @@ class RawDataset:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What osad needs to know about a dataset before loading it."""
+    """What osad needs to know about a dataset before loading it.
+
+    ``read(root)`` parses the dataset once ``files`` are present under the
+    data root. Split ``i`` knows the classes ``known_splits[i]``; its unknown
+    classes are ``unknown_splits[i]``, or all other classes when
+    ``unknown_splits`` is None. ``mean`` and ``std`` are per-channel training-set
+    statistics in [0, 1] units (the model's normalisation layer).
+    """
 
     name: str
     num_classes: int
@@ -41,12 +51,21 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     known_splits: tuple[tuple[int, ...], ...]
-    load: Callable[[str], RawDataset]
+    read: Callable[[Path], RawDataset]
+    files: tuple[FileSet, ...] = ()
+    unknown_splits: tuple[tuple[int, ...], ...] | None = None
     description: str = ""
 
     @property
     def num_splits(self) -> int:
         return len(self.known_splits)
+
+    def split(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(known, unknown) class ids of split ``index``."""
+        known = self.known_splits[index]
+        if self.unknown_splits is None:
+            return known, unknown_of(known, self.num_classes)
+        return known, self.unknown_splits[index]
 
 
 @dataclass
@@ -96,76 +115,120 @@ class OpenSetData:
         return OpenSetData(**moved)
 
 
-def _resize(images: Tensor, size: int) -> Tensor:
+def resize(images: Tensor, size: int) -> Tensor:
+    """Bilinear resize to ``size`` x ``size`` (antialiased when shrinking); 0 keeps the size."""
     if size == 0 or images.shape[-1] == size == images.shape[-2]:
         return images
     was_uint8 = images.dtype == torch.uint8
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    shrink = size < max(images.shape[-2:])
+    out = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )
     if was_uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)
     return out.clamp_(0.0, 1.0)
 
 
+# ITU-R BT.601 luma weights, as PIL's RGB -> L conversion uses.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def conform(images: Tensor, channels: int, size: int, dtype: torch.dtype) -> Tensor:
+    """Images of another dataset in this one's format: channels, square size and dtype."""
+    if images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor(_LUMA).view(1, 3, 1, 1)
+        gray = (images.float() * weights).sum(1, keepdim=True)
+        images = gray.round_().to(torch.uint8) if images.dtype == torch.uint8 else gray
+    elif images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    elif images.shape[1] != channels:
+        raise ValueError(f"cannot convert {images.shape[1]} channels to {channels}")
+    images = resize(images, size)
+    if dtype == images.dtype:
+        return images
+    if images.dtype == torch.uint8:
+        return images.to(dtype).div_(255.0)
+    return images.mul(255.0).round_().clamp_(0, 255).to(dtype)
+
+
+def partition(
+    raw: RawDataset, *, test_fraction: float, partition_seed: int
+) -> tuple[ClassImages, ClassImages]:
+    """(train, test): the official partition, or a seeded stratified split of the pool."""
+    if raw.test is not None:
+        return raw.train, raw.test
+    pool = raw.train
+    idx = np.arange(len(pool.labels))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=test_fraction, stratify=pool.labels.numpy(), random_state=partition_seed
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return (
+        ClassImages(pool.images[train_idx], pool.labels[train_idx]),
+        ClassImages(pool.images[test_idx], pool.labels[test_idx]),
+    )
+
+
 def build_openset(
     info: DatasetInfo,
-    raw: RawDataset,
-    split: int,
+    train: ClassImages,
+    test: ClassImages,
+    known: tuple[int, ...],
+    unknown: tuple[int, ...],
     *,
-    test_fraction: float,
     val_fraction: float,
     partition_seed: int,
     image_size: int = 0,
 ) -> OpenSetData:
-    """Select known/unknown classes of ``split`` and partition train/val/test, seeded.
+    """The open-set view of a train/test partition.
 
-    A dataset without an official test set is partitioned with a stratified,
-    seeded split (``test_fraction``). The validation set is a stratified, seeded
-    ``val_fraction`` of the known training images. Unknown-class training images
-    are never used.
+    Training and validation images are those of the ``known`` classes (the
+    validation set is a stratified, seeded ``val_fraction`` of them), labelled
+    by their position in ``known``. The test set keeps the images of ``known``
+    and ``unknown`` classes only; other classes (and every unknown-class
+    training image) are never used.
     """
-    known = info.known_splits[split]
-    unknown = unknown_of(known, info.num_classes)
-    pool = raw.train
-    if raw.test is None:
-        idx = np.arange(len(pool.labels))
-        train_idx, test_idx = train_test_split(
-            idx,
-            test_size=test_fraction,
-            stratify=pool.labels.numpy(),
-            random_state=partition_seed,
-        )
-        train = ClassImages(pool.images[np.sort(train_idx)], pool.labels[np.sort(train_idx)])
-        test = ClassImages(pool.images[np.sort(test_idx)], pool.labels[np.sort(test_idx)])
-    else:
-        train, test = pool, raw.test
-
-    remap = torch.full((info.num_classes,), -1, dtype=torch.long)
+    known, unknown = tuple(known), tuple(unknown)
+    if set(known) & set(unknown):
+        raise ValueError(f"classes {sorted(set(known) & set(unknown))} are both known and unknown")
+    num_ids = 1 + max(known + unknown + (int(train.labels.max()), int(test.labels.max())))
+    remap = torch.full((num_ids,), -1, dtype=torch.long)
     remap[list(known)] = torch.arange(len(known))
 
-    is_known = remap[train.labels] >= 0
-    known_idx = is_known.nonzero(as_tuple=True)[0].numpy()
+    known_idx = (remap[train.labels] >= 0).nonzero(as_tuple=True)[0].numpy()
     if val_fraction > 0:
-        fit_idx, val_idx = train_test_split(
-            known_idx,
-            test_size=val_fraction,
-            stratify=train.labels[known_idx].numpy(),
-            random_state=partition_seed,
-        )
+        try:
+            fit_idx, val_idx = train_test_split(
+                known_idx,
+                test_size=val_fraction,
+                stratify=train.labels[known_idx].numpy(),
+                random_state=partition_seed,
+            )
+        except ValueError:
+            raise DataError(
+                f"{info.name}: {len(known_idx)} known training images are too few for a "
+                f"stratified validation split of {val_fraction} over {len(known)} classes; "
+                "lower data.val_fraction (0 disables validation)"
+            ) from None
         fit_idx, val_idx = np.sort(fit_idx), np.sort(val_idx)
     else:
         fit_idx, val_idx = known_idx, known_idx[:0]
 
+    used = torch.zeros(num_ids, dtype=torch.bool)
+    used[list(known + unknown)] = True
+    test_idx = used[test.labels].nonzero(as_tuple=True)[0]
+
     return OpenSetData(
         name=info.name,
-        known_classes=tuple(known),
+        known_classes=known,
         unknown_classes=unknown,
         mean=info.mean,
         std=info.std,
-        train_images=_resize(train.images[fit_idx], image_size),
+        train_images=resize(train.images[fit_idx], image_size),
         train_labels=remap[train.labels[fit_idx]],
-        val_images=_resize(train.images[val_idx], image_size),
+        val_images=resize(train.images[val_idx], image_size),
         val_labels=remap[train.labels[val_idx]],
-        test_images=_resize(test.images, image_size),
-        test_labels=remap[test.labels],
-        test_classes=test.labels.clone(),
+        test_images=resize(test.images[test_idx], image_size),
+        test_labels=remap[test.labels[test_idx]],
+        test_classes=test.labels[test_idx].clone(),
     )
