@@ -1,10 +1,14 @@
-"""The run configuration: one typed schema, validated once at the boundary.
+"""The run configuration: typed schemas, validated once at the boundary.
 
 A configuration is built from the defaults below (the embedded digits OSDN
 setting), then a YAML file, then ``key=value`` overrides such as
 ``train.epochs=3`` or ``eval.attacks.pgd.steps=20``. Unknown keys, wrong types
 and out-of-range values raise :class:`~osad.errors.ConfigError` naming the key
 and, for misspellings, the closest valid one.
+
+The top-level ``task`` key selects the schema: ``openset`` (:class:`Config`, the
+default) or ``fas`` (:class:`osad.fas_config.FasConfig`, face anti-spoofing);
+:func:`make_task_config` dispatches on it.
 
 Attack budgets (``eps``, ``alpha``) are stated in units of 1/255 of the [0, 1]
 pixel range, for both norms; :meth:`AttackConfig.eps_unit` converts.
@@ -15,14 +19,18 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from osad.errors import ConfigError, did_you_mean
 
+T = TypeVar("T")
+
+TASKS = ("openset", "fas")
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd")
 
@@ -131,6 +139,7 @@ class EvalConfig:
 class Config:
     """A complete, validated run configuration."""
 
+    task: str = "openset"
     method: str = "osdn"
     seed: int = 0
     device: str = "auto"
@@ -141,6 +150,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def run_name(self) -> str:
+        """The default run-directory name."""
+        return f"{self.data.name}-{self.method}-split{self.data.split}"
 
 
 # ---------------------------------------------------------------------------
@@ -261,18 +274,46 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(
-    file: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
-    """Build and validate a :class:`Config` from defaults, a YAML file and overrides."""
-    tree = Config().to_dict()
+ConfigSource = str | Path | dict[str, Any] | None
+
+
+def build_config(schema: type[T], file: ConfigSource = None, overrides: Sequence[str] = ()) -> T:
+    """An instance of the dataclass ``schema`` from its defaults, a YAML file (or a
+    mapping) and ``key=value`` overrides, strictly typed but not range-checked."""
+    tree = dataclasses.asdict(schema())
     if file is not None:
         tree = _merge_tree(tree, dict(file) if isinstance(file, dict) else load_yaml(file))
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
-    config = _build(Config, tree)
+    return _build(schema, tree)
+
+
+def make_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Config:
+    """Build and validate a :class:`Config` from defaults, a YAML file and overrides."""
+    config = build_config(Config, file, overrides)
     validate(config)
     return config
+
+
+def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Any:
+    """The validated configuration of the task named by the top-level ``task`` key
+    (in the overrides, else the file, else ``openset``): a :class:`Config` or a
+    :class:`~osad.fas_config.FasConfig`."""
+    tree = dict(file) if isinstance(file, dict) else load_yaml(file) if file is not None else {}
+    task = tree.get("task", "openset")
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "task":
+            task = value
+    if task == "fas":
+        from osad.fas_config import make_fas_config
+
+        return make_fas_config(tree, overrides)
+    if task != "openset":
+        from osad.errors import unknown_name
+
+        raise unknown_name("task", str(task), TASKS)
+    return make_config(tree, overrides)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -293,6 +334,13 @@ def save_config(config: Config, path: str | Path) -> None:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def validate_device(device: str) -> None:
+    _check(
+        device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+        f"'device' must be auto, cpu, cuda or cuda:N, got '{device}'",
+    )
 
 
 def validate_attack(attack: AttackConfig, key: str) -> None:
@@ -319,12 +367,13 @@ def validate(config: Config) -> None:
     from osad.openset import SCORERS
     from osad.train import METHODS
 
+    _check(
+        config.task == "openset",
+        f"'task' is '{config.task}'; build it with make_task_config, not make_config",
+    )
     if config.method not in METHODS:
         raise unknown_name("method", config.method, METHODS)
-    _check(
-        config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
-        f"'device' must be auto, cpu, cuda or cuda:N, got '{config.device}'",
-    )
+    validate_device(config.device)
 
     d = config.data
     info = dataset_info(d.name)
