@@ -33,7 +33,6 @@ without D) and ``baseline`` (neither meta-learning nor depth).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +52,7 @@ from osad.models import create_model
 from osad.models.fas import FasNet
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
-from osad.train.loop import NonFiniteLossError, TrainResult
+from osad.train.loop import TrainResult, take_step
 
 
 @dataclass(frozen=True)
@@ -286,13 +285,7 @@ def train_meta(
             out = meta_step(
                 model, batches, split, method, t.inner_lr, t.depth_weight, t.meta_test_weight
             )
-            if not math.isfinite(out.loss.item()):
-                raise NonFiniteLossError(
-                    f"training stopped: non-finite loss at iteration {iteration}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            take_step(optimizer, out.loss, f"iteration {iteration}")
             for key, value in {"loss": out.loss, **out.terms}.items():
                 sums[key] = sums.get(key, 0.0) + value.item()
             since += 1
