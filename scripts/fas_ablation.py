@@ -8,7 +8,9 @@ method and seed: train on the sources, evaluate on the target, and print one
 Markdown table of mean and standard deviation over the seeds: source-validation
 AUC, target frame AUC, HTER at the source-validation threshold and target EER.
 Extra ``key=value`` overrides apply to every run (default config:
-``configs/fas-digits.yaml``). Per-run numbers go to ``--out`` as JSON.
+``configs/fas-digits.yaml``). Per-run numbers go to ``--out`` as JSON;
+``--load FILE ...`` prints the table of saved runs (filtered by ``--targets``,
+``--methods`` and ``--seeds``) without training.
 """
 
 from __future__ import annotations
@@ -62,13 +64,16 @@ def main() -> int:
     parser.add_argument("--config", default="configs/fas-digits.yaml")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", help="write every run's numbers to this JSON file")
+    parser.add_argument(
+        "--load", nargs="+", help="print the table of runs saved with --out instead of training"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    runs = []
-    for target in args.targets:
+    runs = [r for path in args.load or [] for r in json.loads(Path(path).read_text())]
+    for target in [] if args.load else args.targets:
         base = make_fas_config(args.config, args.overrides)
         sources = [d for d in fas_collection(base.data.name).domains if d != target]
         protocol = [f"data.target={target}", f"data.sources=[{', '.join(sources)}]"]
@@ -86,12 +91,21 @@ def main() -> int:
 
     print("| target | method | " + " | ".join(COLUMNS.values()) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
-    for target in args.targets:
+    groups = [([t], t) for t in args.targets]
+    if len(args.targets) > 1:
+        groups.append((args.targets, "all"))
+    for targets, label in groups:
         for method in args.methods:
-            chosen = [r for r in runs if r["target"] == target and r["method"] == method]
+            chosen = [
+                r
+                for r in runs
+                if r["target"] in targets and r["method"] == method and r["seed"] in args.seeds
+            ]
+            if not chosen:
+                continue
             cells = [_mean_std([r[key] for r in chosen]) for key in COLUMNS]
-            print(f"| {target} | {method} | " + " | ".join(cells) + " |")
-    print(f"\nmean ± standard deviation over seeds {args.seeds}")
+            print(f"| {label} | {method} | " + " | ".join(cells) + " |")
+    print(f"\nmean ± standard deviation over seeds {args.seeds} (all: over targets and seeds)")
     return 0
 
 

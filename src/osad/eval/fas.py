@@ -1,5 +1,9 @@
 """Face anti-spoofing evaluation on the held-out target domain.
 
+The leave-one-domain-out protocol of Shao, Lan and Yuen, AAAI 2020
+(https://arxiv.org/abs/1911.10771): train on the source domains, report AUC
+and HTER on the unseen target domain.
+
 Scores are ``sigmoid(M(F(x)))``, the probability that a frame shows a real
 face; a frame is accepted as real when its score is >= the threshold. Reported
 at frame level and at video level (a video's score is the mean of its frames'):
