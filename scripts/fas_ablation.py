@@ -106,7 +106,29 @@ def main() -> int:
             cells = [_mean_std([r[key] for r in chosen]) for key in COLUMNS]
             print(f"| {label} | {method} | " + " | ".join(cells) + " |")
     print(f"\nmean ± standard deviation over seeds {args.seeds} (all: over targets and seeds)")
+    _print_paired(runs, args.methods, args.targets, args.seeds)
     return 0
+
+
+def _print_paired(runs: list[dict], methods: list[str], targets: list[str], seeds: list[int]):
+    """Each method against the first one on the same target and seed: the mean target-AUC
+    and target-EER differences and how often the first method's AUC is higher."""
+    keyed = {(r["target"], r["method"], r["seed"]): r for r in runs}
+    pairs = [(t, s) for t in targets for s in seeds if (t, methods[0], s) in keyed]
+    print(f"\n| {methods[0]} minus | target AUC | target EER | {methods[0]} AUC higher |")
+    print("|---|---|---|---|")
+    for method in methods[1:]:
+        both = [
+            (keyed[(t, methods[0], s)], keyed[(t, method, s)])
+            for t, s in pairs
+            if (t, method, s) in keyed
+        ]
+        if not both:
+            continue
+        auc = _mean_std([a["auc"] - b["auc"] for a, b in both])
+        rate = _mean_std([a["eer"] - b["eer"] for a, b in both])
+        wins = sum(a["auc"] > b["auc"] for a, b in both)
+        print(f"| {method} | {auc} | {rate} | {wins} of {len(both)} |")
 
 
 if __name__ == "__main__":
