@@ -56,3 +56,13 @@ def plain_model(digits_split0):
         overrides=["method=plain", "model.width=8", "model.latent_dim=32", "train.epochs=4"]
     )
     return train(config, digits_split0, progress=False).model.eval()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for modules of tiny-tensor tests: on a busy 2-core machine,
+    waiting for a second thread costs more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

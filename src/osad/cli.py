@@ -38,7 +38,11 @@ _DATA_ROOT_HELP = (
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (defaults: the embedded digits OSDN setting)")
+    p.add_argument(
+        "--config",
+        help="YAML config file (default: the embedded digits OSDN setting; "
+        "'task: fas' selects face anti-spoofing)",
+    )
     p.add_argument("--data-root", help=_DATA_ROOT_HELP)
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -46,7 +50,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="config overrides, e.g. train.epochs=3 method=pgd-at",
+        help="config overrides, e.g. train.epochs=3 method=pgd-at (task=fas: anti-spoofing)",
     )
 
 
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(config) -> Path:
-    base = Path("runs") / f"{config.data.name}-{config.method}-split{config.data.split}"
+    base = Path("runs") / config.run_name()
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -81,7 +85,7 @@ def _default_out(config) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from osad.config import make_config
+    from osad.config import make_task_config
     from osad.workflow import test_run, train_run
 
     progress = not args.no_progress
@@ -93,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         print(table)
         print(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")
         return 0
-    config = make_config(args.config, args.overrides)
+    config = make_task_config(args.config, args.overrides)
     if args.data_root:
         config.data.root = args.data_root
     out = Path(args.out) if args.out else _default_out(config)

@@ -1,4 +1,4 @@
-"""The run configuration: one typed schema, validated once at the boundary.
+"""The run configuration: typed schemas, validated once at the boundary.
 
 A configuration is built from the defaults below (the embedded digits OSDN
 setting), then a YAML file (which may ``extends:`` another one), then
@@ -7,6 +7,10 @@ setting), then a YAML file (which may ``extends:`` another one), then
 given alone (``split=2`` for ``data.split=2``). Unknown keys, wrong types
 and out-of-range values raise :class:`~osad.errors.ConfigError` naming the key
 and, for misspellings, the closest valid one.
+
+The top-level ``task`` key selects the schema: ``openset`` (:class:`Config`, the
+default) or ``fas`` (:class:`osad.fas_config.FasConfig`, face anti-spoofing);
+:func:`make_task_config` dispatches on it.
 
 Attack budgets (``eps``, ``alpha``) are stated in units of 1/255 of the [0, 1]
 pixel range, for both norms; :meth:`AttackConfig.eps_unit` converts.
@@ -17,14 +21,18 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from osad.errors import ConfigError, did_you_mean
 
+T = TypeVar("T")
+
+TASKS = ("openset", "fas")
 NORMS = ("linf", "l2")
 
 
@@ -231,6 +239,7 @@ class EvalConfig:
 class Config:
     """A complete, validated run configuration."""
 
+    task: str = "openset"
     method: str = "osdn"
     seed: int = 0
     device: str = "auto"
@@ -241,6 +250,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def run_name(self) -> str:
+        """The default run-directory name."""
+        return f"{self.data.name}-{self.method}-split{self.data.split}"
 
 
 # ---------------------------------------------------------------------------
@@ -404,44 +417,73 @@ def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str
     return _merge_tree(load_yaml(base_path, chain), data)
 
 
-def _section_fields() -> dict[str, list[str]]:
-    """Field name -> the ``section.field`` keys that carry it."""
-    hints = typing.get_type_hints(Config)
+def _section_fields(schema: type) -> dict[str, list[str]]:
+    """Field name -> the ``section.field`` keys of ``schema`` that carry it."""
+    hints = typing.get_type_hints(schema)
     paths: dict[str, list[str]] = {}
-    for section in dataclasses.fields(Config):
+    for section in dataclasses.fields(schema):
         if dataclasses.is_dataclass(hints[section.name]):
             for f in dataclasses.fields(hints[section.name]):
                 paths.setdefault(f.name, []).append(f"{section.name}.{f.name}")
     return paths
 
 
-def expand_key(key: str) -> str:
+def expand_key(key: str, schema: type | None = None) -> str:
     """Expand an undotted override key that names the field of exactly one section.
 
     ``split=2`` means ``data.split=2`` and ``epochs=3`` means ``train.epochs=3``;
     a name that several sections carry (``batch_size``) must be written in full.
     """
-    if "." in key or key in {f.name for f in dataclasses.fields(Config)}:
+    schema = Config if schema is None else schema
+    if "." in key or key in {f.name for f in dataclasses.fields(schema)}:
         return key
-    paths = _section_fields().get(key, [])
+    paths = _section_fields(schema).get(key, [])
     if len(paths) > 1:
         raise ConfigError(f"ambiguous key '{key}': write one of {', '.join(paths)}")
     return paths[0] if paths else key
 
 
-def make_config(
-    file: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
-    """Build and validate a :class:`Config` from defaults, a YAML file and overrides."""
-    tree = Config().to_dict()
+ConfigSource = str | Path | dict[str, Any] | None
+
+
+def build_config(schema: type[T], file: ConfigSource = None, overrides: Sequence[str] = ()) -> T:
+    """An instance of the dataclass ``schema`` from its defaults, a YAML file (or a
+    mapping) and ``key=value`` overrides, strictly typed but not range-checked."""
+    tree = dataclasses.asdict(schema())
     if file is not None:
         tree = _merge_tree(tree, dict(file) if isinstance(file, dict) else load_yaml(file))
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(tree, expand_key(key), value)
-    config = _build(Config, tree)
+        _set_dotted(tree, expand_key(key, schema), value)
+    return _build(schema, tree)
+
+
+def make_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Config:
+    """Build and validate a :class:`Config` from defaults, a YAML file and overrides."""
+    config = build_config(Config, file, overrides)
     validate(config)
     return config
+
+
+def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Any:
+    """The validated configuration of the task named by the top-level ``task`` key
+    (in the overrides, else the file, else ``openset``): a :class:`Config` or a
+    :class:`~osad.fas_config.FasConfig`."""
+    tree = dict(file) if isinstance(file, dict) else load_yaml(file) if file is not None else {}
+    task = tree.get("task", "openset")
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "task":
+            task = value
+    if task == "fas":
+        from osad.fas_config import make_fas_config
+
+        return make_fas_config(tree, overrides)
+    if task != "openset":
+        from osad.errors import unknown_name
+
+        raise unknown_name("task", str(task), TASKS)
+    return make_config(tree, overrides)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -462,6 +504,13 @@ def save_config(config: Config, path: str | Path) -> None:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def validate_device(device: str) -> None:
+    _check(
+        device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+        f"'device' must be auto, cpu, cuda or cuda:N, got '{device}'",
+    )
 
 
 def validate_attack(attack: AttackConfig, key: str, num_classes: int | None = None) -> None:
@@ -532,12 +581,13 @@ def validate(config: Config) -> None:
     from osad.openset import SCORERS
     from osad.train import METHODS
 
+    _check(
+        config.task == "openset",
+        f"'task' is '{config.task}'; build it with make_task_config, not make_config",
+    )
     if config.method not in METHODS:
         raise unknown_name("method", config.method, METHODS)
-    _check(
-        config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
-        f"'device' must be auto, cpu, cuda or cuda:N, got '{config.device}'",
-    )
+    validate_device(config.device)
 
     d = config.data
     info = dataset_info(d.name)

@@ -8,6 +8,7 @@ RUN_DIR/
   eval/metrics.json    metrics of ``osad test``
   eval/scores.h5       per-sample logits and scores
   eval/results.md      the result table
+  eval/roc.png         ROC figure (face anti-spoofing runs)
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.eval_dir / "results.md"
+
+    @property
+    def roc_figure(self) -> Path:
+        return self.eval_dir / "roc.png"
 
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes."""

@@ -1,4 +1,8 @@
-"""The two steps of a run, shared by the CLI, ``main.py`` and Python users."""
+"""The two steps of a run, shared by the CLI, ``main.py`` and Python users.
+
+Both dispatch on the configuration's ``task``: ``openset`` (OSDN and its
+baselines) or ``fas`` (face anti-spoofing by meta-learning).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,37 @@ from pathlib import Path
 import yaml
 
 from osad.checkpoint import load_model, save_model
-from osad.config import Config, config_from_dict, save_config
+from osad.config import Config, make_task_config, save_config
 from osad.data import load_openset
+from osad.data.fas import load_fas
 from osad.errors import RunDirError
 from osad.eval import evaluate, write_results
+from osad.eval.fas import evaluate_fas, write_fas_results
+from osad.fas_config import FasConfig
 from osad.rundir import RunDir
 from osad.runtime import resolve_device
 from osad.train import train
+from osad.train.meta import train_meta
 
 
 def train_run(
-    config: Config, out: str | Path, *, force: bool = False, progress: bool = True
+    config: Config | FasConfig, out: str | Path, *, force: bool = False, progress: bool = True
 ) -> RunDir:
-    """Train ``config`` into a new run directory ``out`` (config, weights, history)."""
-    # Data first: a missing or damaged dataset must not cost an existing run (--force).
-    data = load_openset(config.data)
+    """Train ``config`` into a new run directory ``out`` (config, weights, history).
+
+    The data are loaded first, so a missing dataset leaves no run directory behind.
+    """
+    fas = isinstance(config, FasConfig)
+    data = load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     run = RunDir.create(out, force=force)
     save_config(config, run.config)
-    result = train(config, data, run=run, progress=progress)
+    trainer = train_meta if fas else train
+    result = trainer(config, data, run=run, progress=progress)
     save_model(run.model, result.model, result.model_name, result.model_kwargs)
     return run
 
 
-def load_run_config(run: RunDir) -> Config:
+def load_run_config(run: RunDir) -> Config | FasConfig:
     """The configuration a run was trained with."""
     try:
         data = yaml.safe_load(run.config.read_text())
@@ -37,7 +49,7 @@ def load_run_config(run: RunDir) -> Config:
         raise RunDirError(f"{run.config} is not valid YAML") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{run.config} does not hold a configuration mapping")
-    return config_from_dict(data)
+    return make_task_config(data)
 
 
 def test_run(
@@ -58,6 +70,11 @@ def test_run(
     if data_root:
         config.data.root = data_root
     model = load_model(run.model, resolve_device(config.device))
+    if isinstance(config, FasConfig):
+        data = load_fas(config.data, config.depth_size)
+        result = evaluate_fas(model, data, config, progress=progress)
+        title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
+        return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
     data = load_openset(config.data)
     result = evaluate(model, data, config, progress=progress)
     title = f"{config.method} on {config.data.name} split {config.data.split}"

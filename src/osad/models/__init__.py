@@ -14,11 +14,13 @@ from torch import nn
 from osad.errors import unknown_name
 from osad.models.decoder import Decoder, upsampling_plan
 from osad.models.denoise import DENOISERS, DenoiseBlock
+from osad.models.fas import FasNet
 from osad.models.openset_net import Normalize, OpenSetNet
 from osad.models.resnet import ENCODERS, ResNetEncoder
 
 MODELS: dict[str, type[nn.Module]] = {
     "openset-resnet": OpenSetNet,
+    "fas-net": FasNet,
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "MODELS",
     "Decoder",
     "DenoiseBlock",
+    "FasNet",
     "Normalize",
     "OpenSetNet",
     "ResNetEncoder",

@@ -63,6 +63,15 @@ def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int)
     return correct / max(len(labels), 1)
 
 
+def take_step(optimizer: torch.optim.Optimizer, loss: Tensor, where: str) -> None:
+    """One optimiser step on ``loss``; a NaN or infinite loss stops training, naming ``where``."""
+    if not math.isfinite(loss.item()):
+        raise NonFiniteLossError(f"training stopped: non-finite loss at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def robust_accuracy(
     model: nn.Module, attack, images: Tensor, labels: Tensor, batch_size: int
 ) -> float:
@@ -135,13 +144,7 @@ def train(
                 if config.data.crop_padding or config.data.hflip:
                     x = random_crop_flip(x, config.data.crop_padding, config.data.hflip, augment)
                 out = objective(model, x, y)
-                if not math.isfinite(out.loss.item()):
-                    raise NonFiniteLossError(
-                        f"training stopped: non-finite loss at epoch {epoch}, step {step + 1}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
+                take_step(optimizer, out.loss, f"epoch {epoch}, step {step + 1}")
                 step += 1
                 bs = b - a
                 seen += bs

@@ -1,0 +1,311 @@
+"""Regularised fine-grained meta-learning for domain-generalised face anti-spoofing.
+
+Shao, Lan and Yuen, AAAI 2020, https://arxiv.org/abs/1911.10771. With the
+feature extractor F (theta_F), depth estimator D (theta_D) and meta learner M
+(theta_M) of :class:`~osad.models.fas.FasNet`, each iteration:
+
+1. draws a batch (as many real as attack frames) from every source domain and
+   splits the N domains at random into N-1 meta-train domains and 1 meta-test
+   domain;
+2. meta-train: for each meta-train domain i,
+   ``L_cls_i = BCE(M(F(x_i); theta_M), y_i)``,
+   ``L_dep_i = ||D(F(x_i)) - depth_i||^2`` (mean squared error), and one inner step
+   ``theta_M_i = theta_M - alpha grad_theta_M L_cls_i`` (second order: the
+   gradient keeps its graph, so the outer update differentiates through it);
+3. meta-test on domain t: ``sum_i BCE(M(F(x_t); theta_M_i), y_t)`` and ``L_dep_t``;
+4. outer update of F, D and M (Adam) on
+   ``sum_i L_cls_i + w_dep sum_i L_dep_i
+   + w_test (sum_i BCE(M(F(x_t); theta_M_i), y_t) + w_dep L_dep_t)``.
+
+M runs with the adapted parameters through :func:`torch.func.functional_call`;
+its BatchNorm layers normalise with the batch's statistics there and update
+copies of the running statistics, so only the meta-train passes with theta_M
+move them. F runs once per domain, so its BatchNorm sees one domain per batch.
+
+Variants (the paper's ablations, ``method=``): ``rfmeta`` (the above),
+``rfmeta-aggregated`` (MLDG-style, Li et al. AAAI 2018: one inner step on the
+summed meta-train losses, one adapted learner), ``rfmeta-first-order`` (the
+inner gradient is treated as a constant), ``no-meta`` (every source domain
+trained jointly on ``sum L_cls + w_dep sum L_dep``), ``no-depth`` (``rfmeta``
+without D) and ``baseline`` (neither meta-learning nor depth).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from osad.data.augment import to_float
+from osad.data.fas import FasData
+from osad.data.fas_frames import ATTACK, REAL, FasFrames
+from osad.eval.fas import frame_scores
+from osad.eval.metrics import auroc, eer
+from osad.fas_config import FasConfig
+from osad.models import create_model
+from osad.models.fas import FasNet
+from osad.rundir import RunDir
+from osad.runtime import resolve_device, seed_everything
+from osad.train.loop import TrainResult, take_step
+
+
+@dataclass(frozen=True)
+class MetaMethod:
+    name: str
+    # "per-domain": one inner step per meta-train domain (fine-grained);
+    # "aggregated": one inner step on their summed loss; "none": no meta-learning.
+    inner: str
+    second_order: bool
+    depth: bool
+    description: str
+
+    @property
+    def meta(self) -> bool:
+        return self.inner != "none"
+
+
+META_METHODS: dict[str, MetaMethod] = {
+    m.name: m
+    for m in (
+        MetaMethod("rfmeta", "per-domain", True, True, "regularised fine-grained meta-learning"),
+        MetaMethod(
+            "rfmeta-aggregated",
+            "aggregated",
+            True,
+            True,
+            "one inner step on the summed meta-train losses (MLDG-style)",
+        ),
+        MetaMethod("rfmeta-first-order", "per-domain", False, True, "first-order inner steps"),
+        MetaMethod("no-meta", "none", False, True, "all sources jointly, with depth"),
+        MetaMethod("no-depth", "per-domain", True, False, "meta-learning without depth"),
+        MetaMethod("baseline", "none", False, False, "all sources jointly, no depth"),
+    )
+}
+
+
+def fas_model_spec(config: FasConfig) -> tuple[str, dict[str, Any]]:
+    """(registry name, constructor kwargs) of the network ``config`` trains."""
+    m = config.model
+    return "fas-net", {
+        "image_size": config.data.image_size,
+        "stem_width": m.stem_width,
+        "blocks": [list(b) for b in m.blocks],
+        "depth_widths": list(m.depth_widths),
+        "learner_widths": list(m.learner_widths),
+        "depth_head": META_METHODS[config.method].depth and config.train.depth_weight > 0,
+    }
+
+
+# ---------------------------------------------------------------------------
+# The pieces of one step
+
+
+def draw_split(num_domains: int, generator: torch.Generator) -> tuple[list[int], int]:
+    """(meta-train domains, meta-test domain): a uniformly random one of the N
+    ways to hold one domain out."""
+    order = torch.randperm(num_domains, generator=generator).tolist()
+    return order[:-1], order[-1]
+
+
+def adapt(
+    params: dict[str, Tensor], loss: Tensor, lr: float, second_order: bool
+) -> dict[str, Tensor]:
+    """One SGD step ``theta' = theta - lr * grad_theta loss``.
+
+    With ``second_order`` the gradient is part of the graph
+    (``create_graph=True``), so differentiating a loss of ``theta'`` brings in
+    the Hessian term ``-lr * H g``; without it the gradient is a constant.
+    """
+    grads = torch.autograd.grad(
+        loss, list(params.values()), create_graph=second_order, retain_graph=True
+    )
+    return {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+
+
+def call_with(module: nn.Module, params: dict[str, Tensor], *inputs: Tensor) -> Tensor:
+    """``module(*inputs)`` with ``params`` in place of its parameters.
+
+    BatchNorm running statistics update copies of the buffers, so these passes
+    leave the module's own statistics untouched.
+    """
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    return functional_call(module, {**params, **buffers}, inputs)
+
+
+@dataclass
+class DomainBatch:
+    images: Tensor  # float RGB in [0, 1]
+    labels: Tensor  # float, 1 = real
+    depth: Tensor  # float depth target in [0, 1]
+
+
+class BalancedSampler:
+    """Endless batches of ``batch_size`` real and ``batch_size`` attack frames of one
+    domain, each class drawn without replacement until exhausted, then reshuffled."""
+
+    def __init__(self, frames: FasFrames, batch_size: int, generator: torch.Generator) -> None:
+        self.frames = frames
+        self.batch_size = batch_size
+        self.generator = generator
+        labels = frames.labels.cpu()
+        self.pools = [torch.nonzero(labels == c).squeeze(1) for c in (REAL, ATTACK)]
+        self.queues = [p[:0] for p in self.pools]
+
+    def _take(self, c: int) -> Tensor:
+        while len(self.queues[c]) < self.batch_size:
+            pool = self.pools[c]
+            shuffled = pool[torch.randperm(len(pool), generator=self.generator)]
+            self.queues[c] = torch.cat([self.queues[c], shuffled])
+        taken, self.queues[c] = self.queues[c][: self.batch_size], self.queues[c][self.batch_size :]
+        return taken
+
+    def draw(self) -> DomainBatch:
+        real, attack = self._take(0), self._take(1)  # pools are ordered (REAL, ATTACK)
+        index = torch.cat([real, attack]).to(self.frames.labels.device)
+        return DomainBatch(
+            to_float(self.frames.images[index]),
+            self.frames.labels[index].float(),
+            to_float(self.frames.depth[index]),
+        )
+
+
+@dataclass
+class MetaLosses:
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+def meta_step(
+    model: FasNet,
+    batches: list[DomainBatch],
+    split: tuple[list[int], int],
+    method: MetaMethod,
+    inner_lr: float,
+    depth_weight: float,
+    meta_test_weight: float,
+) -> MetaLosses:
+    """The loss of one iteration (module docstring) on one batch per source domain."""
+    encoded = [model.features(b.images) for b in batches]
+
+    def cls_loss(i: int, params: dict[str, Tensor] | None = None) -> Tensor:
+        features = encoded[i][1]
+        logits = (
+            model.learner(features)
+            if params is None
+            else call_with(model.learner, params, features)
+        )
+        return F.binary_cross_entropy_with_logits(logits, batches[i].labels)
+
+    def depth_loss(ids: list[int]) -> Tensor:
+        if model.depth is None:
+            return torch.zeros((), device=batches[0].images.device)
+        return sum(F.mse_loss(model.depth(encoded[i][0]), batches[i].depth) for i in ids)
+
+    if not method.meta:
+        every = list(range(len(batches)))
+        terms = {"cls": sum(cls_loss(i) for i in every), "depth": depth_loss(every)}
+        return MetaLosses(terms["cls"] + depth_weight * terms["depth"], terms)
+
+    train_ids, test_id = split
+    cls_train = [cls_loss(i) for i in train_ids]
+    theta = dict(model.learner.named_parameters())
+    if method.inner == "per-domain":
+        adapted = [adapt(theta, loss, inner_lr, method.second_order) for loss in cls_train]
+    else:
+        adapted = [adapt(theta, sum(cls_train), inner_lr, method.second_order)]
+    terms = {
+        "cls_train": sum(cls_train),
+        "depth_train": depth_loss(train_ids),
+        "cls_test": sum(cls_loss(test_id, params) for params in adapted),
+        "depth_test": depth_loss([test_id]),
+    }
+    meta_train = terms["cls_train"] + depth_weight * terms["depth_train"]
+    meta_test = terms["cls_test"] + depth_weight * terms["depth_test"]
+    return MetaLosses(meta_train + meta_test_weight * meta_test, terms)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
+
+def _validation_record(model: FasNet, data: FasData, batch_size: int) -> dict[str, float]:
+    scores = torch.cat([frame_scores(model, s.val, batch_size) for s in data.sources])
+    labels = torch.cat([s.val.labels.cpu() for s in data.sources])
+    return {"val_auc": auroc(scores, labels == REAL), "val_eer": eer(scores, labels)[0]}
+
+
+def train_meta(
+    config: FasConfig, data: FasData, run: RunDir | None = None, progress: bool = True
+) -> TrainResult:
+    """Train F, D and M of ``config.method`` on the source domains of ``data``.
+
+    Every ``train.eval_every`` iterations the record of mean training losses and
+    the source-validation AUC and EER goes to ``history.jsonl`` and TensorBoard
+    (with ``run`` given). The final model is returned in eval mode; the target
+    domain is never looked at.
+    """
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    method = META_METHODS[config.method]
+    name, kwargs = fas_model_spec(config)
+    model = create_model(name, **kwargs).to(device)
+    t = config.train
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    data = data.to(device)
+    batch_generator = torch.Generator().manual_seed(config.seed)
+    split_generator = torch.Generator().manual_seed(config.seed + 1)
+    samplers = [BalancedSampler(s.train, t.batch_size, batch_generator) for s in data.sources]
+
+    writer = None
+    if run is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run.tensorboard))
+    result = TrainResult(model, name, kwargs)
+    sums: dict[str, float] = {}
+    since = 0
+    bar = tqdm(
+        range(1, t.iterations + 1),
+        desc=f"train {config.method}",
+        disable=not progress,
+        unit="it",
+        dynamic_ncols=True,
+    )
+    try:
+        for iteration in bar:
+            model.train()
+            batches = [sampler.draw() for sampler in samplers]
+            split = draw_split(len(batches), split_generator)
+            out = meta_step(
+                model, batches, split, method, t.inner_lr, t.depth_weight, t.meta_test_weight
+            )
+            take_step(optimizer, out.loss, f"iteration {iteration}")
+            for key, value in {"loss": out.loss, **out.terms}.items():
+                sums[key] = sums.get(key, 0.0) + value.item()
+            since += 1
+            if iteration % t.eval_every and iteration != t.iterations:
+                continue
+            record: dict[str, float] = {"iteration": iteration}
+            record.update({f"train_{k}": v / since for k, v in sums.items()})
+            record.update(_validation_record(model, data, config.eval.batch_size))
+            sums, since = {}, 0
+            result.history.append(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{record['val_auc']:.3f}")
+            if run is not None:
+                with run.history.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                for key, value in record.items():
+                    if key != "iteration":
+                        writer.add_scalar(key, value, iteration)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    model.eval()
+    return result
