@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osad.config import Config, make_config
+from osad.config import AttackConfig, Config, make_config
 from osad.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +87,35 @@ def test_round_trip_through_dict():
     c = make_config(overrides=["train.epochs=2"])
     assert config_from_dict(c.to_dict()) == c
     assert isinstance(c, Config)
+
+
+def test_attack_step_defaults_follow_the_attack():
+    default = make_config()
+    assert default.train.attack.alpha == 8.0  # PGD: eps/4
+    fast = make_config(overrides=["train.attack.name=fgsm-rs"])
+    assert fast.train.attack.alpha == 40.0  # FGSM-RS: 1.25 eps (Wong et al. 2020)
+    explicit = make_config(overrides=["train.attack.name=fgsm-rs", "train.attack.alpha=10"])
+    assert explicit.train.attack.alpha == 10.0
+    smaller = make_config(overrides=["train.attack.name=fgsm-rs", "train.attack.eps=8"])
+    assert smaller.train.attack.alpha == 10.0
+    assert make_config(overrides=["eval.attacks.pgd16.eps=16"]).eval.attacks["pgd16"].alpha == 4.0
+    assert AttackConfig(name="fgsm-rs", eps=8).alpha_unit == 10 / 255
+    assert AttackConfig(eps=8, alpha=3).alpha_unit == 3 / 255
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["perf.cuda_graphs=true"], "set perf.compile=true as well"),
+        (["device=cpu", "perf.bf16=true"], "'perf.bf16' needs a CUDA device"),
+        (["device=cpu", "perf.compile=true", "perf.cuda_graphs=true"], "needs a CUDA device"),
+        (["perf.channels_lst=true"], "did you mean 'perf.channels_last'"),
+        (["perf.compile=yes please"], "must be true or false"),
+        (["train.attack.alpha=fast"], "must be a number"),
+        (["train.attack.alpha=0"], "must be > 0"),
+        (["train.fused_branches=1"], "must be true or false"),
+    ],
+)
+def test_bad_perf_and_training_switches(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        make_config(overrides=overrides)

@@ -27,14 +27,25 @@ NORMS = ("linf", "l2")
 ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd")
 
 
+# The step an attack takes when a config names none, as a multiple of eps: PGD's
+# usual eps/4 (2/255 at 8/255), FGSM's single step of eps, and FGSM-RS's 1.25 eps
+# from a random start (Wong et al., ICLR 2020, https://arxiv.org/abs/2001.03994).
+DEFAULT_ALPHA_PER_EPS = {"pgd": 0.25, "fgsm": 1.0, "fgsm-rs": 1.25}
+
+
 @dataclass
 class AttackConfig:
-    """One attack setting. ``eps`` and ``alpha`` are in 1/255 units."""
+    """One attack setting. ``eps`` and ``alpha`` are in 1/255 units.
+
+    ``alpha=None`` means the attack's own default step
+    (:data:`DEFAULT_ALPHA_PER_EPS` times ``eps``); :func:`make_config` fills it in,
+    so a resolved config always states the step it uses.
+    """
 
     name: str = "pgd"
     norm: str = "linf"
     eps: float = 8.0
-    alpha: float = 2.0
+    alpha: float | None = None
     steps: int = 10
     restarts: int = 1
     random_start: bool = True
@@ -45,9 +56,16 @@ class AttackConfig:
         return self.eps / 255.0
 
     @property
+    def step(self) -> float:
+        """``alpha``, or the attack's default step when it is unset (1/255 units)."""
+        if self.alpha is not None:
+            return self.alpha
+        return DEFAULT_ALPHA_PER_EPS.get(self.name, DEFAULT_ALPHA_PER_EPS["pgd"]) * self.eps
+
+    @property
     def alpha_unit(self) -> float:
-        """``alpha`` in [0, 1] pixel units."""
-        return self.alpha / 255.0
+        """The step in [0, 1] pixel units."""
+        return self.step / 255.0
 
 
 @dataclass
@@ -85,7 +103,8 @@ DIGITS_EPS = 32.0
 
 
 def _digits_train_attack() -> AttackConfig:
-    return AttackConfig(name="pgd", eps=DIGITS_EPS, alpha=DIGITS_EPS / 4, steps=5)
+    # alpha unset: eps/4 for PGD, and 1.25 eps after `train.attack.name=fgsm-rs`.
+    return AttackConfig(name="pgd", eps=DIGITS_EPS, steps=5)
 
 
 @dataclass
@@ -102,6 +121,9 @@ class TrainConfig:
     self_supervision: bool = True
     reconstruction_weight: float = 1.0
     rotation_weight: float = 1.0
+    # OSDN: run the encoder once over [x_adv; x_r_adv] (BatchNorm statistics of the
+    # 2B images together), or once per branch as the authors' code does.
+    fused_branches: bool = True
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
@@ -128,6 +150,24 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches for training and evaluation, all off by default.
+
+    None changes the math beyond floating-point rounding, except ``bf16``
+    (bfloat16 autocast: convolutions and matrix products in bf16). See
+    docs/performance.md for what each buys.
+    """
+
+    channels_last: bool = False
+    # bf16 autocast on CUDA only: refused on CPU, where it is slower than fp32 on most CPUs.
+    bf16: bool = False
+    # torch.compile of the encoder and decoder (first steps pay the compilation).
+    compile: bool = False
+    # CUDA graphs through torch.compile's "reduce-overhead" mode; needs compile and CUDA.
+    cuda_graphs: bool = False
+
+
+@dataclass
 class Config:
     """A complete, validated run configuration."""
 
@@ -138,6 +178,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,7 +217,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        raise TypeError("optional config fields are not supported")
+        (item_tp,) = [t for t in typing.get_args(tp) if t is not type(None)]
+        return None if value is None else _coerce(value, item_tp, key)
     # bool is an int subclass: refuse it where a number is expected, and refuse
     # strings such as "False" where a bool is expected (a trap of the reference code).
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -271,8 +313,15 @@ def make_config(
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     config = _build(Config, tree)
+    _fill_attack_steps(config)
     validate(config)
     return config
+
+
+def _fill_attack_steps(config: Config) -> None:
+    """Write each attack's default step into the config, so it states the step it uses."""
+    for attack in (config.train.attack, *config.eval.attacks.values()):
+        attack.alpha = attack.step
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -306,7 +355,7 @@ def validate_attack(attack: AttackConfig, key: str) -> None:
     _check(attack.eps >= 0, f"'{key}.eps' must be >= 0 (in 1/255 units), got {attack.eps}")
     if attack.norm == "linf":
         _check(attack.eps <= 255, f"'{key}.eps' must be <= 255 (in 1/255 units), got {attack.eps}")
-    _check(attack.alpha > 0, f"'{key}.alpha' must be > 0 (in 1/255 units), got {attack.alpha}")
+    _check(attack.step > 0, f"'{key}.alpha' must be > 0 (in 1/255 units), got {attack.alpha}")
     _check(attack.steps >= 1, f"'{key}.steps' must be >= 1, got {attack.steps}")
     _check(attack.restarts >= 1, f"'{key}.restarts' must be >= 1, got {attack.restarts}")
 
@@ -366,6 +415,14 @@ def validate(config: Config) -> None:
     _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
     validate_attack(t.attack, "train.attack")
 
+    p = config.perf
+    _check(
+        not p.cuda_graphs or p.compile,
+        "'perf.cuda_graphs' works through torch.compile: set perf.compile=true as well",
+    )
+    if config.device == "cpu":
+        check_perf_device(p, config.device)
+
     e = config.eval
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
     for name, attack in e.attacks.items():
@@ -378,3 +435,19 @@ def validate(config: Config) -> None:
     _check(e.openmax_tail >= 2, f"'eval.openmax_tail' must be >= 2, got {e.openmax_tail}")
     if e.openmax_fit not in ("attacked", "clean"):
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))
+
+
+def check_perf_device(perf: PerfConfig, device: str) -> None:
+    """Refuse the CUDA-only switches on another device (``device`` as resolved)."""
+    if device.startswith("cuda"):
+        return
+    _check(
+        not perf.bf16,
+        f"'perf.bf16' needs a CUDA device, this run uses {device}: bf16 autocast is slower "
+        "than fp32 on most CPUs; set perf.bf16=false",
+    )
+    _check(
+        not perf.cuda_graphs,
+        f"'perf.cuda_graphs' needs a CUDA device, this run uses {device}; "
+        "set perf.cuda_graphs=false",
+    )

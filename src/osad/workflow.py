@@ -7,10 +7,11 @@ from pathlib import Path
 import yaml
 
 from osad.checkpoint import load_model, save_model
-from osad.config import Config, config_from_dict, save_config
+from osad.config import Config, check_perf_device, config_from_dict, save_config
 from osad.data import load_openset
 from osad.errors import RunDirError
 from osad.eval import evaluate, write_results
+from osad.perf import prepare_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device
 from osad.train import train
@@ -20,6 +21,8 @@ def train_run(
     config: Config, out: str | Path, *, force: bool = False, progress: bool = True
 ) -> RunDir:
     """Train ``config`` into a new run directory ``out`` (config, weights, history)."""
+    # Refuse CUDA-only switches before anything is written.
+    check_perf_device(config.perf, str(resolve_device(config.device)))
     run = RunDir.create(out, force=force)
     save_config(config, run.config)
     data = load_openset(config.data)
@@ -45,7 +48,8 @@ def test_run(run_dir: str | Path, *, force: bool = False, progress: bool = True)
     if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
         raise RunDirError(f"{run.eval_dir} already holds results; pass --force to overwrite them")
     config = load_run_config(run)
-    model = load_model(run.model, resolve_device(config.device))
+    device = resolve_device(config.device)
+    model = prepare_model(load_model(run.model, device), config.perf, device)
     data = load_openset(config.data)
     result = evaluate(model, data, config, progress=progress)
     title = f"{config.method} on {config.data.name} split {config.data.split}"

@@ -27,6 +27,7 @@ from osad.config import AttackConfig, Config
 from osad.data import OpenSetData, to_float
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.openset import SCORERS, OpenMax, Scorer
+from osad.perf import autocast
 
 
 @dataclass
@@ -123,7 +124,11 @@ def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
 def evaluate(
     model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
 ) -> EvalResult:
-    """Run the test protocol of ``config.eval`` on ``data`` (moved to the model's device)."""
+    """Run the test protocol of ``config.eval`` on ``data`` (moved to the model's device).
+
+    Forward passes run under ``config.perf``'s autocast; the model-side switches
+    (channels_last, compile) are the caller's, see :func:`osad.perf.prepare_model`.
+    """
     device = next(model.parameters()).device
     data = data.to(device)
     bs = config.eval.batch_size
@@ -135,30 +140,32 @@ def evaluate(
     for name, attack_config in tqdm(
         conditions, desc="evaluate", disable=not progress, dynamic_ncols=True
     ):
-        test = outputs_under_attack(
-            model,
-            data.test_images,
-            data.test_labels,
-            attack_config,
-            batch_size=bs,
-            seed=config.seed,
-            desc=f"{name} test",
-            progress=progress,
-        )
+        with autocast(config.perf, device):
+            test = outputs_under_attack(
+                model,
+                data.test_images,
+                data.test_labels,
+                attack_config,
+                batch_size=bs,
+                seed=config.seed,
+                desc=f"{name} test",
+                progress=progress,
+            )
         fit_config = attack_config if config.eval.openmax_fit == "attacked" else None
         if fit_config is None and clean_train is not None:
             train_out = clean_train
         else:
-            train_out = outputs_under_attack(
-                model,
-                data.train_images,
-                data.train_labels,
-                fit_config,
-                batch_size=bs,
-                seed=config.seed + 1,
-                desc=f"{name} fit",
-                progress=progress,
-            )
+            with autocast(config.perf, device):
+                train_out = outputs_under_attack(
+                    model,
+                    data.train_images,
+                    data.train_labels,
+                    fit_config,
+                    batch_size=bs,
+                    seed=config.seed + 1,
+                    desc=f"{name} fit",
+                    progress=progress,
+                )
             if fit_config is None:
                 clean_train = train_out
         scores, aurocs, fits = {}, {}, {}
@@ -173,7 +180,9 @@ def evaluate(
         results.append(
             ConditionResult(
                 name=name,
-                attack=None if attack_config is None else dict(attack_config.__dict__),
+                attack=None
+                if attack_config is None
+                else {**attack_config.__dict__, "alpha": attack_config.step},
                 logits=test.logits.cpu(),
                 features=None if test.features is None else test.features.cpu(),
                 scores=scores,
