@@ -16,6 +16,7 @@ src/osad/train/objectives.py).
     python benchmarks/train_step.py                 # batch 16, 3 rounds
     python benchmarks/train_step.py --batch 32 --channels-last --compile
     python benchmarks/train_step.py --device cuda --bf16 --compile
+    python benchmarks/train_step.py --profile       # where osad's step spends its time
 
 Prints median seconds per step, images/s, achieved GFLOP/s (FLOPs counted with
 torch.utils.flop_counter on the naive step, the algorithm's own count) and its
@@ -179,6 +180,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="CUDA only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's table of one osad step"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -199,6 +203,14 @@ def main() -> None:
         with autocast(perf, device):
             return osad_step(osad, objective, x, y)
 
+    if args.profile:
+        from torch.profiler import profile
+
+        run_osad(fused)
+        with profile() as prof:
+            run_osad(fused)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return
     flops = step_flops(lambda: naive_step(copy.deepcopy(naive), x, y, random_start=True))
     peak = matmul_peak_gflops(device)
     medians = interleaved_medians(
