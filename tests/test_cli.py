@@ -107,6 +107,12 @@ def test_existing_output_is_not_overwritten(tiny_run, capsys):
         (["train", "--out", "{tmp}/a", "--config", "{tmp}/missing.yaml"], "config file not found"),
         (["train", "--out", "{tmp}/a", "data.split=7"], "'data.split' must be in 0..4"),
         (["train", "--out", "{tmp}/a", "train.epochs"], "malformed override"),
+        (["train", "--out", "{tmp}/a", "device=cpu", "perf.bf16=true"], "needs a CUDA device"),
+        pytest.param(
+            ["train", "--out", "{tmp}/a", "perf.bf16=true"],  # device=auto resolves to the CPU
+            "needs a CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present"),
+        ),
         (["train"], "required: --out"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osad.config import Config, make_config
+from osad.config import AttackConfig, Config, make_config
 from osad.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,10 @@ def test_file_attacks_replace_the_default_set(tmp_path):
         ("eval.attacks.pgd.norm=l3", "unknown norm"),
         ("eval.attacks.pgd.name=apdg", "did you mean 'apgd'"),
         ("eval.attacks.pgd.loss=dlrr", "did you mean 'dlr'"),
-        ("eval.attacks.pgd.name=apgd", "'eval.attacks.pgd.alpha' does not apply to apgd"),
+        (
+            "eval.attacks.pgd={name: apgd, eps: 8, alpha: 2}",
+            "'eval.attacks.pgd.alpha' does not apply to apgd",
+        ),
         ("eval.attacks.fgsm.alpha=8", "'eval.attacks.fgsm.alpha' is always 32.0 for fgsm"),
         ("eval.attacks.pgd.queries=100", "'eval.attacks.pgd.queries' does not apply to pgd"),
         ("eval.attacks.sq={name: square, steps: 10}", "'eval.attacks.sq.steps' does not apply"),
@@ -132,3 +135,64 @@ def test_undotted_keys_name_the_one_section_that_has_them():
         make_config(overrides=["batch_size=32"])
     with pytest.raises(ConfigError, match="unknown config key 'splitt'"):
         make_config(overrides=["splitt=2"])
+
+
+def test_attack_step_defaults_follow_the_attack():
+    def step(*overrides, attack="train"):
+        c = make_config(overrides=list(overrides))
+        return (c.train.attack if attack == "train" else c.eval.attacks[attack]).resolved().alpha
+
+    assert step() == 8.0  # PGD: eps/4
+    assert step("train.attack.name=fgsm-rs") == 40.0  # FGSM-RS: 1.25 eps (Wong et al. 2020)
+    assert step("train.attack.name=fgsm-rs", "train.attack.alpha=10") == 10.0
+    assert step("train.attack.name=fgsm-rs", "train.attack.eps=8") == 10.0
+    assert step("eval.attacks.pgd16.eps=16", attack="pgd16") == 4.0
+    assert AttackConfig(name="fgsm-rs", eps=8).alpha_unit == 10 / 255
+    assert AttackConfig(eps=8, alpha=3).alpha_unit == 3 / 255
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["perf.cuda_graphs=true"], "set perf.compile=true as well"),
+        (["device=cpu", "perf.bf16=true"], "'perf.bf16' needs a CUDA device"),
+        (["device=cpu", "perf.compile=true", "perf.cuda_graphs=true"], "needs a CUDA device"),
+        (["perf.channels_lst=true"], "did you mean 'perf.channels_last'"),
+        (["perf.compile=yes please"], "must be true or false"),
+        (["train.attack.alpha=fast"], "must be a number"),
+        (["train.attack.alpha=0"], "must be > 0"),
+        (["train.fused_branches=1"], "must be true or false"),
+    ],
+)
+def test_bad_perf_and_training_switches(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        make_config(overrides=overrides)
+
+
+def test_renaming_an_attack_keeps_its_budget_and_resets_its_own_keys():
+    fast = make_config(overrides=["train.attack.name=fgsm-rs"]).train.attack.resolved()
+    assert (fast.name, fast.eps, fast.steps, fast.alpha) == ("fgsm-rs", 32.0, 1, 40.0)
+    apgd = make_config(overrides=["eval.attacks.pgd.name=apgd"]).eval.attacks["pgd"]
+    assert apgd.resolved().steps == 100 and apgd.alpha is None and apgd.eps == 32.0
+    # Keys set in the same command survive the rename, in either order.
+    for order in (
+        ("train.attack.alpha=10", "train.attack.name=fgsm-rs"),
+        ("train.attack.name=fgsm-rs", "train.attack.alpha=10"),
+    ):
+        assert make_config(overrides=list(order)).train.attack.resolved().alpha == 10.0
+    with pytest.raises(
+        ConfigError, match=re.escape("'train.attack.steps' is always 1 for fgsm-rs")
+    ):
+        make_config(overrides=["train.attack.name=fgsm-rs", "train.attack.steps=5"])
+
+
+def test_saved_config_states_every_resolved_attack_key(tmp_path):
+    from osad.config import save_config
+
+    config = make_config(overrides=["train.attack.name=fgsm-rs"])
+    save_config(config, tmp_path / "c.yaml")
+    saved = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert saved["train"]["attack"]["alpha"] == 40.0 and saved["train"]["attack"]["steps"] == 1
+    assert (
+        make_config(tmp_path / "c.yaml").train.attack.resolved() == config.train.attack.resolved()
+    )

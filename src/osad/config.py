@@ -189,9 +189,8 @@ DIGITS_EPS = 32.0
 
 
 def _digits_train_attack() -> AttackConfig:
-    return AttackConfig(
-        name="pgd", eps=DIGITS_EPS, alpha=DIGITS_EPS / 4, steps=5, random_start=True, loss="ce"
-    )
+    # alpha unset: eps/4 for PGD, and 1.25 eps after `train.attack.name=fgsm-rs`.
+    return AttackConfig(name="pgd", eps=DIGITS_EPS, steps=5)
 
 
 @dataclass
@@ -208,6 +207,9 @@ class TrainConfig:
     self_supervision: bool = True
     reconstruction_weight: float = 1.0
     rotation_weight: float = 1.0
+    # OSDN: run the encoder once over [x_adv; x_r_adv] (BatchNorm statistics of the
+    # 2B images together), or once per branch as the authors' code does.
+    fused_branches: bool = True
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
@@ -236,6 +238,24 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches for training and evaluation, all off by default.
+
+    None changes the math beyond floating-point rounding, except ``bf16``
+    (bfloat16 autocast: convolutions and matrix products in bf16). See
+    docs/performance.md for what each buys.
+    """
+
+    channels_last: bool = False
+    # bf16 autocast on CUDA only: refused on CPU, where it is slower than fp32 on most CPUs.
+    bf16: bool = False
+    # torch.compile of the encoder and decoder (first steps pay the compilation).
+    compile: bool = False
+    # CUDA graphs through torch.compile's "reduce-overhead" mode; needs compile and CUDA.
+    cuda_graphs: bool = False
+
+
+@dataclass
 class Config:
     """A complete, validated run configuration."""
 
@@ -247,6 +267,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -446,15 +467,62 @@ def expand_key(key: str, schema: type | None = None) -> str:
 ConfigSource = str | Path | dict[str, Any] | None
 
 
+def _type_at(schema: type, parts: Sequence[str]) -> Any:
+    """The annotated type at a dotted path of ``schema`` (through dataclasses and dicts)."""
+    tp: Any = schema
+    for part in parts:
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    return tp
+
+
+# Keys whose meaning depends on the attack; the budget (eps, norm, restarts) does not.
+ATTACK_SPECIFIC_KEYS = ("alpha", "steps", "random_start", "loss", "queries", "p_init")
+
+
+def _get_dotted(tree: dict[str, Any], parts: Sequence[str]) -> Any:
+    node: Any = tree
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def build_config(schema: type[T], file: ConfigSource = None, overrides: Sequence[str] = ()) -> T:
     """An instance of the dataclass ``schema`` from its defaults, a YAML file (or a
-    mapping) and ``key=value`` overrides, strictly typed but not range-checked."""
+    mapping) and ``key=value`` overrides, strictly typed but not range-checked.
+
+    An override that changes an attack's name (``train.attack.name=fgsm-rs``)
+    keeps its budget and resets its attack-specific keys (step, steps, start,
+    loss, queries) to the new attack's defaults, unless the overrides set them.
+    """
     tree = dataclasses.asdict(schema())
     if file is not None:
         tree = _merge_tree(tree, dict(file) if isinstance(file, dict) else load_yaml(file))
+    given, renamed = set(), []
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(tree, expand_key(key, schema), value)
+        key = expand_key(key, schema)
+        parts = key.split(".")
+        if parts[-1] == "name" and _type_at(schema, parts[:-1]) is AttackConfig:
+            previous = _get_dotted(tree, parts[:-1])
+            if not isinstance(previous, dict) or previous.get("name") != value:
+                renamed.append(parts[:-1])
+        _set_dotted(tree, key, value)
+        given.add(key)
+    for parts in renamed:
+        attack = _get_dotted(tree, parts)
+        for key in ATTACK_SPECIFIC_KEYS:
+            if ".".join([*parts, key]) not in given:
+                attack[key] = None
     return _build(schema, tree)
 
 
@@ -493,8 +561,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a configuration as YAML; attacks are written resolved, so the file states
+    every step size and iteration count the run used."""
+    tree = config.to_dict()
+    if isinstance(config, Config):
+        tree["train"]["attack"] = dataclasses.asdict(config.train.attack.resolved())
+        tree["eval"]["attacks"] = {
+            name: dataclasses.asdict(a.resolved()) for name, a in config.eval.attacks.items()
+        }
+    Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------
@@ -648,6 +724,14 @@ def validate(config: Config) -> None:
     num_known = len(d.known) if d.known else len(info.known_splits[d.split])
     validate_attack(t.attack, "train.attack", num_known)
 
+    p = config.perf
+    _check(
+        not p.cuda_graphs or p.compile,
+        "'perf.cuda_graphs' works through torch.compile: set perf.compile=true as well",
+    )
+    if config.device == "cpu":
+        check_perf_device(p, config.device)
+
     e = config.eval
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
     for name, attack in e.attacks.items():
@@ -660,3 +744,19 @@ def validate(config: Config) -> None:
     _check(e.openmax_tail >= 2, f"'eval.openmax_tail' must be >= 2, got {e.openmax_tail}")
     if e.openmax_fit not in ("attacked", "clean"):
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))
+
+
+def check_perf_device(perf: PerfConfig, device: str) -> None:
+    """Refuse the CUDA-only switches on another device (``device`` as resolved)."""
+    if device.startswith("cuda"):
+        return
+    _check(
+        not perf.bf16,
+        f"'perf.bf16' needs a CUDA device, this run uses {device}: bf16 autocast is slower "
+        "than fp32 on most CPUs; set perf.bf16=false",
+    )
+    _check(
+        not perf.cuda_graphs,
+        f"'perf.cuda_graphs' needs a CUDA device, this run uses {device}; "
+        "set perf.cuda_graphs=false",
+    )

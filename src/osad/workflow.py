@@ -11,13 +11,14 @@ from pathlib import Path
 import yaml
 
 from osad.checkpoint import load_model, save_model
-from osad.config import Config, make_task_config, save_config
+from osad.config import Config, check_perf_device, make_task_config, save_config
 from osad.data import load_openset
 from osad.data.fas import load_fas
 from osad.errors import RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.fas_config import FasConfig
+from osad.perf import prepare_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device
 from osad.train import train
@@ -32,6 +33,9 @@ def train_run(
     The data are loaded first, so a missing dataset leaves no run directory behind.
     """
     fas = isinstance(config, FasConfig)
+    if not fas:
+        # Refuse CUDA-only switches before anything is written.
+        check_perf_device(config.perf, str(resolve_device(config.device)))
     data = load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     run = RunDir.create(out, force=force)
     save_config(config, run.config)
@@ -69,12 +73,14 @@ def test_run(
     config = load_run_config(run)
     if data_root:
         config.data.root = data_root
-    model = load_model(run.model, resolve_device(config.device))
+    device = resolve_device(config.device)
+    model = load_model(run.model, device)
     if isinstance(config, FasConfig):
         data = load_fas(config.data, config.depth_size)
         result = evaluate_fas(model, data, config, progress=progress)
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
+    model = prepare_model(model, config.perf, device)
     data = load_openset(config.data)
     result = evaluate(model, data, config, progress=progress)
     title = f"{config.method} on {config.data.name} split {config.data.split}"

@@ -108,3 +108,17 @@ def test_registry_builds_by_name():
     with pytest.raises(TypeError):
         create_model("openset-resnet", bogus=1, **kwargs)
     assert F.softmax(a.eval()(torch.rand(1, 1, 8, 8)), 1).shape == (1, 3)
+
+
+def test_gaussian_block_runs_the_fused_attention_kernel():
+    """Inputs that are not 4-d with contiguous channels make SDPA fall back to an
+    explicit matmul + softmax (the core's first version did, and was 3x slower)."""
+    from torch.profiler import profile
+
+    op = EmbeddedGaussian(8)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    with profile() as prof:
+        op(x).sum().backward()
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::scaled_dot_product_attention" in ops
+    assert not any("attention_math" in name or "softmax" in name for name in ops)

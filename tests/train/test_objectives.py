@@ -1,7 +1,9 @@
+import copy
+
 import torch
 import torch.nn.functional as F
 
-from osad.attacks import attack, cross_entropy
+from osad.attacks import FGSMRS, attack, build_attack, cross_entropy
 from osad.config import AttackConfig, make_config
 from osad.models import create_model
 from osad.train import METHODS, TrainObjective, model_spec
@@ -89,3 +91,58 @@ def test_a_few_steps_lower_the_loss():
         optimizer.step()
         losses.append(out.loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_fused_and_separate_branches_share_the_attack_and_differ_only_by_batchnorm():
+    model = _model().train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    budget = AttackConfig(eps=16, alpha=4, steps=2)
+    fused = TrainObjective(budget)
+    separate = TrainObjective(budget, fused_branches=False)
+    torch.manual_seed(3)
+    inputs, labels = fused.attacked_inputs(model, x, y)
+    torch.manual_seed(3)
+    inputs_separate, labels_separate = separate.attacked_inputs(model, x, y)
+    assert torch.equal(inputs, inputs_separate) and torch.equal(labels, labels_separate)
+    assert inputs.shape[0] == 16 and not torch.equal(inputs[:8], x)
+
+    # BatchNorm on running statistics: the two forms are the same function.
+    model.eval()
+    a, b = fused.losses(model, x, y, inputs, labels), separate.losses(model, x, y, inputs, labels)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+
+    # Training mode: the separate form normalises each branch with its own batch
+    # statistics, as two forward passes of the authors' code do...
+    model.train()
+    reference = copy.deepcopy(model)
+    b = separate.losses(model, x, y, inputs, labels)
+    by_hand = F.cross_entropy(reference.classifier(reference.encode(inputs[:8])), y)
+    assert torch.allclose(b.terms["ce"], by_hand, atol=1e-6)
+    # ...and the fused form with those of the whole 2B batch: a different loss.
+    a = fused.losses(copy.deepcopy(reference), x, y, inputs, labels)
+    assert not torch.allclose(a.terms["ce"], b.terms["ce"], atol=1e-4)
+
+
+def test_running_statistics_update_once_fused_and_once_per_branch_separate():
+    model = _model().train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    inputs, labels = TrainObjective(None).attacked_inputs(model, x, y)
+    conv, bn = model.encoder.stem[0], model.encoder.stem[1]
+    with torch.no_grad():
+        means = [conv(model.normalize(part)).mean((0, 2, 3)) for part in (inputs[:8], inputs[8:])]
+        mean_all = conv(model.normalize(inputs)).mean((0, 2, 3))
+    m, start = bn.momentum, bn.running_mean.clone()
+    for fuse, expected in (
+        (True, (1 - m) * start + m * mean_all),
+        (False, (1 - m) * ((1 - m) * start + m * means[0]) + m * means[1]),
+    ):
+        net = copy.deepcopy(model)
+        TrainObjective(None, fused_branches=fuse).losses(net, x, y, inputs, labels)
+        assert torch.allclose(net.encoder.stem[1].running_mean, expected, atol=1e-6)
+
+
+def test_fgsm_rs_training_attack_takes_one_step_of_1_25_eps():
+    config = make_config(overrides=["train.attack.name=fgsm-rs"])
+    atk = build_attack(_model(), config.train.attack)
+    assert isinstance(atk, FGSMRS) and atk.steps == 1 and atk.random_start
+    assert abs(atk.alpha - 1.25 * 32 / 255) < 1e-12 and abs(atk.eps - 32 / 255) < 1e-12

@@ -27,6 +27,7 @@ from osad.config import AttackConfig, Config
 from osad.data import OpenSetData, to_float
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.openset import SCORERS, OpenMax, Scorer
+from osad.perf import autocast
 
 
 @dataclass
@@ -123,7 +124,11 @@ def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
 def evaluate(
     model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
 ) -> EvalResult:
-    """Run the test protocol of ``config.eval`` on ``data`` (moved to the model's device)."""
+    """Run the test protocol of ``config.eval`` on ``data`` (moved to the model's device).
+
+    Forward passes run under ``config.perf``'s autocast; the model-side switches
+    (channels_last, compile) are the caller's, see :func:`osad.perf.prepare_model`.
+    """
     device = next(model.parameters()).device
     data = data.to(device)
     bs = config.eval.batch_size
@@ -132,32 +137,35 @@ def evaluate(
     is_known = data.test_known
     clean_train: Outputs | None = None
     results = []
+
+    def attacked_outputs(
+        images: Tensor, labels: Tensor, attack: AttackConfig | None, seed: int, desc: str
+    ) -> Outputs:
+        # Autocast covers the model only: scorers keep fp32.
+        with autocast(config.perf, device):
+            return outputs_under_attack(
+                model,
+                images,
+                labels,
+                attack,
+                batch_size=bs,
+                seed=seed,
+                desc=desc,
+                progress=progress,
+            )
+
     for name, attack_config in tqdm(
         conditions, desc="evaluate", disable=not progress, dynamic_ncols=True
     ):
-        test = outputs_under_attack(
-            model,
-            data.test_images,
-            data.test_labels,
-            attack_config,
-            batch_size=bs,
-            seed=config.seed,
-            desc=f"{name} test",
-            progress=progress,
+        test = attacked_outputs(
+            data.test_images, data.test_labels, attack_config, config.seed, f"{name} test"
         )
         fit_config = attack_config if config.eval.openmax_fit == "attacked" else None
         if fit_config is None and clean_train is not None:
             train_out = clean_train
         else:
-            train_out = outputs_under_attack(
-                model,
-                data.train_images,
-                data.train_labels,
-                fit_config,
-                batch_size=bs,
-                seed=config.seed + 1,
-                desc=f"{name} fit",
-                progress=progress,
+            train_out = attacked_outputs(
+                data.train_images, data.train_labels, fit_config, config.seed + 1, f"{name} fit"
             )
             if fit_config is None:
                 clean_train = train_out

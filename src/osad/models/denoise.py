@@ -31,13 +31,20 @@ class EmbeddedGaussian(nn.Module):
         self.g = nn.Conv2d(channels, inner, 1, bias=False)
         self.out_channels = inner
 
+    @property
+    def embeddings(self) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+        return self.theta, self.phi, self.g
+
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
-        q = self.theta(x).flatten(2).transpose(1, 2)
-        k = self.phi(x).flatten(2).transpose(1, 2)
-        v = self.g(x).flatten(2).transpose(1, 2)
+        # One attention head, (B, 1, N, C/2) with channels contiguous: the fused CPU
+        # kernel takes only that layout and otherwise falls back to matmul + softmax.
+        q, k, v = (
+            conv(x).permute(0, 2, 3, 1).contiguous().view(b, 1, h * w, -1)
+            for conv in self.embeddings
+        )
         y = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-        return y.transpose(1, 2).reshape(b, self.out_channels, h, w)
+        return y.view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last strides; convs accept them
 
 
 class DotProduct(EmbeddedGaussian):

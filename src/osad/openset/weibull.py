@@ -58,6 +58,7 @@ class WeibullTail:
         offset = torch.as_tensor(self.translate - self.small_score - self.scale, **kw)
         ratio = (distances + offset) / lam  # translated / scale - 1
         positive = ratio > -1
-        log_u = torch.log1p(torch.where(positive, ratio, torch.zeros_like(ratio)))
+        # where() before log1p keeps the gradient finite at and below ratio = -1.
+        log_u = torch.log1p(torch.where(positive, ratio, 0.0))
         cdf = -torch.expm1(-torch.exp(k * log_u))
-        return torch.where(positive, cdf, torch.zeros_like(cdf))
+        return torch.where(positive, cdf, 0.0)

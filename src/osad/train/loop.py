@@ -16,6 +16,7 @@ from osad.config import Config
 from osad.data import OpenSetData, random_crop_flip, to_float
 from osad.errors import OsadError
 from osad.models import create_model
+from osad.perf import autocast, prepare_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
 from osad.train.methods import METHODS, model_spec
@@ -99,12 +100,13 @@ def train(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model, name, kwargs = build_model_for(config, data)
-    model.to(device)
+    prepare_model(model.to(device), config.perf, device)
     method = METHODS[config.method]
     objective = TrainObjective(
         config.train.attack if method.adversarial else None,
         config.train.reconstruction_weight,
         config.train.rotation_weight,
+        fused_branches=config.train.fused_branches,
     )
     optimizer = _optimizer(config, model)
     data = data.to(device)
@@ -143,7 +145,8 @@ def train(
                 y = data.train_labels[idx]
                 if config.data.crop_padding or config.data.hflip:
                     x = random_crop_flip(x, config.data.crop_padding, config.data.hflip, augment)
-                out = objective(model, x, y)
+                with autocast(config.perf, device):
+                    out = objective(model, x, y)
                 take_step(optimizer, out.loss, f"epoch {epoch}, step {step + 1}")
                 step += 1
                 bs = b - a
@@ -159,12 +162,13 @@ def train(
             record["train_accuracy"] = correct / seen
             if len(data.val_labels):
                 val_attack.generator.manual_seed(config.seed)
-                record["val_accuracy"] = _accuracy(
-                    model, data.val_images, data.val_labels, config.eval.batch_size
-                )
-                record["val_attacked_accuracy"] = robust_accuracy(
-                    model, val_attack, data.val_images, data.val_labels, config.eval.batch_size
-                )
+                with autocast(config.perf, device):
+                    record["val_accuracy"] = _accuracy(
+                        model, data.val_images, data.val_labels, config.eval.batch_size
+                    )
+                    record["val_attacked_accuracy"] = robust_accuracy(
+                        model, val_attack, data.val_images, data.val_labels, config.eval.batch_size
+                    )
             result.history.append(record)
             bar.set_postfix(
                 epoch=epoch,

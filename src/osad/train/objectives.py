@@ -13,9 +13,19 @@ The training attack maximises the loss that ``train.attack.loss`` names
 The two OSDN attacks run as one batched attack on ``[x; x_r]`` whose per-sample
 loss is the classifier loss on the first half and the rotation loss on the
 second. The model is in eval mode while attacking, so samples do not interact
-and this equals two separate attacks. The encoder then runs once, in train
-mode, over ``[x_adv; x_r_adv]``: BatchNorm normalises with the statistics of
-the whole concatenated batch (2B images) instead of each half separately.
+and this equals two separate attacks.
+
+The encoder then runs in train mode over the attacked images, in one of two forms:
+
+* ``fused_branches=True`` (default, ``train.fused_branches``): once over
+  ``[x_adv; x_r_adv]``. BatchNorm normalises both halves with the statistics of
+  the whole 2B-image batch and updates its running statistics once, with them.
+* ``fused_branches=False``: once per branch, as the authors' code does. Each
+  half is normalised with its own batch statistics and the running statistics
+  are updated twice (momentum applied per branch).
+
+The two forms give the same attacks and, in eval mode, the same losses; in
+train mode the losses differ only through those batch statistics.
 """
 
 from __future__ import annotations
@@ -64,27 +74,45 @@ class TrainObjective:
         attack: AttackConfig | None,
         reconstruction_weight: float = 1.0,
         rotation_weight: float = 1.0,
+        *,
+        fused_branches: bool = True,
     ) -> None:
         self.attack = attack
         self.reconstruction_weight = reconstruction_weight
         self.rotation_weight = rotation_weight
+        self.fused_branches = fused_branches
 
-    def _attacked(self, model: OpenSetNet, x: Tensor, labels: Tensor, n: int) -> Tensor:
-        if self.attack is None:
-            return x
-        objective = None  # the classifier loss the config names
-        if model.rotation_head is not None:
-            loss = get_objective(self.attack.resolved().loss)
-            objective = rotation_branch_objective(model, n, loss)
-        return build_attack(model, self.attack, objective=objective, select="last")(x, labels)
-
-    def __call__(self, model: OpenSetNet, x: Tensor, y: Tensor) -> StepLosses:
+    def attacked_inputs(self, model: OpenSetNet, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The training images and their labels, attacked: ``[x_adv; x_r_adv]`` and
+        ``[y; r]`` for OSDN (random rotations ``r``), else ``x_adv`` and ``y``."""
         b = x.shape[0]
         inputs, labels = x, y
         if model.rotation_head is not None:
             x_rot, r = rotate_batch(x)
             inputs, labels = torch.cat([x, x_rot]), torch.cat([y, r])
-        z = model.encode(self._attacked(model, inputs, labels, b))
+        if self.attack is None:
+            return inputs, labels
+        objective = None  # the classifier loss the config names
+        if model.rotation_head is not None:
+            loss = get_objective(self.attack.resolved().loss)
+            objective = rotation_branch_objective(model, b, loss)
+        attack = build_attack(model, self.attack, objective=objective, select="last")
+        return attack(inputs, labels), labels
+
+    def _encode(self, model: OpenSetNet, inputs: Tensor, b: int) -> Tensor:
+        if self.fused_branches or inputs.shape[0] == b:
+            return model.encode(inputs)
+        return torch.cat([model.encode(inputs[:b]), model.encode(inputs[b:])])
+
+    def __call__(self, model: OpenSetNet, x: Tensor, y: Tensor) -> StepLosses:
+        return self.losses(model, x, y, *self.attacked_inputs(model, x, y))
+
+    def losses(
+        self, model: OpenSetNet, x: Tensor, y: Tensor, inputs: Tensor, labels: Tensor
+    ) -> StepLosses:
+        """The step's losses on the clean batch ``x, y`` and its attacked ``inputs, labels``."""
+        b = x.shape[0]
+        z = self._encode(model, inputs, b)
         logits = model.classifier(z[:b])
         terms = {"ce": F.cross_entropy(logits, y)}
         loss = terms["ce"]
