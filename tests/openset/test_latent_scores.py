@@ -65,8 +65,10 @@ def test_knn_is_the_distance_to_the_kth_nearest_normalised_training_feature():
     distances = np.linalg.norm(queries[:, None] - bank[None], axis=2)
     for k in (1, 4, 30):
         expected = np.sort(distances, axis=1)[:, k - 1]
-        scorer = KNN(k=k, chunk_size=3).fit(None, z.float(), labels)
-        assert np.allclose(scorer.score(None, test.float()).numpy(), expected, atol=1e-4)
+        scorer = KNN(k=k, chunk_size=3).fit(None, z, labels)
+        assert np.allclose(scorer.score(None, test).numpy(), expected, atol=1e-7)
+        float32 = KNN(k=k).fit(None, z.float(), labels).score(None, test.float())
+        assert np.allclose(float32.numpy(), expected, atol=1e-3)
 
 
 def test_knn_caps_k_at_the_number_of_training_features():

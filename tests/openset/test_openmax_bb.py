@@ -54,11 +54,11 @@ def test_openmax_bb_matches_hand_computation(kind, alpha):
     logits, labels = _clustered_logits()
     om = OpenMaxBB(tail_size=10, alpha=alpha, distance=kind).fit(logits, None, labels)
     expected = _hand_openmax_bb(logits, labels, TEST_ROWS, 10, alpha, kind)
-    assert np.allclose(om.probabilities(TEST_ROWS).numpy(), expected, atol=1e-6)
-    assert np.allclose(om.score(TEST_ROWS).numpy(), expected[:, -1], atol=1e-6)
+    assert np.allclose(om.probabilities(TEST_ROWS).numpy(), expected, atol=1e-9)
+    assert np.allclose(om.score(TEST_ROWS).numpy(), expected[:, -1], atol=1e-9)
     uncertainty = OpenMaxBB(tail_size=10, alpha=alpha, distance=kind, score_kind="uncertainty")
     uncertainty.fit(logits, None, labels)
-    assert np.allclose(uncertainty.score(TEST_ROWS).numpy(), 1 - expected[:, :-1].max(1), atol=1e-6)
+    assert np.allclose(uncertainty.score(TEST_ROWS).numpy(), 1 - expected[:, :-1].max(1), atol=1e-9)
 
 
 def test_alpha_one_revises_only_the_top_class():
@@ -79,7 +79,7 @@ def test_default_is_eucos_and_alpha_is_capped_at_the_number_of_classes():
     om = OpenMaxBB(tail_size=10).fit(logits, None, labels)
     assert om.distance == "eucos" and om.alpha == 10
     expected = _hand_openmax_bb(logits, labels, TEST_ROWS, 10, 4, "eucos")
-    assert np.allclose(om.score(TEST_ROWS).numpy(), expected[:, -1], atol=1e-6)
+    assert np.allclose(om.score(TEST_ROWS).numpy(), expected[:, -1], atol=1e-9)
     assert np.allclose(om.rank_weights(TEST_ROWS[:1]).numpy(), [[1.0, 0.75, 0.5, 0.25]])
 
 

@@ -55,7 +55,7 @@ class KNN(Scorer):
     ) -> KNN:
         """Store the normalised training features (labels are not used)."""
         z = require(features, "latent features to fit", self.name).detach()
-        self.bank = F.normalize(z.float(), dim=1)
+        self.bank = F.normalize(z, dim=1)
         return self
 
     def score(

@@ -206,7 +206,7 @@ class OpenMaxBB(OpenMax):
         """``max(alpha - r_c, 0) / alpha`` with r_c the rank of class c in l, (N, K)."""
         alpha = min(self.alpha, logits.shape[1])
         ranks = logits.detach().argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-        return ((alpha - ranks) / alpha).clamp_min(0).to(logits.dtype)
+        return ((alpha - ranks).to(logits.dtype) / alpha).clamp_min(0)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """OpenMax probabilities, (N, K + 1); the last column is the unknown class."""
