@@ -741,6 +741,12 @@ def validate(config: Config) -> None:
     for name in e.scores:
         if name not in SCORERS:
             raise unknown_name("score in 'eval.scores'", name, SCORERS)
+    has_decoder = METHODS[config.method].decoder and config.train.reconstruction
+    _check(
+        "reconstruction" not in e.scores or has_decoder,
+        "score 'reconstruction' in 'eval.scores' needs the OSDN decoder: use method=osdn "
+        "with train.reconstruction=true, or drop the score",
+    )
     _check(e.openmax_tail >= 2, f"'eval.openmax_tail' must be >= 2, got {e.openmax_tail}")
     if e.openmax_fit not in ("attacked", "clean"):
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))

@@ -3,7 +3,8 @@ import pytest
 import torch
 from scipy import stats
 
-from osad.openset import MSP, OpenMax, WeibullTail
+from osad.errors import ConfigError
+from osad.openset import LIBMR_TRANSLATE, MSP, Energy, MaxLogit, OpenMax, WeibullTail
 
 
 def _clustered_logits(n_per_class=60, k=4, seed=0):
@@ -76,3 +77,29 @@ def test_openmax_is_differentiable_and_records_fallback():
 def test_openmax_requires_fit():
     with pytest.raises(RuntimeError):
         OpenMax().score(torch.zeros(1, 3))
+
+
+def test_maxlogit_is_negative_max_logit():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 3.0]])
+    assert torch.equal(MaxLogit().score(logits), torch.tensor([-2.0, -3.0]))
+
+
+def test_energy_matches_hand_value_and_tends_to_maxlogit():
+    logits = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)
+    # -T log(e^(2/T) + 2) at T = 2: -2 log(e + 2)
+    assert Energy(temperature=2.0).score(logits).item() == pytest.approx(-2 * np.log(np.e + 2))
+    assert Energy().score(logits).item() == pytest.approx(-np.log(np.exp(2) + 2))
+    cold = Energy(temperature=1e-3).score(logits)
+    assert torch.allclose(cold, MaxLogit().score(logits), atol=1e-6)
+
+
+def test_energy_refuses_non_positive_temperature():
+    with pytest.raises(ConfigError, match="temperature"):
+        Energy(temperature=0.0)
+
+
+def test_openmax_keeps_its_translate_constant():
+    logits, labels = _clustered_logits()
+    om = OpenMax(tail_size=10, translate=500.0).fit(logits, None, labels)
+    assert om.weibull.translate == 500.0
+    assert OpenMax().translate == LIBMR_TRANSLATE == 10000.0

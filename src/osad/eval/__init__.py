@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from osad.eval.metrics import auroc, closed_set_accuracy
+from osad.eval.metrics import (
+    MeanStd,
+    acceptance_threshold,
+    aupr_in,
+    aupr_out,
+    auroc,
+    closed_set_accuracy,
+    fpr_at_tpr,
+    mean_std,
+    open_set_metrics,
+    operating_point,
+    oscr,
+    summarize_splits,
+)
 from osad.eval.protocol import ConditionResult, EvalResult, evaluate, outputs_under_attack
 from osad.eval.report import metrics_dict, results_table, write_results
 
 __all__ = [
     "ConditionResult",
     "EvalResult",
+    "MeanStd",
+    "acceptance_threshold",
+    "aupr_in",
+    "aupr_out",
     "auroc",
     "closed_set_accuracy",
     "evaluate",
+    "fpr_at_tpr",
+    "mean_std",
     "metrics_dict",
+    "open_set_metrics",
+    "operating_point",
+    "oscr",
     "outputs_under_attack",
     "results_table",
+    "summarize_splits",
     "write_results",
 ]

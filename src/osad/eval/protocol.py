@@ -8,7 +8,8 @@ For every condition (``clean`` and each attack of ``eval.attacks``):
 * each open-set scorer is fitted on the training images (for OpenMax: the
   logits of the correctly classified training images, attacked under the same
   condition with their true labels, no augmentation) and scores the attacked
-  test images; AUROC takes unknown images as positives.
+  test images (scores that run the model, such as ODIN, see the attacked
+  images themselves); AUROC takes unknown images as positives.
 
 Attacks are seeded per pass, so the same model and seed give the same numbers.
 """
@@ -26,7 +27,7 @@ from osad.attacks import build_attack, eval_mode, model_outputs
 from osad.config import AttackConfig, Config
 from osad.data import OpenSetData, to_float
 from osad.eval.metrics import auroc, closed_set_accuracy
-from osad.openset import SCORERS, OpenMax, Scorer
+from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
 
 
@@ -34,6 +35,7 @@ from osad.perf import autocast
 class Outputs:
     logits: Tensor
     features: Tensor | None
+    images: Tensor | None = None  # the (attacked) inputs, kept only when asked for
 
 
 @dataclass
@@ -65,9 +67,11 @@ def outputs_under_attack(
     seed: int,
     desc: str = "",
     progress: bool = False,
+    keep_images: bool = False,
 ) -> Outputs:
     """Model outputs on ``images``, each first attacked with ``labels`` (or, where a
-    label is -1 or ``labels`` is None, with the model's prediction on the clean image)."""
+    label is -1 or ``labels`` is None, with the model's prediction on the clean image).
+    ``keep_images`` also returns the attacked images (float, in [0, 1])."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     attack = (
@@ -75,7 +79,7 @@ def outputs_under_attack(
         if attack_config is not None
         else None
     )
-    logits, features = [], []
+    logits, features, inputs = [], [], []
     with eval_mode(model):
         for i in tqdm(
             range(0, len(images), batch_size),
@@ -96,21 +100,41 @@ def outputs_under_attack(
             logits.append(out)
             if feat is not None:
                 features.append(feat)
-    return Outputs(torch.cat(logits), torch.cat(features) if features else None)
+            if keep_images:
+                inputs.append(x)
+    return Outputs(
+        torch.cat(logits),
+        torch.cat(features) if features else None,
+        torch.cat(inputs) if keep_images else None,
+    )
 
 
-def make_scorers(config: Config) -> dict[str, Scorer]:
+def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
+    """The scorers of ``eval.scores``, unfitted; both OpenMax variants use ``eval.openmax_tail``."""
     scorers: dict[str, Scorer] = {}
     for name in config.eval.scores:
-        if name == "openmax":
-            scorers[name] = OpenMax(tail_size=config.eval.openmax_tail)
-        else:
-            scorers[name] = SCORERS[name]()
+        options = {}
+        if "tail_size" in scorer_options(name):
+            options["tail_size"] = config.eval.openmax_tail
+        scorers[name] = make_scorer(name, model=model, **options)
     return scorers
 
 
+def score_outputs(scorer: Scorer, model: nn.Module, outputs: Outputs, batch_size: int) -> Tensor:
+    """``scorer`` on ``outputs`` in batches (scores that run the model cost memory), on CPU."""
+    scores = []
+    with eval_mode(model):
+        for i in range(0, len(outputs.logits), batch_size):
+            batch = slice(i, i + batch_size)
+            features = None if outputs.features is None else outputs.features[batch]
+            images = None if outputs.images is None else outputs.images[batch]
+            with torch.no_grad():
+                scores.append(scorer.score(outputs.logits[batch], features, images).cpu())
+    return torch.cat(scores)
+
+
 def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
-    if isinstance(scorer, OpenMax):
+    if isinstance(scorer, OpenMax):  # both variants
         return {
             "correct_per_class": [f.correct for f in scorer.class_fits],
             "tail_per_class": [f.tail for f in scorer.class_fits],
@@ -135,11 +159,18 @@ def evaluate(
     conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
     conditions += list(config.eval.attacks.items())
     is_known = data.test_known
+    scorers = make_scorers(config, model)  # refuses a bad score before any attack runs
+    keep_images = any(scorer.needs_images for scorer in scorers.values())
     clean_train: Outputs | None = None
     results = []
 
     def attacked_outputs(
-        images: Tensor, labels: Tensor, attack: AttackConfig | None, seed: int, desc: str
+        images: Tensor,
+        labels: Tensor,
+        attack: AttackConfig | None,
+        seed: int,
+        desc: str,
+        keep_images: bool = False,
     ) -> Outputs:
         # Autocast covers the model only: scorers keep fp32.
         with autocast(config.perf, device):
@@ -152,13 +183,19 @@ def evaluate(
                 seed=seed,
                 desc=desc,
                 progress=progress,
+                keep_images=keep_images,
             )
 
     for name, attack_config in tqdm(
         conditions, desc="evaluate", disable=not progress, dynamic_ncols=True
     ):
         test = attacked_outputs(
-            data.test_images, data.test_labels, attack_config, config.seed, f"{name} test"
+            data.test_images,
+            data.test_labels,
+            attack_config,
+            config.seed,
+            f"{name} test",
+            keep_images=keep_images,
         )
         fit_config = attack_config if config.eval.openmax_fit == "attacked" else None
         if fit_config is None and clean_train is not None:
@@ -170,10 +207,9 @@ def evaluate(
             if fit_config is None:
                 clean_train = train_out
         scores, aurocs, fits = {}, {}, {}
-        for score_name, scorer in make_scorers(config).items():
+        for score_name, scorer in scorers.items():
             scorer.fit(train_out.logits, train_out.features, data.train_labels)
-            with torch.no_grad():
-                scores[score_name] = scorer.score(test.logits, test.features).cpu()
+            scores[score_name] = score_outputs(scorer, model, test, bs)
             aurocs[score_name] = auroc(scores[score_name], ~is_known.cpu())
             report = _scorer_fit_report(scorer)
             if report:

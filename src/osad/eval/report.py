@@ -13,7 +13,17 @@ from osad import __version__
 from osad.config import AttackConfig, Config
 from osad.eval.protocol import EvalResult
 
-SCORE_LABELS = {"msp": "MSP", "openmax": "OpenMax"}
+SCORE_LABELS = {
+    "msp": "MSP",
+    "maxlogit": "MaxLogit",
+    "energy": "Energy",
+    "odin": "ODIN",
+    "mahalanobis": "Mahalanobis",
+    "knn": "KNN",
+    "openmax": "OpenMax",
+    "openmax-bb": "OpenMax (B&B)",
+    "reconstruction": "Reconstruction",
+}
 
 
 def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
