@@ -19,6 +19,42 @@ TINY = (
 )
 
 
+# Two epochs of six steps with a checkpoint after every step: the resume tests' setting.
+RESUMABLE = (
+    "model.width=2",
+    "model.latent_dim=8",
+    "train.epochs=2",
+    "train.batch_size=128",
+    "train.attack.steps=1",
+    "checkpoint.every_steps=1",
+    "checkpoint.keep=3",
+)
+
+
+# An untrained OSDN-shaped network for the 8x8 gray digits, small enough to build in ms.
+TINY_NET = dict(
+    num_classes=6,
+    in_channels=1,
+    image_size=8,
+    mean=[0.3],
+    std=[0.4],
+    arch="resnet10",
+    width=2,
+    latent_dim=8,
+    denoise_places=[0],
+    decoder=True,
+    rotation_head=True,
+)
+
+
+def tiny_net(**changes):
+    """``TINY_NET`` with ``changes``, initialised from seed 0."""
+    from osad.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("openset-resnet", **{**TINY_NET, **changes})
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
@@ -36,3 +72,13 @@ def plain_model(digits_split0):
         overrides=["method=plain", "model.width=8", "model.latent_dim=32", "train.epochs=4"]
     )
     return train(config, digits_split0, progress=False).model.eval()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A run of RESUMABLE trained without interruption (the reference for resumes)."""
+    from osad.cli import main
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(["train", "--out", str(out), "--no-progress", *RESUMABLE]) == 0
+    return out

@@ -105,7 +105,7 @@ def test_existing_output_is_not_overwritten(tiny_run, capsys):
         (["train", "--out", "{tmp}/a", "--config", "{tmp}/missing.yaml"], "config file not found"),
         (["train", "--out", "{tmp}/a", "data.split=7"], "'data.split' must be in 0..4"),
         (["train", "--out", "{tmp}/a", "train.epochs"], "malformed override"),
-        (["train"], "required: --out"),
+        (["train"], "one of the arguments --out --resume is required"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -141,3 +141,14 @@ def test_seed_entry_point_trains_and_tests(tmp_path):
     )
     assert test.returncode == 0, test.stderr
     assert "| pgd |" in test.stdout and (run_dir / "eval" / "metrics.json").is_file()
+
+
+def test_default_run_directories_are_claimed_not_shared(tmp_path, monkeypatch):
+    from osad.cli import _default_out
+    from osad.config import make_config
+
+    monkeypatch.chdir(tmp_path)
+    config = make_config()
+    first, second = _default_out(config), _default_out(config)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert second.name == f"{first.name}-2"

@@ -8,6 +8,10 @@ and, for misspellings, the closest valid one.
 
 Attack budgets (``eps``, ``alpha``) are stated in units of 1/255 of the [0, 1]
 pixel range, for both norms; :meth:`AttackConfig.eps_unit` converts.
+
+A saved configuration (a run's ``config.yaml``) starts with ``format_version``
+and ``osad_version``; a file given with ``--config`` may carry them too (they
+are checked, see :mod:`osad.storage`) or leave them out.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from typing import Any
 
 import yaml
 
+from osad import __version__
 from osad.errors import ConfigError, did_you_mean
+from osad.storage import FORMAT_VERSION, check_format, write_atomic
 
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd")
@@ -64,6 +70,9 @@ class DataConfig:
     crop_padding: int = 0
     hflip: bool = False
     root: str = ""
+    # Empty: the known classes of ``split`` in the dataset's split table. Otherwise
+    # these class ids are known (overriding ``split``) and every other class is unknown.
+    known_classes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +114,20 @@ class TrainConfig:
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
+@dataclass
+class CheckpointConfig:
+    """When training writes checkpoints into ``RUN_DIR/checkpoints`` (see docs/reliability.md).
+
+    SIGINT and SIGTERM always write one before training stops."""
+
+    # Every N optimisation steps (0: never mid-epoch).
+    every_steps: int = 0
+    # At the end of every N-th epoch and of the last one (0: never at epoch ends).
+    every_epochs: int = 1
+    # How many of the newest checkpoints are kept.
+    keep: int = 2
+
+
 def _digits_eval_attacks() -> dict[str, AttackConfig]:
     return {
         "fgsm": AttackConfig(
@@ -134,10 +157,13 @@ class Config:
     method: str = "osdn"
     seed: int = 0
     device: str = "auto"
+    # Deterministic algorithms only (slower on CUDA); see runtime.deterministic_mode.
+    deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,13 +287,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _without_header(tree: dict[str, Any], source: str, required: bool) -> dict[str, Any]:
+    """``tree`` without the saved-file header, whose format version must be ours."""
+    tree = dict(tree)
+    version = tree.pop("format_version", None)
+    tree.pop("osad_version", None)
+    if version is not None or required:
+        check_format(version, source, ConfigError)
+    return tree
+
+
 def make_config(
     file: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
     """Build and validate a :class:`Config` from defaults, a YAML file and overrides."""
     tree = Config().to_dict()
     if file is not None:
-        tree = _merge_tree(tree, dict(file) if isinstance(file, dict) else load_yaml(file))
+        loaded = dict(file) if isinstance(file, dict) else load_yaml(file)
+        source = "the configuration" if isinstance(file, dict) else f"config file {file}"
+        tree = _merge_tree(tree, _without_header(loaded, source, required=False))
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     config = _build(Config, tree)
@@ -275,15 +313,22 @@ def make_config(
     return config
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config saved by :func:`save_config` (strict: unknown keys fail)."""
-    config = _build(Config, data)
+def config_from_dict(
+    data: dict[str, Any], source: str = "the configuration", require_version: bool = False
+) -> Config:
+    """Rebuild a config saved by :func:`save_config` (strict: unknown keys fail).
+
+    With ``require_version`` the header's format version must be present (a run's own file).
+    """
+    config = _build(Config, _without_header(data, source, require_version))
     validate(config)
     return config
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write ``config`` as YAML, after a header with the format and osad versions."""
+    header = {"format_version": FORMAT_VERSION, "osad_version": __version__}
+    write_atomic(path, yaml.safe_dump({**header, **config.to_dict()}, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------
@@ -309,6 +354,25 @@ def validate_attack(attack: AttackConfig, key: str) -> None:
     _check(attack.alpha > 0, f"'{key}.alpha' must be > 0 (in 1/255 units), got {attack.alpha}")
     _check(attack.steps >= 1, f"'{key}.steps' must be >= 1, got {attack.steps}")
     _check(attack.restarts >= 1, f"'{key}.restarts' must be >= 1, got {attack.restarts}")
+
+
+def _validate_known_classes(known: list[int], dataset: str, num_classes: int) -> None:
+    outside = [c for c in known if not 0 <= c < num_classes]
+    _check(
+        not outside,
+        f"'data.known_classes' names {outside}, but {dataset} has classes 0..{num_classes - 1}",
+    )
+    repeated = sorted({c for c in known if known.count(c) > 1})
+    _check(not repeated, f"'data.known_classes' lists {repeated} more than once")
+    _check(
+        len(known) >= 2,
+        f"'data.known_classes' needs at least 2 classes to classify, got {known}",
+    )
+    _check(
+        len(known) < num_classes,
+        f"'data.known_classes' lists all {num_classes} classes of {dataset}: "
+        "none is left to be unknown",
+    )
 
 
 def validate(config: Config) -> None:
@@ -338,6 +402,8 @@ def validate(config: Config) -> None:
     )
     _check(0 <= d.val_fraction < 1, f"'data.val_fraction' must be in [0, 1), got {d.val_fraction}")
     _check(d.crop_padding >= 0, f"'data.crop_padding' must be >= 0, got {d.crop_padding}")
+    if d.known_classes:
+        _validate_known_classes(d.known_classes, d.name, info.num_classes)
 
     m = config.model
     if m.arch not in ENCODERS:
@@ -365,6 +431,11 @@ def validate(config: Config) -> None:
     _check(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
     _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
     validate_attack(t.attack, "train.attack")
+
+    c = config.checkpoint
+    _check(c.every_steps >= 0, f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
+    _check(c.every_epochs >= 0, f"'checkpoint.every_epochs' must be >= 0, got {c.every_epochs}")
+    _check(c.keep >= 1, f"'checkpoint.keep' must be >= 1, got {c.keep}")
 
     e = config.eval
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")

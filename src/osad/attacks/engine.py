@@ -22,8 +22,34 @@ import torch
 from torch import Tensor, nn
 
 from osad.attacks.objectives import Objective, cross_entropy
+from osad.errors import InputError
+from osad.inputs import check_images, check_labels, inputs_checked
 
 NORMS = ("linf", "l2")
+SELECT = ("best", "last")
+
+
+def check_budget(
+    eps: float, alpha: float, steps: int, norm: str, restarts: int = 1, select: str = "best"
+) -> None:
+    """Raise :class:`InputError` for an attack setting out of range (budgets in [0, 1] units)."""
+    if norm not in NORMS:
+        raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if select not in SELECT:
+        raise InputError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
+    if not eps >= 0:
+        raise InputError(f"eps must be >= 0, got {eps}")
+    if norm == "linf" and eps > 1:
+        raise InputError(
+            f"eps must be <= 1 for linf: budgets are in [0, 1] pixel units "
+            f"(write eps={eps:g}/255 for {eps:g} gray levels), got {eps}"
+        )
+    if not alpha >= 0:
+        raise InputError(f"alpha must be >= 0, got {alpha}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
 
 
 @contextlib.contextmanager
@@ -97,8 +123,9 @@ def attack(
 
     Args:
         model: maps images in [0, 1] to logits (optionally ``forward_features``).
-        x: images in [0, 1], shape (B, C, H, W).
-        y: labels passed to the objective; ``None`` uses the model's prediction on ``x``.
+        x: float images in [0, 1], shape (B, C, H, W).
+        y: (B,) integer labels passed to the objective; ``None`` uses the model's
+            prediction on ``x``.
         objective: per-sample loss to maximise, see :mod:`osad.attacks.objectives`.
         eps, alpha: budget and step size in [0, 1] pixel units.
         steps: gradient steps per restart.
@@ -111,14 +138,19 @@ def attack(
 
     Returns:
         Adversarial images in [0, 1] with ``||x_adv - x|| <= eps``, detached.
+
+    Raises:
+        InputError: images not float (B, C, H, W) in [0, 1], labels not (B,) integers
+            >= 0, or a budget out of range (``eps`` > 1 under linf is taken as a /255 slip).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    check_budget(eps, alpha, steps, norm, restarts, select)
+    check_images(x)
+    if y is not None:
+        check_labels(y, x.shape[0])
     x = x.detach()
     sign = -1.0 if targeted else 1.0
-    with eval_mode(model), torch.enable_grad():
+    # Iterates stay in [0, 1] by construction: the model need not re-check them.
+    with eval_mode(model), torch.enable_grad(), inputs_checked():
         if y is None:
             with torch.no_grad():
                 y = model_outputs(model, x)[0].argmax(dim=1)

@@ -5,7 +5,8 @@ Usage::
     atk = PGD(model, eps=8/255, alpha=2/255, steps=10)
     x_adv = atk(x, y)            # y=None attacks the model's own prediction
 
-Images must be in [0, 1]; budgets are in the same units.
+Images must be float in [0, 1]; budgets are in the same units. Bad images,
+labels or budgets raise :class:`~osad.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from osad.attacks.engine import attack
+from osad.attacks.engine import attack, check_budget
 from osad.attacks.objectives import Objective, cross_entropy
 
 
@@ -34,10 +35,7 @@ class Attack:
         select: str = "best",
         generator: torch.Generator | None = None,
     ) -> None:
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_budget(eps, alpha, steps, norm, restarts, select)
         self.model = model
         self.eps, self.alpha, self.steps = eps, alpha, steps
         self.norm, self.restarts, self.random_start = norm, restarts, random_start

@@ -54,6 +54,7 @@ def load_openset(data_config) -> OpenSetData:
         val_fraction=data_config.val_fraction,
         partition_seed=data_config.partition_seed,
         image_size=data_config.image_size,
+        known_classes=data_config.known_classes,
     )
 
 

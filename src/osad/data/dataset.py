@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,15 +115,19 @@ def build_openset(
     val_fraction: float,
     partition_seed: int,
     image_size: int = 0,
+    known_classes: Sequence[int] = (),
 ) -> OpenSetData:
     """Select known/unknown classes of ``split`` and partition train/val/test, seeded.
+
+    ``known_classes``, when given, replaces the split table's known classes;
+    every other class is unknown.
 
     A dataset without an official test set is partitioned with a stratified,
     seeded split (``test_fraction``). The validation set is a stratified, seeded
     ``val_fraction`` of the known training images. Unknown-class training images
     are never used.
     """
-    known = info.known_splits[split]
+    known = tuple(known_classes) or info.known_splits[split]
     unknown = unknown_of(known, info.num_classes)
     pool = raw.train
     if raw.test is None:

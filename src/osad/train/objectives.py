@@ -52,17 +52,23 @@ def rotation_branch_objective(model: OpenSetNet, num_class_samples: int) -> Obje
 
 
 class TrainObjective:
-    """The loss of one training step; ``attack=None`` trains on clean images."""
+    """The loss of one training step; ``attack=None`` trains on clean images.
+
+    ``generator`` (on the images' device) draws the rotations and the attack's
+    random starts, so that a run owns, saves and restores this stream.
+    """
 
     def __init__(
         self,
         attack: AttackConfig | None,
         reconstruction_weight: float = 1.0,
         rotation_weight: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.attack = attack
         self.reconstruction_weight = reconstruction_weight
         self.rotation_weight = rotation_weight
+        self.generator = generator
 
     def _attacked(self, model: OpenSetNet, x: Tensor, labels: Tensor, n: int) -> Tensor:
         if self.attack is None:
@@ -72,13 +78,16 @@ class TrainObjective:
             if model.rotation_head is not None
             else cross_entropy
         )
-        return build_attack(model, self.attack, objective=objective, select="last")(x, labels)
+        attack = build_attack(
+            model, self.attack, objective=objective, select="last", generator=self.generator
+        )
+        return attack(x, labels)
 
     def __call__(self, model: OpenSetNet, x: Tensor, y: Tensor) -> StepLosses:
         b = x.shape[0]
         inputs, labels = x, y
         if model.rotation_head is not None:
-            x_rot, r = rotate_batch(x)
+            x_rot, r = rotate_batch(x, self.generator)
             inputs, labels = torch.cat([x, x_rot]), torch.cat([y, r])
         z = model.encode(self._attacked(model, inputs, labels, b))
         logits = model.classifier(z[:b])
