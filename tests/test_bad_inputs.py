@@ -32,6 +32,7 @@ CLI_CASES = [
     (["train", "--resume", "{finished}"], "has finished training"),
     (["train", "--resume", "{fresh}"], "has no checkpoint yet, nothing to resume"),
     (["train", "--resume", "{edited}"], "with train.lr=0.001, the run's config.yaml now has 0.01"),
+    (["train", "--resume", "{corrupted}"], "does not match its sha256; an earlier checkpoint"),
     (["test", "{unfinished}"], "continue it with: osad train --resume"),
     (["run", "--out", "{finished}"], "already exists and is not empty"),
     (["train", "--out", "{tmp}/a", "--config", "{tmp}/missing.yaml"], "config file not found"),
@@ -68,11 +69,16 @@ def places(finished_run, tmp_path):
     shutil.copytree(unfinished, edited)
     config = (edited / "config.yaml").read_text()
     (edited / "config.yaml").write_text(config.replace("lr: 0.001", "lr: 0.01"))
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(unfinished, corrupted)
+    latest = corrupted / "checkpoints" / (corrupted / "checkpoints" / "latest").read_text().strip()
+    (latest / "state.json").write_text((latest / "state.json").read_text().replace("1", "2", 1))
     newer = tmp_path / "newer.yaml"
     newer.write_text("format_version: 2\nmethod: plain\n")
     return {
         "newer": str(newer),
         "edited": str(edited),
+        "corrupted": str(corrupted),
         "tmp": str(tmp_path),
         "run": str(unfinished),
         "unfinished": str(unfinished),

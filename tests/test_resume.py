@@ -215,3 +215,11 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch, capsys
     assert "non-finite weights at epoch 1, step 2; not saved" in err
     assert f"the last good checkpoint {first} is kept" in err
     assert CheckpointStore(RunDir(run), keep=3).steps() == [1]
+
+
+def test_deterministic_mode_changes_no_bit_on_cpu(finished_run, tmp_path):
+    run = tmp_path / "deterministic"
+    argv = ["train", "--out", str(run), "--no-progress", *RESUMABLE, "deterministic=true"]
+    assert main(argv) == 0
+    assert_same_training(run, finished_run)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards

@@ -22,7 +22,7 @@ from osad.attacks import build_attack
 from osad.checkpoint import CheckpointStore
 from osad.config import CheckpointConfig, Config
 from osad.data import OpenSetData, random_crop_flip, to_float
-from osad.errors import InputError, OsadError, TrainingInterrupted
+from osad.errors import CheckpointError, InputError, OsadError, TrainingInterrupted
 from osad.inputs import check_images, inputs_checked
 from osad.models import create_model
 from osad.rundir import RunDir
@@ -112,7 +112,17 @@ class _Checkpoints:
         self.saved_step: int | None = None
 
     def resume(self, state: TrainState, checkpoint: Path) -> None:
-        state.restore(self.store.read(checkpoint), f"checkpoint {checkpoint}")
+        try:
+            state.restore(self.store.read(checkpoint), f"checkpoint {checkpoint}")
+        except CheckpointError as exc:
+            step = RunDir.checkpoint_step(checkpoint)
+            earlier = [s for s in self.store.steps() if step is not None and s < step]
+            if not earlier:
+                raise
+            raise CheckpointError(
+                f"{exc}; an earlier checkpoint may be intact: "
+                f"osad train --resume {self.run.checkpoint(earlier[-1])}"
+            ) from None
         self.store.discard_after(state.step)
         self.saved_step = state.step
 
