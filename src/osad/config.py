@@ -177,6 +177,8 @@ class ModelConfig:
     arch: str = "resnet18"
     width: int = 16
     latent_dim: int = 128
+    # One form of DENOISERS, or several joined by '+' (applied in order at each place),
+    # e.g. "gaussian+cbam".
     denoise: str = "gaussian"
     # 0 = after the stem, 1..4 = after residual stage 1..4.
     denoise_places: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
@@ -654,6 +656,7 @@ def validate(config: Config) -> None:
     from osad.data import DATASETS, dataset_info, is_folder_path
     from osad.errors import unknown_name
     from osad.models import DENOISERS, ENCODERS
+    from osad.models.denoise import denoise_forms
     from osad.openset import SCORERS
     from osad.train import METHODS
 
@@ -694,8 +697,11 @@ def validate(config: Config) -> None:
     m = config.model
     if m.arch not in ENCODERS:
         raise unknown_name("model.arch", m.arch, ENCODERS)
-    if m.denoise not in DENOISERS:
-        raise unknown_name("model.denoise", m.denoise, DENOISERS)
+    forms = denoise_forms(m.denoise)
+    for form in forms:
+        if form not in DENOISERS:
+            raise unknown_name("denoising form in 'model.denoise'", form, DENOISERS)
+    _check(len(set(forms)) == len(forms), f"'model.denoise' repeats a form: {m.denoise}")
     _check(m.width >= 2, f"'model.width' must be >= 2, got {m.width}")
     _check(m.latent_dim >= 1, f"'model.latent_dim' must be >= 1, got {m.latent_dim}")
     _check(
