@@ -235,6 +235,10 @@ class TrainConfig:
     # OSDN: run the encoder once over [x_adv; x_r_adv] (BatchNorm statistics of the
     # 2B images together), or once per branch as the authors' code does.
     fused_branches: bool = True
+    # OSDN-CAML mutual learning: weight of each KL term (2 in the paper) and the
+    # softmax temperature (the authors' code uses none, i.e. 1).
+    mutual_weight: float = 2.0
+    mutual_temperature: float = 1.0
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
@@ -773,6 +777,11 @@ def validate(config: Config) -> None:
         raise unknown_name("train.optimizer", t.optimizer, ("adam", "sgd"))
     _check(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
     _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
+    _check(t.mutual_weight >= 0, f"'train.mutual_weight' must be >= 0, got {t.mutual_weight}")
+    _check(
+        t.mutual_temperature > 0,
+        f"'train.mutual_temperature' must be > 0, got {t.mutual_temperature}",
+    )
     _check(
         t.attack.name not in ATTACK_NAMES or t.attack.name in TRAIN_ATTACK_NAMES,
         f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "

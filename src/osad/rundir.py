@@ -3,12 +3,14 @@
 RUN_DIR/
   config.yaml          resolved configuration
   model.safetensors    trained weights and the recipe that rebuilds the model
+  peer.safetensors     the peer network of mutual learning (osdn-caml runs only)
   history.jsonl        one JSON line of training metrics per epoch
   tensorboard/         TensorBoard event files
   eval/metrics.json    metrics of ``osad test``
   eval/scores.h5       per-sample logits and scores
   eval/results.md      the result table
   eval/roc.png         ROC figure (face anti-spoofing runs)
+  eval-peer/           the same results for the peer network (osad test --model peer)
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osad.errors import RunDirError
+
+# The networks a run can hold: its model, and the peer network of an osdn-caml run.
+RUN_MODELS = ("main", "peer")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,18 @@ class RunDir:
     @property
     def model(self) -> Path:
         return self.root / "model.safetensors"
+
+    @property
+    def peer_model(self) -> Path:
+        return self.root / "peer.safetensors"
+
+    def weights(self, which: str = "main") -> Path:
+        """The weights file of the run's ``main`` model or of its ``peer`` network."""
+        return self.peer_model if which == "peer" else self.model
+
+    def eval_dir_of(self, which: str = "main") -> Path:
+        """Where ``osad test`` writes the results of the ``main`` model or the ``peer``."""
+        return self.root / "eval-peer" if which == "peer" else self.eval_dir
 
     @property
     def history(self) -> Path:
@@ -62,7 +79,15 @@ class RunDir:
 
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes."""
-        return (self.config, self.model, self.history, self.tensorboard, self.eval_dir)
+        return (
+            self.config,
+            self.model,
+            self.peer_model,
+            self.history,
+            self.tensorboard,
+            self.eval_dir,
+            self.eval_dir_of("peer"),
+        )
 
     @classmethod
     def create(cls, path: str | Path, force: bool = False) -> RunDir:

@@ -19,7 +19,7 @@ from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
-from osad.rundir import RunDir
+from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import resolve_device
 from osad.train import train
 from osad.train.meta import train_meta
@@ -42,6 +42,9 @@ def train_run(
     trainer = train_meta if fas else train
     result = trainer(config, data, run=run, progress=progress)
     save_model(run.model, result.model, result.model_name, result.model_kwargs)
+    if result.peer is not None:
+        peer = result.peer
+        save_model(run.peer_model, peer.model, peer.model_name, peer.model_kwargs)
     return run
 
 
@@ -62,26 +65,40 @@ def test_run(
     force: bool = False,
     progress: bool = True,
     data_root: str | None = None,
+    model: str = "main",
 ) -> str:
     """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
 
     ``data_root`` points at the datasets when they moved since training.
+    ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
+    with the same protocol, into ``eval-peer/``.
     """
+    if model not in RUN_MODELS:
+        raise RunDirError(
+            f"unknown model '{model}' to test; choose one of: {', '.join(RUN_MODELS)}"
+        )
     run = RunDir.open(run_dir)
-    if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
-        raise RunDirError(f"{run.eval_dir} already holds results; pass --force to overwrite them")
+    weights = run.weights(model)
+    if not weights.is_file():
+        raise RunDirError(
+            f"{run.root} has no {weights.name}: only osdn-caml runs train a peer network"
+        )
+    out = run.eval_dir_of(model)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RunDirError(f"{out} already holds results; pass --force to overwrite them")
     config = load_run_config(run)
     if data_root:
         config.data.root = data_root
     device = resolve_device(config.device)
-    model = load_model(run.model, device)
+    network = load_model(weights, device)
     if isinstance(config, FasConfig):
         data = load_fas(config.data, config.depth_size)
-        result = evaluate_fas(model, data, config, progress=progress)
+        result = evaluate_fas(network, data, config, progress=progress)
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
-    model = prepare_model(model, config.perf, device)
+    network = prepare_model(network, config.perf, device)
     data = load_openset(config.data)
-    result = evaluate(model, data, config, progress=progress)
-    title = f"{config.method} on {config.data.name} split {config.data.split}"
-    return write_results(result, config, run.eval_dir, title)
+    result = evaluate(network, data, config, progress=progress)
+    what = f"{config.method} peer network" if model == "peer" else config.method
+    title = f"{what} on {config.data.name} split {config.data.split}"
+    return write_results(result, config, out, title)

@@ -19,7 +19,8 @@ from osad.models import create_model
 from osad.perf import autocast, prepare_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
-from osad.train.methods import METHODS, model_spec
+from osad.train.methods import METHODS, model_spec, peer_spec
+from osad.train.mutual import MutualLearning
 from osad.train.objectives import TrainObjective
 
 
@@ -33,11 +34,16 @@ class TrainResult:
     model_name: str
     model_kwargs: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    # The peer network of mutual learning (osdn-caml), with its own recipe.
+    peer: TrainResult | None = None
 
 
-def build_model_for(config: Config, data: OpenSetData) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model ``config`` trains on ``data``, with its registry recipe."""
-    name, kwargs = model_spec(
+def build_model_for(
+    config: Config, data: OpenSetData, spec=model_spec
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model ``config`` trains on ``data`` (``spec=peer_spec``: its peer network),
+    with its registry recipe."""
+    name, kwargs = spec(
         config, data.num_classes, data.channels, data.image_size, data.mean, data.std
     )
     return create_model(name, **kwargs), name, kwargs
@@ -109,6 +115,16 @@ def train(
         fused_branches=config.train.fused_branches,
     )
     optimizer = _optimizer(config, model)
+    mutual = None
+    if method.peer:
+        peer, peer_name, peer_kwargs = build_model_for(config, data, peer_spec)
+        prepare_model(peer.to(device), config.perf, device)
+        mutual = MutualLearning(
+            peer,
+            _optimizer(config, peer),
+            config.train.mutual_weight,
+            config.train.mutual_temperature,
+        )
     data = data.to(device)
     order = torch.Generator().manual_seed(config.seed)
     augment = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -125,6 +141,8 @@ def train(
     # A final batch of one image cannot be batch-normalised in training mode.
     batches = [(a, b) for a, b in batches if b - a > 1]
     result = TrainResult(model, name, kwargs)
+    if mutual is not None:
+        result.peer = TrainResult(mutual.peer, peer_name, peer_kwargs)
     step = 0
     bar = tqdm(
         total=t.epochs * len(batches),
@@ -136,6 +154,8 @@ def train(
     try:
         for epoch in range(1, t.epochs + 1):
             model.train()
+            if mutual is not None:
+                mutual.peer.train()
             perm = torch.randperm(n, generator=order).to(device)
             sums: dict[str, float] = {}
             seen = correct = 0
@@ -145,9 +165,23 @@ def train(
                 y = data.train_labels[idx]
                 if config.data.crop_padding or config.data.hflip:
                     x = random_crop_flip(x, config.data.crop_padding, config.data.hflip, augment)
-                with autocast(config.perf, device):
-                    out = objective(model, x, y)
-                take_step(optimizer, out.loss, f"epoch {epoch}, step {step + 1}")
+                where = f"epoch {epoch}, step {step + 1}"
+                if mutual is not None:
+                    with autocast(config.perf, device):
+                        out = mutual.step(
+                            model,
+                            optimizer,
+                            objective,
+                            x,
+                            y,
+                            lambda opt, loss, which, at=where: take_step(
+                                opt, loss, f"{at} ({which})"
+                            ),
+                        )
+                else:
+                    with autocast(config.perf, device):
+                        out = objective(model, x, y)
+                    take_step(optimizer, out.loss, where)
                 step += 1
                 bs = b - a
                 seen += bs
@@ -157,6 +191,8 @@ def train(
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{out.loss.item():.3f}")
             model.eval()
+            if mutual is not None:
+                mutual.peer.eval()
             record = {"epoch": epoch, "step": step}
             record.update({f"train_{k}": v / seen for k, v in sums.items()})
             record["train_accuracy"] = correct / seen
@@ -169,6 +205,10 @@ def train(
                     record["val_attacked_accuracy"] = robust_accuracy(
                         model, val_attack, data.val_images, data.val_labels, config.eval.batch_size
                     )
+                    if mutual is not None:
+                        record["val_peer_accuracy"] = _accuracy(
+                            mutual.peer, data.val_images, data.val_labels, config.eval.batch_size
+                        )
             result.history.append(record)
             bar.set_postfix(
                 epoch=epoch,
@@ -187,4 +227,6 @@ def train(
         if writer is not None:
             writer.close()
     model.eval()
+    if mutual is not None:
+        mutual.peer.eval()
     return result

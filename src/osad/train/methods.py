@@ -16,6 +16,8 @@ class Method:
     decoder: bool
     rotation: bool
     description: str
+    # Clean-adversarial mutual learning with a plain peer network (OSDN-CAML).
+    peer: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -46,6 +48,16 @@ METHODS: dict[str, Method] = {
             True,
             "OSDN: denoising encoder + clean-image decoder + rotation self-supervision",
         ),
+        Method(
+            "osdn-caml",
+            True,
+            True,
+            True,
+            True,
+            "OSDN with clean-adversarial mutual learning: a plain peer network on clean "
+            "images, KL terms both ways (Shao et al., IJCV 2022)",
+            peer=True,
+        ),
     )
 }
 
@@ -60,11 +72,35 @@ def model_spec(
 ) -> tuple[str, dict[str, Any]]:
     """(registry name, constructor kwargs) of the model ``config`` trains.
 
-    The method decides the parts: denoising blocks only for ``fd`` and ``osdn``;
-    the decoder and rotation head only for ``osdn``, minus its ablations
-    (``train.reconstruction=false``, ``train.self_supervision=false``).
+    The method decides the parts: denoising blocks only for ``fd``, ``osdn`` and
+    ``osdn-caml``; the decoder and rotation head only for the OSDN methods, minus
+    their ablations (``train.reconstruction=false``, ``train.self_supervision=false``).
     """
-    method = METHODS[config.method]
+    return _spec(config, METHODS[config.method], num_classes, in_channels, image_size, mean, std)
+
+
+def peer_spec(
+    config: Config,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> tuple[str, dict[str, Any]]:
+    """(registry name, constructor kwargs) of the peer network of mutual learning: the
+    plain ResNet of ``config.model`` (no denoising blocks, decoder or rotation head)."""
+    return _spec(config, METHODS["plain"], num_classes, in_channels, image_size, mean, std)
+
+
+def _spec(
+    config: Config,
+    method: Method,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> tuple[str, dict[str, Any]]:
     m = config.model
     return "openset-resnet", {
         "num_classes": num_classes,
