@@ -11,7 +11,7 @@ from osad.data import to_float
 from osad.models import create_model
 from osad.train import TrainObjective, model_spec
 from osad.train.functional import call_with
-from osad.train.methods import peer_spec
+from osad.train.methods import PEER_METHOD
 from osad.train.mutual import MutualLearning, softened_kl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,7 +30,7 @@ def _setup(digits_split0, weight=2.0, temperature=1.0):
     args = (6, 1, 8, (0.3,), (0.37,))
     name, kwargs = model_spec(config, *args)
     model = create_model(name, **kwargs).train()
-    name, kwargs = peer_spec(config, *args)
+    name, kwargs = model_spec(config, *args, method=PEER_METHOD)
     peer = create_model(name, **kwargs).train()
     objective = TrainObjective(config.train.attack, fused_branches=True)
     mutual = MutualLearning(peer, torch.optim.Adam(peer.parameters(), 1e-3), weight, temperature)
@@ -47,7 +47,7 @@ def _train_mode_logits(model, x):
 
 def test_peer_is_the_plain_network_of_the_same_family():
     config = make_config(overrides=["method=osdn-caml", "model.denoise=gaussian+cbam"])
-    _, kwargs = peer_spec(config, 6, 1, 8, (0.3,), (0.37,))
+    _, kwargs = model_spec(config, 6, 1, 8, (0.3,), (0.37,), method=PEER_METHOD)
     _, osdn_kwargs = model_spec(config, 6, 1, 8, (0.3,), (0.37,))
     assert kwargs["denoise_places"] == [] and not kwargs["decoder"] and not kwargs["rotation_head"]
     same = ("arch", "width", "latent_dim", "num_classes", "in_channels", "image_size")

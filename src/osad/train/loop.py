@@ -19,7 +19,7 @@ from osad.models import create_model
 from osad.perf import autocast, prepare_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
-from osad.train.methods import METHODS, model_spec, peer_spec
+from osad.train.methods import METHODS, PEER_METHOD, model_spec
 from osad.train.mutual import MutualLearning
 from osad.train.objectives import TrainObjective
 
@@ -39,12 +39,18 @@ class TrainResult:
 
 
 def build_model_for(
-    config: Config, data: OpenSetData, spec=model_spec
+    config: Config, data: OpenSetData, method: str | None = None
 ) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model ``config`` trains on ``data`` (``spec=peer_spec``: its peer network),
-    with its registry recipe."""
-    name, kwargs = spec(
-        config, data.num_classes, data.channels, data.image_size, data.mean, data.std
+    """The model ``config`` trains on ``data`` (with ``method``'s parts if given), with
+    its registry recipe."""
+    name, kwargs = model_spec(
+        config,
+        data.num_classes,
+        data.channels,
+        data.image_size,
+        data.mean,
+        data.std,
+        method=method,
     )
     return create_model(name, **kwargs), name, kwargs
 
@@ -117,7 +123,7 @@ def train(
     optimizer = _optimizer(config, model)
     mutual = None
     if method.peer:
-        peer, peer_name, peer_kwargs = build_model_for(config, data, peer_spec)
+        peer, peer_name, peer_kwargs = build_model_for(config, data, PEER_METHOD)
         prepare_model(peer.to(device), config.perf, device)
         mutual = MutualLearning(
             peer,

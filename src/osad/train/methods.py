@@ -62,6 +62,10 @@ METHODS: dict[str, Method] = {
 }
 
 
+# The peer network of mutual learning (osdn-caml) is the plain ResNet of the model's family.
+PEER_METHOD = "plain"
+
+
 def model_spec(
     config: Config,
     num_classes: int,
@@ -69,38 +73,17 @@ def model_spec(
     image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    *,
+    method: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """(registry name, constructor kwargs) of the model ``config`` trains.
+    """(registry name, constructor kwargs) of the model ``config`` trains, with the
+    parts of ``method`` (default ``config.method``; :data:`PEER_METHOD` for the peer).
 
     The method decides the parts: denoising blocks only for ``fd``, ``osdn`` and
     ``osdn-caml``; the decoder and rotation head only for the OSDN methods, minus
     their ablations (``train.reconstruction=false``, ``train.self_supervision=false``).
     """
-    return _spec(config, METHODS[config.method], num_classes, in_channels, image_size, mean, std)
-
-
-def peer_spec(
-    config: Config,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> tuple[str, dict[str, Any]]:
-    """(registry name, constructor kwargs) of the peer network of mutual learning: the
-    plain ResNet of ``config.model`` (no denoising blocks, decoder or rotation head)."""
-    return _spec(config, METHODS["plain"], num_classes, in_channels, image_size, mean, std)
-
-
-def _spec(
-    config: Config,
-    method: Method,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> tuple[str, dict[str, Any]]:
+    parts = METHODS[config.method if method is None else method]
     m = config.model
     return "openset-resnet", {
         "num_classes": num_classes,
@@ -112,7 +95,7 @@ def _spec(
         "width": m.width,
         "latent_dim": m.latent_dim,
         "denoise": m.denoise,
-        "denoise_places": sorted(m.denoise_places) if method.denoise else [],
-        "decoder": method.decoder and config.train.reconstruction,
-        "rotation_head": method.rotation and config.train.self_supervision,
+        "denoise_places": sorted(m.denoise_places) if parts.denoise else [],
+        "decoder": parts.decoder and config.train.reconstruction,
+        "rotation_head": parts.rotation and config.train.self_supervision,
     }
