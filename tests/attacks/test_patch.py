@@ -137,3 +137,29 @@ def test_patch_from_the_config():
 def test_bad_patch_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         make_config(overrides=overrides)
+
+
+def test_patch_attacks_both_osdn_training_branches(digits_split0):
+    from osad.data import rotate_by, to_float
+    from osad.models import create_model
+    from osad.train import TrainObjective, model_spec
+
+    config = make_config(
+        overrides=[
+            "model.width=4",
+            "model.latent_dim=16",
+            "train.attack.name=patch",
+            "train.attack.steps=2",
+        ]
+    )
+    name, kwargs = model_spec(config, 6, 1, 8, (0.3,), (0.37,))
+    model = create_model(name, **kwargs)
+    x, y = to_float(digits_split0.train_images[:8]), digits_split0.train_labels[:8]
+    inputs, labels = TrainObjective(config.train.attack).attacked_inputs(model, x, y)
+    assert inputs.shape == (16, 1, 8, 8) and torch.equal(labels[:8], y)
+    # Both halves (the images and their rotations) carry one 5x5 patch each.
+    assert all(e is not None and e[0] <= 5 and e[1] <= 5 for e in _changed_window(x, inputs[:8]))
+    rotated = rotate_by(x, labels[8:])
+    assert all(
+        e is not None and e[0] <= 5 and e[1] <= 5 for e in _changed_window(rotated, inputs[8:])
+    )
