@@ -1,10 +1,13 @@
 """The run directory: the one place that knows where a run's files live.
 
 RUN_DIR/
-  config.yaml          resolved configuration
+  config.yaml          resolved configuration (with its format version)
   model.safetensors    trained weights and the recipe that rebuilds the model
   peer.safetensors     the peer network of mutual learning (osdn-caml runs only)
   history.jsonl        one JSON line of training metrics per epoch
+  checkpoints/         training checkpoints (see osad.checkpoint and osad.train.state)
+    step-00000042/     model.safetensors, state.safetensors, state.json, manifest.json
+    latest             the name of the newest complete checkpoint
   tensorboard/         TensorBoard event files
   eval/metrics.json    metrics of ``osad test``
   eval/scores.h5       per-sample logits and scores
@@ -15,11 +18,14 @@ RUN_DIR/
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from osad.errors import RunDirError
+
+_CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 
 # The networks a run can hold: its model, and the peer network of an osdn-caml run.
 RUN_MODELS = ("main", "peer")
@@ -54,6 +60,24 @@ class RunDir:
         return self.root / "history.jsonl"
 
     @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        """The pointer file naming the newest complete checkpoint."""
+        return self.checkpoints / "latest"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}"
+
+    @staticmethod
+    def checkpoint_step(path: Path) -> int | None:
+        """The step of a checkpoint directory's name, or None if it is not one."""
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        return int(match.group(1)) if match else None
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
@@ -84,6 +108,7 @@ class RunDir:
             self.model,
             self.peer_model,
             self.history,
+            self.checkpoints,
             self.tensorboard,
             self.eval_dir,
             self.eval_dir_of("peer"),
@@ -118,7 +143,31 @@ class RunDir:
             raise RunDirError(f"run directory not found: {run.root}")
         for needed in (run.config, run.model):
             if not needed.is_file():
+                hint = (
+                    f"; continue it with: osad train --resume {run.root}"
+                    if run.latest_checkpoint.is_file()
+                    else ""
+                )
                 raise RunDirError(
-                    f"{run.root} is not a finished training run: {needed.name} is missing"
+                    f"{run.root} is not a finished training run: {needed.name} is missing{hint}"
                 )
         return run
+
+    @classmethod
+    def open_for_resume(cls, path: str | Path) -> tuple[RunDir, Path | None]:
+        """An unfinished run to continue, and the checkpoint to continue from: ``path``
+        itself when it is a checkpoint directory of a run, else None (the latest)."""
+        path = Path(path)
+        if cls.checkpoint_step(path) is not None and path.parent.name == "checkpoints":
+            run, checkpoint = cls(path.parent.parent), path
+        else:
+            run, checkpoint = cls(path), None
+        if not run.root.is_dir():
+            raise RunDirError(f"run directory not found: {run.root}")
+        if not run.config.is_file():
+            raise RunDirError(f"{run.root} is not a run directory: config.yaml is missing")
+        if run.model.exists():
+            raise RunDirError(
+                f"{run.root} has finished training ({run.model.name} exists); nothing to resume"
+            )
+        return run, checkpoint

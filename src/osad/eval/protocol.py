@@ -97,9 +97,10 @@ def outputs_under_attack(
                 x = attack(x, y)
             with torch.no_grad():
                 out, feat = model_outputs(model, x)
-            logits.append(out)
+            # Scorers, metrics and scores.h5 work in fp32 whatever precision the model ran in.
+            logits.append(out.float())
             if feat is not None:
-                features.append(feat)
+                features.append(feat.float())
             if keep_images:
                 inputs.append(x)
     return Outputs(
