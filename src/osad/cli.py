@@ -72,7 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data-root", help=_DATA_ROOT_HELP)
     te.add_argument("--force", action="store_true", help="overwrite existing results")
     te.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    te.add_argument(
+        "--attacks",
+        type=_names,
+        help="comma list of eval.attacks entries and built-in adaptive attacks "
+        "(adaptive, joint) to run, e.g. fgsm,pgd,adaptive (default: the run's eval.attacks)",
+    )
+    te.add_argument(
+        "--scores",
+        type=_names,
+        help="comma list of open-set scores, or all (default: the run's eval.scores)",
+    )
+    te.add_argument(
+        "--pairings",
+        type=_names,
+        help="extra pairings: known (known attacked, unknown clean), unknown "
+        "(known clean, unknown attacked), or all; both attacked is always reported",
+    )
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
 
 
 def _default_out(config) -> Path:
@@ -92,7 +116,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "test":
         start = time.perf_counter()
         table = test_run(
-            args.run_dir, force=args.force, progress=progress, data_root=args.data_root
+            args.run_dir,
+            force=args.force,
+            progress=progress,
+            data_root=args.data_root,
+            attacks=args.attacks,
+            scores=args.scores,
+            pairings=args.pairings,
         )
         print(table)
         print(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")

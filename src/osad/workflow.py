@@ -6,6 +6,7 @@ baselines) or ``fas`` (face anti-spoofing by meta-learning).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -14,9 +15,10 @@ from osad.checkpoint import load_model, save_model
 from osad.config import Config, check_perf_device, make_task_config, save_config
 from osad.data import load_openset
 from osad.data.fas import load_fas
-from osad.errors import RunDirError
+from osad.errors import ConfigError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
+from osad.eval.options import select_evaluation
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RunDir
@@ -62,10 +64,15 @@ def test_run(
     force: bool = False,
     progress: bool = True,
     data_root: str | None = None,
+    attacks: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
+    pairings: Sequence[str] | None = None,
 ) -> str:
     """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
 
-    ``data_root`` points at the datasets when they moved since training.
+    ``data_root`` points at the datasets when they moved since training;
+    ``attacks``, ``scores`` and ``pairings`` narrow or extend the run's
+    evaluation (see :func:`osad.eval.options.select_evaluation`).
     """
     run = RunDir.open(run_dir)
     if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
@@ -75,11 +82,16 @@ def test_run(
         config.data.root = data_root
     device = resolve_device(config.device)
     model = load_model(run.model, device)
+    selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
     if isinstance(config, FasConfig):
+        chosen = [f"--{k}" for k, v in selection.items() if v is not None]
+        if chosen:
+            raise ConfigError(f"{', '.join(chosen)} apply to open-set runs, not face anti-spoofing")
         data = load_fas(config.data, config.depth_size)
         result = evaluate_fas(model, data, config, progress=progress)
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
+    config = select_evaluation(config, **selection)
     model = prepare_model(model, config.perf, device)
     data = load_openset(config.data)
     result = evaluate(model, data, config, progress=progress)
