@@ -36,6 +36,10 @@ def test_train_and_test_write_the_run_directory(tiny_run, capsys):
         "eval/metrics.json",
         "eval/scores.h5",
         "eval/results.md",
+        "eval/figures/roc_pgd.png",
+        "eval/figures/hist_msp.png",
+        "eval/figures/eps_sweep.png",
+        "eval/figures/reconstructions.png",
     ):
         assert (tiny_run / name).is_file(), name
     assert any((tiny_run / "tensorboard").iterdir())
@@ -89,6 +93,20 @@ def test_test_options_select_attacks_scores_and_pairings(tmp_path, capsys):
         assert set(f) == {"clean", "pgd", "adaptive"}
         assert {"score_msp", "logits_msp", "known"} <= set(f["adaptive"])
         assert {"score_openmax", "logits", "predicted"} <= set(f["pgd/known"])
+
+
+def test_check_prints_each_verdict_and_saves_them(tiny_run, capsys):
+    with one_torch_thread():
+        status = main(["check", str(tiny_run), "--images", "32", "--queries", "20"])
+    saved = json.loads((tiny_run / "check.json").read_text())
+    assert status == (0 if saved["passed"] else 1)
+    lines = capsys.readouterr().out.splitlines()
+    names = ["eps_monotone", "more_iterations", "black_box", "gradients", "deterministic"]
+    assert [c["name"] for c in saved["checks"]] == names
+    for check, line in zip(saved["checks"], lines, strict=False):
+        assert line.startswith(("PASS" if check["passed"] else "FAIL") + f"  {check['name']}: ")
+    assert main(["check", str(tiny_run), "--score", "mps"]) == 2
+    assert "did you mean 'msp'" in capsys.readouterr().err
 
 
 def test_rebuilt_model_gives_identical_logits(tmp_path):

@@ -1,4 +1,5 @@
-"""Command line: ``osad run``, ``osad train``, ``osad test``.
+"""Command line: ``osad run``, ``osad train``, ``osad test``, ``osad check``,
+``osad report``.
 
 Every user error prints one line ``osad: error: ...`` to stderr and exits
 with status 2, without a traceback.
@@ -89,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra pairings: known (known attacked, unknown clean), unknown "
         "(known clean, unknown attacked), or all; both attacked is always reported",
     )
+    rp = sub.add_parser("report", help="one table over runs: mean +- std per method/config")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
+    rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
+    ch = sub.add_parser("check", help="sanity checks against gradient masking (exit 1 on a fail)")
+    ch.add_argument("run_dir", help="run directory made by 'osad train'")
+    ch.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    ch.add_argument(
+        "--images", type=int, default=1000, help="test images to check on (default 1000)"
+    )
+    ch.add_argument("--score", default="msp", help="score whose AUROC is checked (default msp)")
+    ch.add_argument(
+        "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
+    )
     return parser
 
 
@@ -112,6 +126,16 @@ def _run(args: argparse.Namespace) -> int:
     from osad.config import make_task_config
     from osad.workflow import test_run, train_run
 
+    if args.command == "check":
+        return _check(args)
+    if args.command == "report":
+        from osad.eval.aggregate import aggregate, markdown, write_report
+
+        report = aggregate(args.run_dirs)
+        paths = write_report(report, args.out)
+        print(markdown(report))
+        print(f"\nwritten: {', '.join(str(p) for p in paths)}")
+        return 0
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()
@@ -139,6 +163,24 @@ def _run(args: argparse.Namespace) -> int:
         print(table)
         print(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from osad.eval.sanity import CheckSettings
+    from osad.workflow import check_run
+
+    settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
+    start = time.perf_counter()
+    results = check_run(args.run_dir, settings, data_root=args.data_root)
+    for result in results:
+        print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
+    failed = [r.name for r in results if not r.passed]
+    verdict = f"{len(failed)} of {len(results)} checks failed" if failed else "all checks passed"
+    print(
+        f"\n{verdict}; saved to {Path(args.run_dir) / 'check.json'} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -251,6 +251,10 @@ class EvalConfig:
     # "attacked": fit OpenMax on training logits under each condition's attack (the
     # paper's protocol); "clean": fit once on clean training logits.
     openmax_fit: str = "attacked"
+    # ROC curves, score histograms, accuracy/AUROC against eps, reconstructions.
+    figures: bool = True
+    # Budgets (1/255) of the accuracy/AUROC-against-eps figure, for the paper's attack.
+    eps_sweep: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0, 32.0, 64.0])
 
 
 @dataclass
@@ -773,6 +777,10 @@ def validate(config: Config) -> None:
     _check(e.openmax_tail >= 2, f"'eval.openmax_tail' must be >= 2, got {e.openmax_tail}")
     if e.openmax_fit not in ("attacked", "clean"):
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))
+    _check(
+        all(0 <= eps <= 255 for eps in e.eps_sweep),
+        f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {e.eps_sweep}",
+    )
     for name in e.pairings:
         if name not in PAIRINGS:
             raise unknown_name("pairing in 'eval.pairings'", name, PAIRINGS)

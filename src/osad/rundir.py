@@ -9,6 +9,8 @@ RUN_DIR/
   eval/scores.h5       per-sample logits and scores
   eval/results.md      the result table
   eval/roc.png         ROC figure (face anti-spoofing runs)
+  eval/figures/        figures of open-set runs (ROC, histograms, eps sweep, reconstructions)
+  check.json           gradient-masking sanity checks of ``osad check``
 """
 
 from __future__ import annotations
@@ -60,9 +62,17 @@ class RunDir:
     def roc_figure(self) -> Path:
         return self.eval_dir / "roc.png"
 
+    @property
+    def figures(self) -> Path:
+        return self.eval_dir / "figures"
+
+    @property
+    def check(self) -> Path:
+        return self.root / "check.json"
+
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes."""
-        return (self.config, self.model, self.history, self.tensorboard, self.eval_dir)
+        return (self.config, self.model, self.history, self.tensorboard, self.eval_dir, self.check)
 
     @classmethod
     def create(cls, path: str | Path, force: bool = False) -> RunDir:

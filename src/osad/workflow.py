@@ -6,7 +6,9 @@ baselines) or ``fas`` (face anti-spoofing by meta-learning).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -18,7 +20,9 @@ from osad.data.fas import load_fas
 from osad.errors import ConfigError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
+from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
+from osad.eval.sanity import CheckResult, CheckSettings, run_checks
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RunDir
@@ -96,4 +100,30 @@ def test_run(
     data = load_openset(config.data)
     result = evaluate(model, data, config, progress=progress)
     title = f"{config.method} on {config.data.name} split {config.data.split}"
-    return write_results(result, config, run.eval_dir, title)
+    table = write_results(result, config, run.eval_dir, title)
+    if config.eval.figures:
+        write_figures(result, model, data, config, run.figures)
+    return table
+
+
+def check_run(
+    run_dir: str | Path, settings: CheckSettings | None = None, *, data_root: str | None = None
+) -> list[CheckResult]:
+    """Run the gradient-masking sanity checks on a trained open-set run and save them
+    to ``RUN_DIR/check.json``."""
+    run = RunDir.open(run_dir)
+    config = load_run_config(run)
+    if isinstance(config, FasConfig):
+        raise ConfigError("osad check applies to open-set runs, not face anti-spoofing")
+    if data_root:
+        config.data.root = data_root
+    model = load_model(run.model, resolve_device(config.device))
+    settings = settings or CheckSettings()
+    results = run_checks(model, load_openset(config.data), config, settings)
+    document = {
+        "passed": all(r.passed for r in results),
+        "settings": asdict(settings),
+        "checks": [asdict(r) for r in results],
+    }
+    run.check.write_text(json.dumps(document, indent=2) + "\n")
+    return results

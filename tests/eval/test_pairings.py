@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from osad.config import make_config, score_names
@@ -45,7 +46,8 @@ def paired(untrained, digits_split0, single_thread):
         "eval.scores=[msp,knn]",
         "eval.pairings=[both,known,unknown]",
         "eval.attacks={pgd: {name: pgd, eps: 32, steps: 3},"
-        " adaptive: {name: apgd, eps: 32, steps: 5, target: score}}",
+        " adaptive: {name: apgd, eps: 32, steps: 5, target: score},"
+        " joint: {name: apgd, eps: 32, steps: 5, target: joint}}",
     ]
     config = make_config(overrides=overrides)
     result = evaluate(untrained, digits_split0, config, progress=False)
@@ -84,6 +86,16 @@ def test_adaptive_attack_moves_each_score_the_wrong_way(paired, digits_split0):
     # each score attacked its own images
     assert not torch.equal(adaptive.logits["msp"], adaptive.logits["knn"])
     assert paired["adaptive"].attack["target"] == "score"
+
+
+def test_joint_attack_adds_the_classifier_loss_on_known_images_only(paired, digits_split0):
+    known = digits_split0.test_known
+    labels = digits_split0.test_labels[known]
+    adaptive, joint = (paired[n].headline for n in ("adaptive", "joint"))
+    for score in ("msp", "knn"):
+        assert torch.allclose(joint.scores[score][~known], adaptive.scores[score][~known])
+        loss = F.cross_entropy(joint.logits[score][known], labels)
+        assert loss > F.cross_entropy(adaptive.logits[score][known], labels)
 
 
 def test_metrics_hold_every_metric_and_the_threshold(paired):

@@ -17,6 +17,7 @@ budget. A config may define its own under any name with ``target: score`` or
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 
 from osad.config import (
@@ -40,6 +41,13 @@ def paper_budget(config: Config) -> AttackConfig:
     if classifier:
         return max(classifier.values(), key=lambda a: a.eps)
     return AttackConfig(eps=DIGITS_EPS)
+
+
+def at_eps(attack: AttackConfig, eps: float) -> AttackConfig:
+    """``attack`` at budget ``eps`` (1/255 units), its step size scaled in proportion."""
+    c = attack.resolved()
+    alpha = None if c.alpha is None or c.eps == 0 else c.alpha * eps / c.eps
+    return dataclasses.replace(c, eps=eps, alpha=alpha)
 
 
 def adaptive_attack(config: Config, target: str) -> AttackConfig:

@@ -97,10 +97,6 @@ class ConditionResult:
     def scores(self) -> dict[str, Tensor]:
         return self.headline.scores
 
-    @property
-    def target(self) -> str:
-        return "none" if self.attack is None else self.attack["target"]
-
 
 @dataclass
 class EvalResult:
@@ -289,7 +285,8 @@ def evaluate(
         desc: str,
         objective: Objective | None = None,
     ) -> Outputs:
-        # Autocast covers the model only: scorers keep fp32.
+        # Autocast covers the model (and the score inside an adaptive attack's objective);
+        # the scores reported are computed afterwards, in fp32.
         with autocast(config.perf, device):
             return outputs_under_attack(
                 model,
