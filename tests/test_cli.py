@@ -36,15 +36,24 @@ def test_train_and_test_write_the_run_directory(tiny_run, capsys):
         "eval/metrics.json",
         "eval/scores.h5",
         "eval/results.md",
+        "eval/figures/roc_pgd.png",
+        "eval/figures/hist_msp.png",
+        "eval/figures/eps_sweep.png",
+        "eval/figures/reconstructions.png",
     ):
         assert (tiny_run / name).is_file(), name
     assert any((tiny_run / "tensorboard").iterdir())
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     assert set(metrics["conditions"]) == {"clean", "fgsm", "pgd"}
-    for cond in metrics["conditions"].values():
+    for cond in metrics["conditions"].values():  # the core keys, every score by default
         assert 0.0 <= cond["closed_set_accuracy"] <= 1.0
-        assert set(cond["auroc"]) == {"msp", "openmax"}
+        assert {"msp", "openmax", "odin", "knn", "reconstruction"} <= set(cond["auroc"])
         assert "attack" in cond
+        assert cond["metrics"]["msp"]["auroc"] == cond["auroc"]["msp"]
+        assert {"aupr_in", "fpr95_known_positive", "oscr", "threshold"} <= set(
+            cond["metrics"]["openmax"]
+        )
+        assert cond["pairings"] == {}
     assert metrics["seed"] == 0 and metrics["config"]["method"] == "osdn"
     assert metrics["conditions"]["pgd"]["attack"]["eps"] == 32.0
     history = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
@@ -62,6 +71,42 @@ def test_scores_h5_holds_per_sample_results(tiny_run):
         known = g["is_known"][:]
         acc = (g["predicted"][:][known] == g["label"][:][known]).mean()
         assert acc == pytest.approx(metrics["conditions"]["pgd"]["closed_set_accuracy"], abs=1e-6)
+
+
+def test_test_options_select_attacks_scores_and_pairings(tmp_path, capsys):
+    run = tmp_path / "adaptive"
+    small_adaptive = "eval.attacks.adaptive={name: apgd, eps: 32, steps: 2, target: score}"
+    assert main(["train", "--out", str(run), "--no-progress", *TINY, small_adaptive]) == 0
+    assert main(["test", str(run), "--attacks", "pgd,adaptve"]) == 2
+    assert "did you mean 'adaptive'" in capsys.readouterr().err
+    assert not (run / "eval").exists()
+    argv = ["test", str(run), "--no-progress", "--attacks", "pgd,adaptive"]
+    with one_torch_thread():
+        assert main([*argv, "--scores", "msp,openmax", "--pairings", "known"]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert list(metrics["conditions"]) == ["clean", "pgd", "adaptive"]
+    adaptive = metrics["conditions"]["adaptive"]
+    assert set(adaptive["auroc"]) == {"msp", "openmax"}
+    assert adaptive["attack"]["target"] == "score" and adaptive["attack"]["steps"] == 2
+    assert set(adaptive["pairings"]) == {"known"}
+    with h5py.File(run / "eval" / "scores.h5") as f:
+        assert set(f) == {"clean", "pgd", "adaptive"}
+        assert {"score_msp", "logits_msp", "known"} <= set(f["adaptive"])
+        assert {"score_openmax", "logits", "predicted"} <= set(f["pgd/known"])
+
+
+def test_check_prints_each_verdict_and_saves_them(tiny_run, capsys):
+    with one_torch_thread():
+        status = main(["check", str(tiny_run), "--images", "32", "--queries", "20"])
+    saved = json.loads((tiny_run / "check.json").read_text())
+    assert status == (0 if saved["passed"] else 1)
+    lines = capsys.readouterr().out.splitlines()
+    names = ["eps_monotone", "more_iterations", "black_box", "gradients", "deterministic"]
+    assert [c["name"] for c in saved["checks"]] == names
+    for check, line in zip(saved["checks"], lines, strict=False):
+        assert line.startswith(("PASS" if check["passed"] else "FAIL") + f"  {check['name']}: ")
+    assert main(["check", str(tiny_run), "--score", "mps"]) == 2
+    assert "did you mean 'msp'" in capsys.readouterr().err
 
 
 def test_rebuilt_model_gives_identical_logits(tmp_path):

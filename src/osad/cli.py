@@ -1,4 +1,5 @@
-"""Command line: ``osad run``, ``osad train``, ``osad test``.
+"""Command line: ``osad run``, ``osad train``, ``osad test``, ``osad check``,
+``osad report``.
 
 Every user error prints one line ``osad: error: ...`` to stderr and exits
 with status 2, without a traceback; so does a failed write (a full disk). A
@@ -88,7 +89,44 @@ def build_parser() -> argparse.ArgumentParser:
         default="main",
         help="'peer': evaluate the peer network of an osdn-caml run (writes RUN_DIR/eval-peer/)",
     )
+    te.add_argument(
+        "--attacks",
+        type=_names,
+        help="comma list of eval.attacks entries and built-in adaptive attacks "
+        "(adaptive, joint) to run, e.g. fgsm,pgd,adaptive (default: the run's eval.attacks)",
+    )
+    te.add_argument(
+        "--scores",
+        type=_names,
+        help="comma list of open-set scores, or all (default: the run's eval.scores)",
+    )
+    te.add_argument(
+        "--pairings",
+        type=_names,
+        help="extra pairings: known (known attacked, unknown clean), unknown "
+        "(known clean, unknown attacked), or all; both attacked is always reported",
+    )
+    rp = sub.add_parser("report", help="one table over runs: mean +- std per method/config")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
+    rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
+    ch = sub.add_parser("check", help="sanity checks against gradient masking (exit 1 on a fail)")
+    ch.add_argument("run_dir", help="run directory made by 'osad train'")
+    ch.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    ch.add_argument(
+        "--images", type=int, default=1000, help="test images to check on (default 1000)"
+    )
+    ch.add_argument("--score", default="msp", help="score whose AUROC is checked (default msp)")
+    ch.add_argument(
+        "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
+    )
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
 
 
 def _default_out(config) -> Path:
@@ -109,6 +147,16 @@ def _run(args: argparse.Namespace) -> int:
     from osad.config import make_task_config
     from osad.workflow import resume_run, test_run, train_run
 
+    if args.command == "check":
+        return _check(args)
+    if args.command == "report":
+        from osad.eval.aggregate import aggregate, markdown, write_report
+
+        report = aggregate(args.run_dirs)
+        paths = write_report(report, args.out)
+        print(markdown(report))
+        print(f"\nwritten: {', '.join(str(p) for p in paths)}")
+        return 0
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()
@@ -118,6 +166,9 @@ def _run(args: argparse.Namespace) -> int:
             progress=progress,
             data_root=args.data_root,
             model=args.model,
+            attacks=args.attacks,
+            scores=args.scores,
+            pairings=args.pairings,
         )
         print(table)
         out = RunDir(Path(args.run_dir)).eval_dir_of(args.model)
@@ -148,6 +199,24 @@ def _run(args: argparse.Namespace) -> int:
         print(table)
         print(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from osad.eval.sanity import CheckSettings
+    from osad.workflow import check_run
+
+    settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
+    start = time.perf_counter()
+    results = check_run(args.run_dir, settings, data_root=args.data_root)
+    for result in results:
+        print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
+    failed = [r.name for r in results if not r.passed]
+    verdict = f"{len(failed)} of {len(results)} checks failed" if failed else "all checks passed"
+    print(
+        f"\n{verdict}; saved to {Path(args.run_dir) / 'check.json'} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

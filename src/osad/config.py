@@ -40,6 +40,12 @@ T = TypeVar("T")
 
 TASKS = ("openset", "fas")
 NORMS = ("linf", "l2")
+# What an attack maximises: the classifier's loss (the paper's protocol), the score of
+# the open-set detector under test (adaptive), or both at once (see docs/evaluation.md).
+ATTACK_TARGETS = ("classifier", "score", "joint")
+# Which test images a condition attacks: both kinds, the known only, or the unknown only.
+PAIRINGS = ("both", "known", "unknown")
+ALL_SCORES = "all"
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class AttackConfig:
     # Patch attack: side of the square patch in pixels, and positions tried exactly.
     patch_size: int | None = None
     candidates: int | None = None
+    target: str = "classifier"
 
     def resolved(self) -> AttackConfig:
         """A copy with every unset key filled with the attack's default."""
@@ -155,7 +162,9 @@ class AttackConfig:
     def describe(self) -> str:
         """One line for tables, e.g. ``PGD linf eps 8/255, step 2/255, 10 steps``."""
         c = self.resolved()
-        name = {"apgd": f"APGD-{c.loss.upper()}", "square": "Square"}.get(c.name, c.name.upper())
+        # A score attack has no classification loss, so its APGD carries no loss name.
+        apgd = "APGD" if c.target == "score" else f"APGD-{c.loss.upper()}"
+        name = {"apgd": apgd, "square": "Square"}.get(c.name, c.name.upper())
         parts = [f"{name} {c.norm} eps {c.eps:g}/255"]
         if c.name == "patch":
             parts = [f"Patch {c.patch_size}x{c.patch_size}, {c.candidates} candidate positions"]
@@ -169,6 +178,10 @@ class AttackConfig:
             parts.append(f"{c.restarts} restarts")
         if c.name != "apgd" and c.loss != ATTACK_KEYS[c.name].defaults["loss"]:
             parts.append(f"{c.loss} loss")
+        if c.target == "score":
+            parts.append("on each score")
+        elif c.target == "joint":
+            parts.append(f"on {c.loss} + each score")
         return ", ".join(parts)
 
 
@@ -279,11 +292,18 @@ class EvalConfig:
 
     batch_size: int = 256
     attacks: dict[str, AttackConfig] = field(default_factory=_digits_eval_attacks)
-    scores: list[str] = field(default_factory=lambda: ["msp", "openmax"])
+    # "all": every score the model supports (reconstruction needs the decoder).
+    scores: list[str] = field(default_factory=lambda: [ALL_SCORES])
+    # Pairings reported for each attack; "both" (the paper's) is the headline.
+    pairings: list[str] = field(default_factory=lambda: ["both"])
     openmax_tail: int = 20
     # "attacked": fit OpenMax on training logits under each condition's attack (the
     # paper's protocol); "clean": fit once on clean training logits.
     openmax_fit: str = "attacked"
+    # ROC curves, score histograms, accuracy/AUROC against eps, reconstructions.
+    figures: bool = True
+    # Budgets (1/255) of the accuracy/AUROC-against-eps figure, for the paper's attack.
+    eps_sweep: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0, 32.0, 64.0])
 
 
 @dataclass
@@ -726,6 +746,8 @@ def validate_attack(
     if attack.p_init is not None:
         _check(0 < attack.p_init <= 1, f"'{key}.p_init' must be in (0, 1], got {attack.p_init}")
     _check(attack.restarts >= 1, f"'{key}.restarts' must be >= 1, got {attack.restarts}")
+    if attack.target not in ATTACK_TARGETS:
+        raise unknown_name(f"target in '{key}.target'", attack.target, ATTACK_TARGETS)
     if attack.loss is not None and attack.loss not in OBJECTIVES:
         raise unknown_name(f"loss in '{key}.loss'", attack.loss, OBJECTIVES)
     if attack.resolved().loss == "dlr" and num_classes is not None:
@@ -832,6 +854,11 @@ def validate(config: Config) -> None:
     num_known = len(d.known) if d.known else len(info.known_splits[d.split])
     side = d.image_size or info.image_size
     validate_attack(t.attack, "train.attack", num_known, side)
+    _check(
+        t.attack.target == "classifier",
+        f"'train.attack.target' must be classifier, got {t.attack.target}: training attacks "
+        "the classifier (score and joint targets are evaluation attacks)",
+    )
 
     p = config.perf
     _check(
@@ -852,18 +879,46 @@ def validate(config: Config) -> None:
         _check(name != "clean", "'eval.attacks' may not define 'clean': it is always evaluated")
         validate_attack(attack, f"eval.attacks.{name}", num_known, side)
     _check(len(e.scores) >= 1, "'eval.scores' must name at least one score")
-    for name in e.scores:
-        if name not in SCORERS:
-            raise unknown_name("score in 'eval.scores'", name, SCORERS)
-    has_decoder = METHODS[config.method].decoder and config.train.reconstruction
+    if e.scores != [ALL_SCORES]:
+        for name in e.scores:
+            if name not in SCORERS:
+                raise unknown_name("score in 'eval.scores'", name, (*SCORERS, ALL_SCORES))
     _check(
-        "reconstruction" not in e.scores or has_decoder,
+        "reconstruction" not in e.scores or has_decoder(config),
         "score 'reconstruction' in 'eval.scores' needs the OSDN decoder: use method=osdn "
         "with train.reconstruction=true, or drop the score",
     )
     _check(e.openmax_tail >= 2, f"'eval.openmax_tail' must be >= 2, got {e.openmax_tail}")
     if e.openmax_fit not in ("attacked", "clean"):
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))
+    _check(
+        all(0 <= eps <= 255 for eps in e.eps_sweep),
+        f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {e.eps_sweep}",
+    )
+    for name in e.pairings:
+        if name not in PAIRINGS:
+            raise unknown_name("pairing in 'eval.pairings'", name, PAIRINGS)
+    _check(
+        "both" in e.pairings,
+        f"'eval.pairings' must include both (the paper's pairing and the headline numbers), "
+        f"got {e.pairings}",
+    )
+
+
+def has_decoder(config: Config) -> bool:
+    """Whether the run's model has the OSDN decoder (needed by the reconstruction score)."""
+    from osad.train import METHODS
+
+    return METHODS[config.method].decoder and config.train.reconstruction
+
+
+def score_names(config: Config) -> list[str]:
+    """The scores ``eval.scores`` names, with ``all`` expanded to every score the model supports."""
+    from osad.openset import SCORERS
+
+    if config.eval.scores != [ALL_SCORES]:
+        return list(config.eval.scores)
+    return [name for name in SCORERS if name != "reconstruction" or has_decoder(config)]
 
 
 def check_perf_device(perf: PerfConfig, device: str) -> None:

@@ -13,7 +13,9 @@ RUN_DIR/
   eval/scores.h5       per-sample logits and scores
   eval/results.md      the result table
   eval/roc.png         ROC figure (face anti-spoofing runs)
+  eval/figures/        figures of open-set runs (ROC, histograms, eps sweep, reconstructions)
   eval-peer/           the same results for the peer network (osad test --model peer)
+  check.json           gradient-masking sanity checks of ``osad check``
 """
 
 from __future__ import annotations
@@ -101,6 +103,14 @@ class RunDir:
     def roc_figure(self) -> Path:
         return self.eval_dir / "roc.png"
 
+    def figures_of(self, which: str = "main") -> Path:
+        """Where ``osad test`` draws the figures of the ``main`` model or the ``peer``."""
+        return self.eval_dir_of(which) / "figures"
+
+    @property
+    def check(self) -> Path:
+        return self.root / "check.json"
+
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes."""
         return (
@@ -112,6 +122,7 @@ class RunDir:
             self.tensorboard,
             self.eval_dir,
             self.eval_dir_of("peer"),
+            self.check,
         )
 
     @classmethod

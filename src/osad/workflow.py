@@ -6,6 +6,9 @@ baselines) or ``fas`` (face anti-spoofing by meta-learning).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,9 +26,12 @@ from osad.checkpoint import (
 from osad.config import Config, check_perf_device, load_saved_config, save_config
 from osad.data import OpenSetData, load_openset
 from osad.data.fas import load_fas
-from osad.errors import CheckpointError, RunDirError
+from osad.errors import CheckpointError, ConfigError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
+from osad.eval.figures import write_figures
+from osad.eval.options import select_evaluation
+from osad.eval.sanity import CheckResult, CheckSettings, run_checks
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
@@ -134,12 +140,17 @@ def test_run(
     progress: bool = True,
     data_root: str | None = None,
     model: str = "main",
+    attacks: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
+    pairings: Sequence[str] | None = None,
 ) -> str:
     """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
 
     ``data_root`` points at the datasets when they moved since training.
     ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
-    with the same protocol, into ``eval-peer/``.
+    with the same protocol, into ``eval-peer/``. ``attacks``, ``scores`` and
+    ``pairings`` narrow or extend the run's evaluation (see
+    :func:`osad.eval.options.select_evaluation`).
     """
     if model not in RUN_MODELS:
         raise RunDirError(
@@ -158,17 +169,25 @@ def test_run(
     if data_root:
         config.data.root = data_root
     device = resolve_device(config.device)
+    selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
     if isinstance(config, FasConfig):
+        chosen = [f"--{k}" for k, v in selection.items() if v is not None]
+        if chosen:
+            raise ConfigError(f"{', '.join(chosen)} apply to open-set runs, not face anti-spoofing")
         data = load_fas(config.data, config.depth_size)
         result = evaluate_fas(load_model(run.model, device), data, config, progress=progress)
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
+    config = select_evaluation(config, **selection)
     data = load_openset(config.data)
     with deterministic_mode(config.deterministic):
         network = load_run_model(run, config, data, device, model)
         network = prepare_model(network, config.perf, device)
         result = evaluate(network, data, config, progress=progress)
-    return write_results(result, config, out, run_title(config, model))
+        table = write_results(result, config, out, run_title(config, model))
+        if config.eval.figures:
+            write_figures(result, network, data, config, run.figures_of(model))
+    return table
 
 
 def run_title(config: Config, model: str = "main") -> str:
@@ -176,3 +195,26 @@ def run_title(config: Config, model: str = "main") -> str:
     classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
     method = f"{config.method} peer network" if model == "peer" else config.method
     return f"{method} on {d.name} {classes}"
+
+
+def check_run(
+    run_dir: str | Path, settings: CheckSettings | None = None, *, data_root: str | None = None
+) -> list[CheckResult]:
+    """Run the gradient-masking sanity checks on a trained open-set run and save them
+    to ``RUN_DIR/check.json``."""
+    run = RunDir.open(run_dir)
+    config = load_run_config(run)
+    if isinstance(config, FasConfig):
+        raise ConfigError("osad check applies to open-set runs, not face anti-spoofing")
+    if data_root:
+        config.data.root = data_root
+    model = load_model(run.model, resolve_device(config.device))
+    settings = settings or CheckSettings()
+    results = run_checks(model, load_openset(config.data), config, settings)
+    document = {
+        "passed": all(r.passed for r in results),
+        "settings": asdict(settings),
+        "checks": [asdict(r) for r in results],
+    }
+    run.check.write_text(json.dumps(document, indent=2) + "\n")
+    return results

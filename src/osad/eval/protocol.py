@@ -1,21 +1,34 @@
-"""The OSAD test protocol (Shao et al., ECCV 2020, section 4).
+"""The OSAD test protocol (Shao et al., ECCV 2020, section 4), with adaptive attacks.
 
 For every condition (``clean`` and each attack of ``eval.attacks``):
 
-* known test images are attacked with their true label, unknown test images
-  with the label the model predicts for the clean image (they have none);
-* closed-set accuracy is measured on the attacked known images;
-* each open-set scorer is fitted on the training images (for OpenMax: the
+* the attack's ``target`` says what it maximises. ``classifier`` (the paper's
+  protocol): known test images are attacked with their true label, unknown
+  test images with the label the model predicts for the clean image.
+  ``score`` (adaptive, Azizmalayeri et al., NeurIPS 2022,
+  https://arxiv.org/abs/2210.14525): for each score separately, known images
+  are pushed to look unknown and unknown images to look known, against that
+  score as fitted for the test. ``joint``: as ``score``, plus the
+  classification loss on known images (misclassified *or* rejected);
+* attacked known and attacked unknown outputs are computed once and combined
+  into the pairings of ``eval.pairings``: ``both`` attacked (the headline),
+  ``known`` attacked with unknown clean, ``unknown`` attacked with known clean;
+* each score is fitted on the training images (OpenMax of the paper: the
   logits of the correctly classified training images, attacked under the same
-  condition with their true labels, no augmentation) and scores the attacked
-  test images (scores that run the model, such as ODIN, see the attacked
-  images themselves); AUROC takes unknown images as positives.
+  classifier attack with their true labels when ``eval.openmax_fit`` is
+  ``attacked``; adaptive conditions use the clean fit, the detector the
+  attacker faces) and every metric of :func:`~osad.eval.metrics.open_set_metrics`
+  is computed per score and pairing, with the acceptance threshold fixed at 95%
+  of the clean known validation images.
 
-Attacks are seeded per pass, so the same model and seed give the same numbers.
+Fits are shared: one per fit set (clean, or each classifier attack), reused
+by every condition and pairing that needs it. Attacks are seeded per pass, so
+the same model and seed give the same numbers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,10 +36,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from osad.attacks import build_attack, eval_mode, model_outputs
-from osad.config import AttackConfig, Config
+from osad.attacks import build_attack, eval_mode, get_objective, model_outputs, score_objective
+from osad.attacks.objectives import Objective, joint_objective
+from osad.config import AttackConfig, Config, score_names
 from osad.data import OpenSetData, to_float
-from osad.eval.metrics import auroc, closed_set_accuracy
+from osad.eval.metrics import acceptance_threshold, open_set_metrics
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
 
@@ -39,15 +53,49 @@ class Outputs:
 
 
 @dataclass
+class PairingResult:
+    """Per-sample results and metrics of one pairing, per score.
+
+    Under a classifier attack every score sees the same logits; under an adaptive
+    attack each score has its own attacked images, hence its own logits.
+    """
+
+    logits: dict[str, Tensor]
+    scores: dict[str, Tensor]
+    metrics: dict[str, dict[str, float]]
+
+    @property
+    def auroc(self) -> dict[str, float]:
+        return {name: m["auroc"] for name, m in self.metrics.items()}
+
+    @property
+    def closed_set_accuracy(self) -> float:
+        """Accuracy on the known images; the lowest over scores under adaptive attacks."""
+        return min(m["closed_set_accuracy"] for m in self.metrics.values())
+
+
+@dataclass
 class ConditionResult:
     name: str
     attack: dict[str, Any] | None
-    logits: Tensor
-    features: Tensor | None
-    scores: dict[str, Tensor]
-    closed_set_accuracy: float
-    auroc: dict[str, float]
+    pairings: dict[str, PairingResult]  # "both" always
     scorer_fit: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headline(self) -> PairingResult:
+        return self.pairings["both"]
+
+    @property
+    def closed_set_accuracy(self) -> float:
+        return self.headline.closed_set_accuracy
+
+    @property
+    def auroc(self) -> dict[str, float]:
+        return self.headline.auroc
+
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        return self.headline.scores
 
 
 @dataclass
@@ -65,17 +113,23 @@ def outputs_under_attack(
     *,
     batch_size: int,
     seed: int,
+    objective: Objective | None = None,
     desc: str = "",
     progress: bool = False,
     keep_images: bool = False,
 ) -> Outputs:
-    """Model outputs on ``images``, each first attacked with ``labels`` (or, where a
-    label is -1 or ``labels`` is None, with the model's prediction on the clean image).
-    ``keep_images`` also returns the attacked images (float, in [0, 1])."""
+    """Model outputs on ``images``, each first attacked.
+
+    With the config's classification loss (``objective`` None), an image is
+    attacked with its label, or, where the label is -1 or ``labels`` is None,
+    with the model's prediction on the clean image. An explicit ``objective``
+    (a detector score) gets the labels as they are (-1 for unknown).
+    ``keep_images`` also returns the attacked images (float, in [0, 1]).
+    """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     attack = (
-        build_attack(model, attack_config, generator=generator)
+        build_attack(model, attack_config, objective=objective, generator=generator)
         if attack_config is not None
         else None
     )
@@ -90,10 +144,11 @@ def outputs_under_attack(
         ):
             x = to_float(images[i : i + batch_size])
             if attack is not None:
-                with torch.no_grad():
-                    predicted = model(x).argmax(1)
-                y = predicted if labels is None else labels[i : i + batch_size]
-                y = torch.where(y >= 0, y, predicted)
+                y = None if labels is None else labels[i : i + batch_size]
+                if objective is None:
+                    with torch.no_grad():
+                        predicted = model(x).argmax(1)
+                    y = predicted if y is None else torch.where(y >= 0, y, predicted)
                 x = attack(x, y)
             with torch.no_grad():
                 out, feat = model_outputs(model, x)
@@ -113,7 +168,7 @@ def outputs_under_attack(
 def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
     """The scorers of ``eval.scores``, unfitted; both OpenMax variants use ``eval.openmax_tail``."""
     scorers: dict[str, Scorer] = {}
-    for name in config.eval.scores:
+    for name in score_names(config):
         options = {}
         if "tail_size" in scorer_options(name):
             options["tail_size"] = config.eval.openmax_tail
@@ -146,6 +201,66 @@ def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
     return {}
 
 
+def adaptive_objective(scorer: Scorer, attack: AttackConfig) -> Objective:
+    """The objective of an adaptive attack on ``scorer``: its score pushed the wrong way
+    for each image (``by_label``), plus, for the ``joint`` target, the attack's
+    classification loss on known images."""
+    detection = score_objective(scorer, "by_label")
+    if attack.target == "joint":
+        return joint_objective(get_objective(attack.resolved().loss), detection)
+    return detection
+
+
+@dataclass
+class FittedScores:
+    """Scorers fitted on one fit set, with what every condition using that fit shares:
+    the clean test scores and the acceptance thresholds."""
+
+    scorers: dict[str, Scorer]
+    clean_scores: dict[str, Tensor]
+    thresholds: dict[str, float | None]
+    report: dict[str, Any]
+    model: nn.Module
+    batch_size: int
+
+    def score(self, name: str, outputs: Outputs) -> Tensor:
+        return score_outputs(self.scorers[name], self.model, outputs, self.batch_size)
+
+
+def pair(is_known: Tensor, known_from: Tensor, unknown_from: Tensor) -> Tensor:
+    """Per sample: the row of ``known_from`` for a known image, of ``unknown_from`` otherwise."""
+    mask = is_known.view(-1, *([1] * (known_from.dim() - 1)))
+    return torch.where(mask, known_from, unknown_from)
+
+
+def pairing_sources(pairing: str) -> tuple[bool, bool]:
+    """(known images attacked, unknown images attacked) in ``pairing``."""
+    return pairing in ("both", "known"), pairing in ("both", "unknown")
+
+
+def combine_pairings(
+    pairings: list[str],
+    is_known: Tensor,
+    clean: tuple[dict[str, Tensor], dict[str, Tensor]],
+    attacked: tuple[dict[str, Tensor], dict[str, Tensor]],
+    measure: Callable[[str, Tensor, Tensor], dict[str, float]],
+) -> dict[str, PairingResult]:
+    """Each pairing from the (logits, scores) per score of the clean and the attacked
+    test images; ``measure(score, scores, logits)`` gives its metrics."""
+    results = {}
+    for pairing in pairings:
+        known_attacked, unknown_attacked = pairing_sources(pairing)
+        logits, scores, metrics = {}, {}, {}
+        for name in attacked[1]:
+            for kind, out in ((0, logits), (1, scores)):
+                known_side = attacked[kind][name] if known_attacked else clean[kind][name]
+                unknown_side = attacked[kind][name] if unknown_attacked else clean[kind][name]
+                out[name] = pair(is_known, known_side, unknown_side)
+            metrics[name] = measure(name, scores[name], logits[name])
+        results[pairing] = PairingResult(logits, scores, metrics)
+    return results
+
+
 def evaluate(
     model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
 ) -> EvalResult:
@@ -157,23 +272,22 @@ def evaluate(
     device = next(model.parameters()).device
     data = data.to(device)
     bs = config.eval.batch_size
-    conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
-    conditions += list(config.eval.attacks.items())
-    is_known = data.test_known
-    scorers = make_scorers(config, model)  # refuses a bad score before any attack runs
-    keep_images = any(scorer.needs_images for scorer in scorers.values())
-    clean_train: Outputs | None = None
-    results = []
+    probe = make_scorers(config, model)  # refuses a bad score before any attack runs
+    names = list(probe)
+    is_known = data.test_known.cpu()
+    labels = data.test_labels.cpu()
+    keep_images = any(scorer.needs_images for scorer in probe.values())
 
-    def attacked_outputs(
+    def outputs(
         images: Tensor,
-        labels: Tensor,
+        labels: Tensor | None,
         attack: AttackConfig | None,
         seed: int,
         desc: str,
-        keep_images: bool = False,
+        objective: Objective | None = None,
     ) -> Outputs:
-        # Autocast covers the model only: scorers keep fp32.
+        # Autocast covers the model (and the score inside an adaptive attack's objective);
+        # the scores reported are computed afterwards, in fp32.
         with autocast(config.perf, device):
             return outputs_under_attack(
                 model,
@@ -182,51 +296,98 @@ def evaluate(
                 attack,
                 batch_size=bs,
                 seed=seed,
+                objective=objective,
                 desc=desc,
                 progress=progress,
                 keep_images=keep_images,
             )
 
-    for name, attack_config in tqdm(
-        conditions, desc="evaluate", disable=not progress, dynamic_ncols=True
-    ):
-        test = attacked_outputs(
-            data.test_images,
-            data.test_labels,
-            attack_config,
-            config.seed,
-            f"{name} test",
-            keep_images=keep_images,
-        )
-        fit_config = attack_config if config.eval.openmax_fit == "attacked" else None
-        if fit_config is None and clean_train is not None:
-            train_out = clean_train
-        else:
-            train_out = attacked_outputs(
-                data.train_images, data.train_labels, fit_config, config.seed + 1, f"{name} fit"
+    clean_test = outputs(data.test_images, data.test_labels, None, config.seed, "clean test")
+    clean_val = (
+        outputs(data.val_images, data.val_labels, None, config.seed, "clean val")
+        if len(data.val_images)
+        else None
+    )
+    fits: dict[str, FittedScores] = {}
+
+    def fitted(fit_name: str, attack: AttackConfig | None) -> FittedScores:
+        if fit_name not in fits:
+            train = outputs(
+                data.train_images, data.train_labels, attack, config.seed + 1, f"{fit_name} fit"
             )
-            if fit_config is None:
-                clean_train = train_out
-        scores, aurocs, fits = {}, {}, {}
-        for score_name, scorer in scorers.items():
-            scorer.fit(train_out.logits, train_out.features, data.train_labels)
-            scores[score_name] = score_outputs(scorer, model, test, bs)
-            aurocs[score_name] = auroc(scores[score_name], ~is_known.cpu())
-            report = _scorer_fit_report(scorer)
-            if report:
-                fits[score_name] = report
+            scorers = make_scorers(config, model)
+            for scorer in scorers.values():
+                scorer.fit(train.logits, train.features, data.train_labels)
+            fits[fit_name] = FittedScores(
+                scorers,
+                {n: score_outputs(s, model, clean_test, bs) for n, s in scorers.items()},
+                {
+                    n: None
+                    if clean_val is None
+                    else acceptance_threshold(score_outputs(s, model, clean_val, bs))
+                    for n, s in scorers.items()
+                },
+                {n: r for n, s in scorers.items() if (r := _scorer_fit_report(s))},
+                model,
+                bs,
+            )
+        return fits[fit_name]
+
+    clean_logits = {n: clean_test.logits.cpu() for n in names}
+    conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
+    conditions += list(config.eval.attacks.items())
+    results = []
+    for name, attack in tqdm(conditions, desc="evaluate", disable=not progress, leave=False):
+        attacked_fit = attack is not None and attack.target == "classifier"
+        attacked_fit = attacked_fit and config.eval.openmax_fit == "attacked"
+        fit = fitted(name if attacked_fit else "clean", attack if attacked_fit else None)
+
+        def measure(score: str, scores: Tensor, logits: Tensor, fit=fit) -> dict[str, float]:
+            return open_set_metrics(scores, ~is_known, logits, labels, fit.thresholds[score])
+
+        clean = (clean_logits, fit.clean_scores)
+        if attack is None:
+            pairings = combine_pairings(["both"], is_known, clean, clean, measure)
+        else:
+            attacked = _attacked_outputs(name, attack, fit, outputs, data, config.seed)
+            pairings = combine_pairings(config.eval.pairings, is_known, clean, attacked, measure)
         results.append(
             ConditionResult(
                 name=name,
-                attack=None if attack_config is None else asdict(attack_config.resolved()),
-                logits=test.logits.cpu(),
-                features=None if test.features is None else test.features.cpu(),
-                scores=scores,
-                closed_set_accuracy=closed_set_accuracy(
-                    test.logits[is_known], data.test_labels[is_known]
-                ),
-                auroc=aurocs,
-                scorer_fit=fits,
+                attack=None if attack is None else asdict(attack.resolved()),
+                pairings=pairings,
+                scorer_fit=fit.report,
             )
         )
-    return EvalResult(results, data.test_labels.cpu(), data.test_classes.cpu())
+    return EvalResult(results, labels, data.test_classes.cpu())
+
+
+def _attacked_outputs(
+    name: str,
+    attack: AttackConfig,
+    fit: FittedScores,
+    outputs: Callable[..., Outputs],
+    data: OpenSetData,
+    seed: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(logits, scores) per score of every test image under ``attack``: one attack pass
+    shared by all scores for the classifier target, one per score otherwise."""
+    logits, scores = {}, {}
+    if attack.target == "classifier":
+        test = outputs(data.test_images, data.test_labels, attack, seed, f"{name} test")
+        for score in fit.scorers:
+            logits[score] = test.logits.cpu()
+            scores[score] = fit.score(score, test)
+        return logits, scores
+    for score, scorer in fit.scorers.items():
+        test = outputs(
+            data.test_images,
+            data.test_labels,
+            attack,
+            seed,
+            f"{name} on {score}",
+            objective=adaptive_objective(scorer, attack),
+        )
+        logits[score] = test.logits.cpu()
+        scores[score] = fit.score(score, test)
+    return logits, scores

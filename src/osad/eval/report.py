@@ -8,10 +8,11 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 
 from osad import __version__
 from osad.config import AttackConfig, Config
-from osad.eval.protocol import EvalResult
+from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
 
 SCORE_LABELS = {
     "msp": "MSP",
@@ -26,20 +27,34 @@ SCORE_LABELS = {
 }
 
 
+def _pairing_dict(pairing: PairingResult) -> dict[str, Any]:
+    return {
+        "closed_set_accuracy": pairing.closed_set_accuracy,
+        "auroc": pairing.auroc,
+        "metrics": pairing.metrics,
+    }
+
+
+def condition_dict(condition: ConditionResult) -> dict[str, Any]:
+    """One condition of ``metrics.json``: the core keys (``closed_set_accuracy``,
+    ``auroc``, ``attack``) describe the ``both`` pairing; ``metrics`` holds every
+    metric per score, ``pairings`` the extra pairings in the same form."""
+    return {
+        **_pairing_dict(condition.headline),
+        "attack": condition.attack if condition.attack is not None else {"name": "none"},
+        "scorer_fit": condition.scorer_fit,
+        "pairings": {
+            name: _pairing_dict(p) for name, p in condition.pairings.items() if name != "both"
+        },
+    }
+
+
 def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
-    """The ``metrics.json`` document."""
+    """The ``metrics.json`` document (schema: docs/evaluation.md)."""
     return {
         "osad_version": __version__,
         "seed": config.seed,
-        "conditions": {
-            c.name: {
-                "closed_set_accuracy": c.closed_set_accuracy,
-                "auroc": c.auroc,
-                "attack": c.attack if c.attack is not None else {"name": "none"},
-                "scorer_fit": c.scorer_fit,
-            }
-            for c in result.conditions
-        },
+        "conditions": {c.name: condition_dict(c) for c in result.conditions},
         "counts": {
             "test_known": int((result.test_labels >= 0).sum()),
             "test_unknown": int((result.test_labels < 0).sum()),
@@ -52,27 +67,77 @@ def _attack_text(attack: dict[str, Any] | None) -> str:
     return "none" if attack is None else AttackConfig(**attack).describe()
 
 
+PAIRING_TEXT = {
+    "both": "",
+    "known": " (known attacked, unknown clean)",
+    "unknown": " (known clean, unknown attacked)",
+}
+METRIC_COLUMNS = {
+    "auroc": "AUROC",
+    "aupr_in": "AUPR-in",
+    "aupr_out": "AUPR-out",
+    "fpr95_known_positive": "FPR95 (known +)",
+    "fpr95_unknown_positive": "FPR95 (unknown +)",
+    "oscr": "OSCR",
+    "closed_set_accuracy": "acc",
+    "known_accepted_correct": "known acc+correct",
+    "unknown_rejected": "unknown rejected",
+}
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
 def results_table(result: EvalResult) -> str:
-    """A Markdown table: one row per condition, accuracy and one AUROC column per score."""
+    """A Markdown table: one row per condition and pairing, accuracy and one AUROC column
+    per score."""
     score_names = list(result.conditions[0].auroc)
     header = ["condition", "attack", "closed-set acc"] + [
         f"AUROC {SCORE_LABELS.get(s, s)}" for s in score_names
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for c in result.conditions:
-        cells = [c.name, _attack_text(c.attack), f"{c.closed_set_accuracy:.4f}"]
-        cells += [f"{c.auroc[s]:.4f}" for s in score_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for pairing_name, pairing in c.pairings.items():
+            cells = [c.name + PAIRING_TEXT[pairing_name], _attack_text(c.attack)]
+            cells.append(f"{pairing.closed_set_accuracy:.4f}")
+            cells += [f"{pairing.auroc[s]:.4f}" for s in score_names]
+            rows.append(cells)
+    return "\n".join(_markdown(header, rows))
 
 
-def write_results(result: EvalResult, config: Config, eval_dir: Path, title: str) -> str:
-    """Write metrics.json, scores.h5 and results.md into ``eval_dir``; return the table."""
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "metrics.json").write_text(
-        json.dumps(metrics_dict(result, config), indent=2) + "\n"
-    )
-    with h5py.File(eval_dir / "scores.h5", "w") as f:
+def metric_tables(result: EvalResult) -> str:
+    """Every metric per score: one Markdown table per condition (the ``both`` pairing)."""
+    sections = []
+    for c in result.conditions:
+        metrics = c.headline.metrics
+        keys = [k for k in METRIC_COLUMNS if k in next(iter(metrics.values()))]
+        rows = [
+            [SCORE_LABELS.get(s, s)] + [f"{m[k]:.4f}" for k in keys] for s, m in metrics.items()
+        ]
+        table = "\n".join(_markdown(["score"] + [METRIC_COLUMNS[k] for k in keys], rows))
+        sections.append(f"### {c.name}: {_attack_text(c.attack)}\n\n{table}")
+    return "\n\n".join(sections)
+
+
+def _write_pairing(group: h5py.Group, pairing: PairingResult) -> None:
+    logits = list(pairing.logits.values())
+    shared = all(t is logits[0] or torch.equal(t, logits[0]) for t in logits)
+    if shared:
+        group.create_dataset("logits", data=logits[0].numpy())
+        group.create_dataset("predicted", data=logits[0].argmax(1).numpy())
+    for name, values in pairing.scores.items():
+        group.create_dataset(f"score_{name}", data=values.numpy())
+        if not shared:  # adaptive attacks: each score attacked its own images
+            group.create_dataset(f"logits_{name}", data=pairing.logits[name].numpy())
+            group.create_dataset(f"predicted_{name}", data=pairing.logits[name].argmax(1).numpy())
+
+
+def write_scores(result: EvalResult, config: Config, path: Path) -> None:
+    """``scores.h5``: one group per condition (the ``both`` pairing) and, inside it, one
+    subgroup per extra pairing, each with every per-sample score."""
+    with h5py.File(path, "w") as f:
         f.attrs["osad_version"] = __version__
         f.attrs["seed"] = config.seed
         n = len(result.test_labels)
@@ -82,17 +147,30 @@ def write_results(result: EvalResult, config: Config, eval_dir: Path, title: str
             g.create_dataset("true_class", data=result.test_classes.numpy())
             g.create_dataset("label", data=result.test_labels.numpy())
             g.create_dataset("is_known", data=(result.test_labels >= 0).numpy())
-            g.create_dataset("logits", data=c.logits.numpy())
-            g.create_dataset("predicted", data=c.logits.argmax(1).numpy())
-            for name, values in c.scores.items():
-                g.create_dataset(f"score_{name}", data=values.numpy())
+            _write_pairing(g, c.headline)
+            for name, pairing in c.pairings.items():
+                if name != "both":
+                    _write_pairing(g.create_group(name), pairing)
             g.attrs["attack"] = json.dumps(c.attack)
+
+
+def write_results(result: EvalResult, config: Config, eval_dir: Path, title: str) -> str:
+    """Write metrics.json, scores.h5 and results.md into ``eval_dir``; return the table."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    metrics = metrics_dict(result, config)
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_scores(result, config, eval_dir / "scores.h5")
     table = results_table(result)
-    counts = metrics_dict(result, config)["counts"]
+    counts = metrics["counts"]
     (eval_dir / "results.md").write_text(
         f"# {title}\n\n{table}\n\n"
-        f"{counts['test_known']} known and {counts['test_unknown']} unknown test images; "
-        "known images attacked with their true label, unknown images with the predicted label; "
-        "AUROC with unknown as the positive class.\n"
+        f"{counts['test_known']} known and {counts['test_unknown']} unknown test images. "
+        "Classifier attacks: known images attacked with their true label, unknown images with "
+        "the predicted label. Score and joint attacks: each score attacked separately, known "
+        "images pushed to look unknown, unknown images to look known (accuracy: the lowest "
+        "over scores). AUROC with unknown as the positive class.\n\n"
+        f"## Every metric per score\n\n{metric_tables(result)}\n\n"
+        "Thresholded rates at the score accepting 95% of the clean known validation images "
+        "(docs/evaluation.md).\n"
     )
     return table

@@ -1,0 +1,92 @@
+"""What ``osad test --attacks/--scores/--pairings`` selects, applied to a run's config.
+
+``--attacks`` names entries of ``eval.attacks`` or the built-in adaptive attacks:
+
+* ``adaptive``: APGD (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690)
+  on each score, known images pushed to look unknown and unknown images to look
+  known (Azizmalayeri et al., NeurIPS 2022, https://arxiv.org/abs/2210.14525);
+* ``joint``: the same plus the cross-entropy of known images (misclassified or
+  rejected).
+
+Both take their budget (eps, norm) from the run's ``pgd`` attack, or else from
+its largest classifier attack, so adaptive and paper attacks are compared at one
+budget. A config may define its own under any name with ``target: score`` or
+``target: joint`` in ``eval.attacks``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+
+from osad.config import (
+    ALL_SCORES,
+    DIGITS_EPS,
+    PAIRINGS,
+    AttackConfig,
+    Config,
+    validate,
+)
+from osad.errors import unknown_name
+
+ADAPTIVE_ATTACKS = {"adaptive": "score", "joint": "joint"}
+
+
+def paper_budget(config: Config) -> AttackConfig:
+    """The classifier attack whose budget the built-in adaptive attacks share."""
+    classifier = {n: a for n, a in config.eval.attacks.items() if a.target == "classifier"}
+    if "pgd" in classifier:
+        return classifier["pgd"]
+    if classifier:
+        return max(classifier.values(), key=lambda a: a.eps)
+    return AttackConfig(eps=DIGITS_EPS)
+
+
+def at_eps(attack: AttackConfig, eps: float) -> AttackConfig:
+    """``attack`` at budget ``eps`` (1/255 units), its step size scaled in proportion."""
+    c = attack.resolved()
+    alpha = None if c.alpha is None or c.eps == 0 else c.alpha * eps / c.eps
+    return dataclasses.replace(c, eps=eps, alpha=alpha)
+
+
+def adaptive_attack(config: Config, target: str) -> AttackConfig:
+    """APGD with the default steps on ``target`` (score or joint), at the paper budget."""
+    base = paper_budget(config)
+    return AttackConfig(name="apgd", norm=base.norm, eps=base.eps, target=target)
+
+
+def select_evaluation(
+    config: Config,
+    attacks: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
+    pairings: Sequence[str] | None = None,
+) -> Config:
+    """A copy of ``config`` evaluating only ``attacks`` (names of ``eval.attacks`` or of
+    :data:`ADAPTIVE_ATTACKS`), ``scores`` (names, or ``all``) and ``pairings`` (names, or
+    ``all``; ``both`` is always included). ``None`` keeps the config's choice.
+
+    Raises :class:`~osad.errors.ConfigError` for an unknown name.
+    """
+    config = copy.deepcopy(config)
+    if attacks is not None:
+        chosen = {}
+        for name in attacks:
+            if name in config.eval.attacks:
+                chosen[name] = config.eval.attacks[name]
+            elif name in ADAPTIVE_ATTACKS:
+                chosen[name] = adaptive_attack(config, ADAPTIVE_ATTACKS[name])
+            else:
+                raise unknown_name("attack", name, [*config.eval.attacks, *ADAPTIVE_ATTACKS])
+        config.eval.attacks = chosen
+    if scores is not None:
+        config.eval.scores = [ALL_SCORES] if ALL_SCORES in scores else list(scores)
+    if pairings is not None:
+        if "all" in pairings:
+            pairings = PAIRINGS
+        for name in pairings:
+            if name not in PAIRINGS:
+                raise unknown_name("pairing", name, (*PAIRINGS, "all"))
+        config.eval.pairings = [p for p in PAIRINGS if p == "both" or p in pairings]
+    validate(config)
+    return config
