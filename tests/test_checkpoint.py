@@ -257,3 +257,25 @@ def test_train_state_round_trip_includes_scheduler_optimizer_and_generators():
     assert second.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
     for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_config_key_added_since_the_checkpoint_does_not_block_resume():
+    def make(config, complete=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        return TrainState(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            {},
+            recipe=("linear", {}),
+            context={"config": config, "data": "d", "device": "cpu"},
+            complete_config=complete,
+        )
+
+    written = make({"lr": 0.1}).files()  # by an osad without the key "new" (default 1)
+    with_default = lambda saved: {"new": 1, **saved}  # noqa: E731
+    make({"lr": 0.1, "new": 1}, with_default).restore(written, "old checkpoint")
+    with pytest.raises(CheckpointError, match=r"new=1, the run's config\.yaml now has 2"):
+        make({"lr": 0.1, "new": 2}, with_default).restore(written, "old checkpoint")
+    with pytest.raises(CheckpointError, match="new=None"):
+        make({"lr": 0.1, "new": 1}).restore(written, "old checkpoint")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from osad.attacks import build_attack
 from osad.checkpoint import CheckpointStore
-from osad.config import CheckpointConfig, Config, resolved_dict
+from osad.config import CheckpointConfig, Config, make_config, resolved_dict
 from osad.data import OpenSetData, random_crop_flip, to_float
 from osad.errors import CheckpointError, InputError, OsadError, TrainingInterrupted
 from osad.inputs import check_images, inputs_checked
@@ -288,6 +288,7 @@ def train(
             recipe=(name, kwargs),
             context=context,
             peer=peer,
+            complete_config=lambda saved: resolved_dict(make_config(saved)),
         )
         checkpoints = _Checkpoints(run, config.checkpoint, config.train.epochs) if run else None
         if checkpoints is not None and resume_from is not None:

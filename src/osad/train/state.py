@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -178,12 +179,17 @@ class TrainState:
         context: dict[str, Any],
         scheduler: Any = None,
         peer: Network | None = None,
+        complete_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        """``context`` (config, data fingerprint, device type) must match on resume;
+        ``complete_config`` fills a saved config with the defaults of keys added to
+        osad since the checkpoint was written, so those alone do not block a resume."""
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.peer = peer
         self.generators = generators
         self.recipe = recipe
         self.context = context
+        self.complete_config = complete_config
         self.epoch = 1  # the epoch in progress (1-based)
         self.batch = 0  # batches of this epoch already done
         self.step = 0  # optimisation steps done in all
@@ -301,7 +307,10 @@ class TrainState:
                 f"{self.context['device']}: its random states only continue on the same kind "
                 f"of device (set device={saved.get('device')})"
             )
-        difference = first_difference(saved.get("config", {}), self.context["config"])
+        saved_config = saved.get("config", {})
+        if self.complete_config is not None:
+            saved_config = self.complete_config(saved_config)
+        difference = first_difference(saved_config, self.context["config"])
         if difference:
             key, saved_value, value = difference
             raise CheckpointError(
