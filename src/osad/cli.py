@@ -1,4 +1,4 @@
-"""Command line: ``osad run``, ``osad train``, ``osad test``.
+"""Command line: ``osad run``, ``osad train``, ``osad test``, ``osad sweep``.
 
 Every user error prints one line ``osad: error: ...`` to stderr and exits
 with status 2, without a traceback; so does a failed write (a full disk). A
@@ -81,7 +81,52 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data-root", help=_DATA_ROOT_HELP)
     te.add_argument("--force", action="store_true", help="overwrite existing results")
     te.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train and evaluate every method of a sweep preset on every split, "
+        "resumably, and print mean +- std over splits",
+    )
+    sw.add_argument("sweep_file", help="sweep preset, e.g. configs/sweeps/digits.yaml")
+    sw.add_argument("--out", required=True, help="sweep directory (one run per method and split)")
+    sw.add_argument("--methods", help="comma list of the preset's methods to run (default: all)")
+    sw.add_argument("--splits", help="comma list of the preset's splits to run (default: all)")
+    sw.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="train nothing: tabulate the runs already finished under --out",
+    )
+    sw.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _comma_list(text: str | None, option: str, convert=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        items = [convert(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise _UsageError(f"{option} must be a comma list, e.g. 0,1,2; got {text!r}") from None
+    if not items:
+        raise _UsageError(f"{option} names nothing")
+    return items
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from osad.sweep import load_sweep, run_sweep, write_summary
+
+    sweep = load_sweep(args.sweep_file).select(
+        _comma_list(args.methods, "--methods"), _comma_list(args.splits, "--splits", int)
+    )
+    start = time.perf_counter()
+    if not args.summary_only:
+        run_sweep(sweep, args.out, progress=not args.no_progress, data_root=args.data_root)
+    elif not Path(args.out).is_dir():
+        raise _UsageError(f"--summary-only: sweep directory {args.out} does not exist")
+    print(write_summary(sweep, args.out))
+    print(f"tables in {Path(args.out) / 'results.md'} ({time.perf_counter() - start:.0f} s)")
+    return 0
 
 
 def _default_out(config) -> Path:
@@ -102,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     from osad.config import make_task_config
     from osad.workflow import resume_run, test_run, train_run
 
+    if args.command == "sweep":
+        return _sweep(args)
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()
