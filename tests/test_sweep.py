@@ -37,6 +37,7 @@ splits: [0]
 methods:
   plain: {overrides: [method=plain]}
   osdn: {}
+figures: {split: 0, methods: [plain, osdn], score: openmax, attack: pgd, eps: [0, 16, 32]}
 """
 
 
@@ -87,14 +88,31 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
     assert [r["actions"] for r in _log(out)] == [["trained", "evaluated"]] * 2
 
 
+def test_figures_and_the_budget_curve_agree_with_the_runs(finished_sweep):
+    out = finished_sweep[1]
+    figures = out / "figures"
+    for name in ("roc-openmax-split0.png", "eps-openmax-split0.png"):
+        assert (figures / name).read_bytes().startswith(b"\x89PNG")
+    summary = json.loads((out / "summary.json").read_text())
+    for label in ("plain", "osdn"):
+        curve = json.loads((figures / f"eps-{label}-split0.json").read_text())
+        assert curve["attacks"][0] == "PGD linf eps 16/255, step 4/255, 1 steps"
+        conditions = summary["methods"][label]["conditions"]
+        # eps 0 is the clean condition and eps 32 the sweep's own PGD: same seed, same numbers.
+        for eps_index, name in ((0, "clean"), (2, "pgd")):
+            accuracy, auroc = conditions[name]["closed_set_accuracy"], conditions[name]["auroc"]
+            assert curve["closed_set_accuracy"][eps_index] == accuracy["mean"]
+            assert curve["auroc"][eps_index] == auroc["openmax"]["mean"]
+
+
 def test_finished_runs_are_skipped(finished_sweep, capsys):
     preset, out = finished_sweep
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert _sweep(preset, out) == 0
     stdout = capsys.readouterr().out
     assert "| plain | 0 |" in stdout
-    for path, mtime in before.items():
-        if path.name not in ("summary.json", "results.md"):
+    for path, mtime in before.items():  # tables and figures are drawn again, nothing else
+        if path.name not in ("summary.json", "results.md") and path.suffix != ".png":
             assert path.stat().st_mtime_ns == mtime, path
 
 
@@ -145,22 +163,24 @@ def test_a_run_made_with_another_config_is_refused(finished_sweep, tmp_path, cap
     assert "was made with train.epochs=1, the sweep now gives 2" in err
 
 
-def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_path, capsys):
+def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_path):
     reference = finished_sweep[1]
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     weights = out / "osdn" / "split0" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    changed = _write(tmp_path, MINIATURE.replace("pgd.steps=1", "pgd.steps=2"))
+    changed = _write(tmp_path, MINIATURE.replace("[msp,openmax]", "[msp,openmax,energy]"))
     assert _sweep(changed, out) == 0
     assert weights.stat().st_mtime_ns == mtime
     new_steps = [r["actions"] for r in _log(out)][-2:]
     assert new_steps == [["eval changed", "evaluated"]] * 2
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["conditions"]["pgd"] == "PGD linf eps 32/255, step 8/255, 2 steps"
-    clean = summary["methods"]["osdn"]["conditions"]["clean"]
+    assert summary["scores"] == ["msp", "openmax", "energy"]
     before = json.loads((reference / "summary.json").read_text())["methods"]["osdn"]
-    assert clean == before["conditions"]["clean"]  # same weights, same clean numbers
+    for name, condition in before["conditions"].items():  # same weights, same numbers
+        now = summary["methods"]["osdn"]["conditions"][name]
+        assert now["closed_set_accuracy"] == condition["closed_set_accuracy"]
+        assert now["auroc"]["openmax"] == condition["auroc"]["openmax"]
 
 
 @pytest.mark.parametrize(

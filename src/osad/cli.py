@@ -114,7 +114,7 @@ def _comma_list(text: str | None, option: str, convert=str) -> list | None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from osad.sweep import load_sweep, run_sweep, write_summary
+    from osad.sweep import load_sweep, run_sweep, write_figures, write_summary
 
     sweep = load_sweep(args.sweep_file).select(
         _comma_list(args.methods, "--methods"), _comma_list(args.splits, "--splits", int)
@@ -125,6 +125,8 @@ def _sweep(args: argparse.Namespace) -> int:
     elif not Path(args.out).is_dir():
         raise _UsageError(f"--summary-only: sweep directory {args.out} does not exist")
     print(write_summary(sweep, args.out))
+    for figure in write_figures(sweep, args.out):
+        print(f"figure {figure}")
     print(f"tables in {Path(args.out) / 'results.md'} ({time.perf_counter() - start:.0f} s)")
     return 0
 

@@ -18,6 +18,7 @@ one is one entry here, no code.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,22 @@ from typing import Any
 from osad.config import Config, _merge_tree, load_yaml, make_config
 from osad.errors import ConfigError, did_you_mean
 
-_SWEEP_KEYS = ("description", "config", "settings", "overrides", "splits", "methods")
+_SWEEP_KEYS = ("description", "config", "settings", "overrides", "splits", "methods", "figures")
 _METHOD_KEYS = ("config", "overrides")
+_FIGURE_KEYS = ("split", "methods", "score", "attack", "eps")
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """What the figures show: ROC curves of ``score`` for ``methods`` on ``split``, and
+    their accuracy and AUROC under the condition ``attack`` at each budget of ``eps``
+    (in 1/255, starting at 0 = clean)."""
+
+    split: int
+    methods: tuple[str, ...]
+    score: str
+    attack: str
+    eps: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class Sweep:
     settings: dict[str, Any] | None = None
     overrides: tuple[str, ...] = ()
     description: str = ""
+    figures: FigureSpec | None = None
 
     def method(self, label: str) -> SweepMethod:
         for method in self.methods:
@@ -81,15 +97,7 @@ class Sweep:
                     f"its splits are {', '.join(map(str, self.splits))}"
                 )
         chosen = self.splits if splits is None else tuple(splits)
-        return Sweep(
-            self.name,
-            methods,
-            chosen,
-            self.config,
-            self.settings,
-            self.overrides,
-            self.description,
-        )
+        return dataclasses.replace(self, methods=methods, splits=chosen)
 
 
 def _check_keys(tree: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -115,6 +123,39 @@ def _config_path(value: Any, folder: Path, where: str) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"'{where}' names {path}, which does not exist")
     return path
+
+
+def _figure_spec(tree: Any, sweep: Sweep, where: str) -> FigureSpec | None:
+    if tree is None:
+        return None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"'figures' in {where} must be a mapping ({', '.join(_FIGURE_KEYS)})")
+    _check_keys(tree, _FIGURE_KEYS, f"'figures' of {where}")
+    missing = [key for key in _FIGURE_KEYS if key not in tree]
+    if missing:
+        raise ConfigError(f"'figures' in {where} needs '{missing[0]}'")
+    for key in ("methods", "eps"):
+        if not isinstance(tree[key], list) or not tree[key]:
+            raise ConfigError(f"'figures.{key}' in {where} must be a non-empty list")
+    spec = FigureSpec(
+        tree["split"],
+        tuple(tree["methods"]),
+        tree["score"],
+        tree["attack"],
+        tuple(float(e) for e in tree["eps"]),
+    )
+    for label in spec.methods:
+        method = sweep.method(label)
+        config = sweep.run_config(method, spec.split)
+        if spec.score not in config.eval.scores:
+            raise ConfigError(f"figures.score '{spec.score}' is not evaluated for {label}")
+        if spec.attack not in config.eval.attacks:
+            raise ConfigError(f"figures.attack '{spec.attack}' is not an attack of {label}")
+    if spec.split not in sweep.splits:
+        raise ConfigError(f"figures.split {spec.split} is not one of the sweep's splits")
+    if not spec.eps or spec.eps[0] != 0 or list(spec.eps) != sorted(set(spec.eps)):
+        raise ConfigError("figures.eps must rise from 0 (clean) without repeats, e.g. [0, 8, 16]")
+    return spec
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -164,4 +205,4 @@ def load_sweep(path: str | Path) -> Sweep:
     for method in sweep.methods:
         for split in sweep.splits:
             sweep.run_config(method, split)
-    return sweep
+    return dataclasses.replace(sweep, figures=_figure_spec(tree.get("figures"), sweep, where))
