@@ -55,6 +55,8 @@ class SweepMethod:
 
 @dataclass(frozen=True)
 class Sweep:
+    """A sweep preset as read by :func:`load_sweep`: one run per method and split."""
+
     name: str
     methods: tuple[SweepMethod, ...]
     splits: tuple[int, ...]
