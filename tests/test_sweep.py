@@ -86,6 +86,10 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
     assert "## pgd: PGD linf eps 32/255, step 8/255, 1 steps" in table
     assert "PARTIAL" not in table
     assert [r["actions"] for r in _log(out)] == [["trained", "evaluated"]] * 2
+    compute = summary["compute"]
+    assert compute["steps"] == 2 and set(compute["per_method"]) == {"plain", "osdn"}
+    assert compute["seconds"] == pytest.approx(sum(r["seconds"] for r in _log(out)), abs=0.1)
+    assert "| osdn | 1 |" in table.split("## compute")[1]
 
 
 def test_figures_and_the_budget_curve_agree_with_the_runs(finished_sweep):

@@ -73,14 +73,39 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
 
 
 def compute_time(out: Path) -> dict[str, Any]:
-    """Seconds spent on the logged steps of the sweep (``sweep.jsonl``), first and last time."""
+    """Seconds spent on the logged steps of the sweep (``sweep.jsonl``), in all and per
+    method, and when the last one finished."""
     log = out / "sweep.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    per_method: dict[str, dict[str, float]] = {}
+    for record in records:
+        entry = per_method.setdefault(record["method"], {"steps": 0, "seconds": 0.0})
+        entry["steps"] += 1
+        entry["seconds"] = round(entry["seconds"] + record["seconds"], 1)
     return {
         "steps": len(records),
         "seconds": round(sum(r["seconds"] for r in records), 1),
         "last_finished": records[-1]["finished"] if records else None,
+        "per_method": per_method,
     }
+
+
+def _compute_markdown(compute: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## compute",
+        "",
+        f"{compute['steps']} steps logged in sweep.jsonl (training and/or evaluation of one "
+        f"run each), {compute['seconds']:.0f} s in all, the last finished at "
+        f"{compute['last_finished']}.",
+        "",
+        "| method | steps | seconds | seconds per step |",
+        "|---|---|---|---|",
+    ]
+    for label, entry in compute["per_method"].items():
+        per_step = entry["seconds"] / entry["steps"]
+        lines.append(f"| {label} | {entry['steps']} | {entry['seconds']:.0f} | {per_step:.0f} |")
+    return lines
 
 
 def _cell(stats: dict[str, Any] | None) -> str:
@@ -115,6 +140,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells.append(_cell(condition and condition["closed_set_accuracy"]))
             cells += [_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]]
             lines.append("| " + " | ".join(cells) + " |")
+    if summary["compute"]["steps"]:
+        lines += _compute_markdown(summary["compute"])
     return "\n".join(lines) + "\n"
 
 
