@@ -56,6 +56,8 @@ def test_file_attacks_replace_the_default_set(tmp_path):
         ("data.name=cifar", "unknown dataset"),
         ("data.split=5", "must be in 0..4"),
         ("model.denoise=gausian", "did you mean 'gaussian'"),
+        ("model.denoise=gaussian+cbm", "unknown denoising form in 'model.denoise' 'cbm'"),
+        ("model.denoise=cbam+cbam", "'model.denoise' repeats a form"),
         ("model.denoise_places=[0, 5]", "must be in 0..4"),
         ("eval.scores=[msp, energyy]", "unknown score"),
         ("eval.attacks.pgd.norm=l3", "unknown norm"),

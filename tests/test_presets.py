@@ -69,6 +69,16 @@ def test_every_paper_setting_has_its_presets():
             assert f"{dataset}-{variant}" in names
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "svhn", "tinyimagenet", "imagenet64"])
+def test_osdn_caml_presets_have_the_ijcv_setting(dataset):
+    c = make_config(ROOT / "configs" / f"{dataset}-osdn-caml-pgd.yaml")
+    assert (c.method, c.data.name, c.model.denoise) == ("osdn-caml", dataset, "cbam")
+    assert c.model.denoise_places == [0, 1, 2, 3, 4]
+    assert (c.train.mutual_weight, c.train.mutual_temperature) == (2.0, 1.0)
+    patch = c.eval.attacks["patch"].resolved()
+    assert (patch.name, patch.patch_size, patch.eps) == ("patch", 5, 255.0)
+
+
 @pytest.mark.parametrize("preset", PAPER, ids=lambda p: p.stem)
 def test_preset_has_the_paper_hyperparameters(preset):
     c = make_config(preset)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from osad import __version__
 from osad.errors import OsadError, TrainingInterrupted
+from osad.rundir import RUN_MODELS, RunDir
 
 
 class _UsageError(Exception):
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data-root", help=_DATA_ROOT_HELP)
     te.add_argument("--force", action="store_true", help="overwrite existing results")
     te.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    te.add_argument(
+        "--model",
+        choices=RUN_MODELS,
+        default="main",
+        help="'peer': evaluate the peer network of an osdn-caml run (writes RUN_DIR/eval-peer/)",
+    )
 
     sw = sub.add_parser(
         "sweep",
@@ -155,10 +162,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "test":
         start = time.perf_counter()
         table = test_run(
-            args.run_dir, force=args.force, progress=progress, data_root=args.data_root
+            args.run_dir,
+            force=args.force,
+            progress=progress,
+            data_root=args.data_root,
+            model=args.model,
         )
         print(table)
-        print(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")
+        out = RunDir(Path(args.run_dir)).eval_dir_of(args.model)
+        print(f"\nresults in {out} ({time.perf_counter() - start:.0f} s)")
         return 0
     if getattr(args, "resume", None):
         if args.config or args.overrides or args.force:

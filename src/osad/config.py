@@ -55,25 +55,28 @@ class AttackKeys:
 
 
 _SQUARE_ONLY = "it belongs to the square attack"
+_PATCH_ONLY = "it belongs to the patch attack"
 _NO_STEP = "its step size adapts"
+_SQUARE_KEYS = {"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY}
+_PATCH_KEYS = {"patch_size": _PATCH_ONLY, "candidates": _PATCH_ONLY}
 ATTACK_KEYS: dict[str, AttackKeys] = {
     "pgd": AttackKeys(
         defaults={"alpha": 0.25, "steps": 10, "random_start": True, "loss": "ce"},
-        unused={"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+        unused={**_SQUARE_KEYS, **_PATCH_KEYS},
     ),
     "fgsm": AttackKeys(
         defaults={"random_start": False, "loss": "ce"},
         fixed={"alpha": 1.0, "steps": 1},
-        unused={"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+        unused={**_SQUARE_KEYS, **_PATCH_KEYS},
     ),
     "fgsm-rs": AttackKeys(
         defaults={"alpha": 1.25, "loss": "ce"},
         fixed={"steps": 1, "random_start": True},
-        unused={"queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+        unused={**_SQUARE_KEYS, **_PATCH_KEYS},
     ),
     "apgd": AttackKeys(
         defaults={"steps": 100, "random_start": True, "loss": "ce"},
-        unused={"alpha": _NO_STEP, "queries": _SQUARE_ONLY, "p_init": _SQUARE_ONLY},
+        unused={"alpha": _NO_STEP, **_SQUARE_KEYS, **_PATCH_KEYS},
     ),
     "square": AttackKeys(
         defaults={"queries": 5000, "p_init": 0.8, "loss": "margin"},
@@ -81,12 +84,27 @@ ATTACK_KEYS: dict[str, AttackKeys] = {
             "alpha": "it takes no gradient steps",
             "steps": "its budget is 'queries'",
             "random_start": "it starts from its own initialisation",
+            **_PATCH_KEYS,
         },
+    ),
+    # Rectangular occlusion (Wu et al. 2020): the patch may take any value in [0, 1],
+    # so its budget is the whole range; alpha 0.05 eps = 12.75/255 per step.
+    "patch": AttackKeys(
+        defaults={
+            "alpha": 0.05,
+            "steps": 10,
+            "random_start": False,
+            "loss": "ce",
+            "patch_size": 5,
+            "candidates": 20,
+        },
+        fixed={"eps": 255.0, "norm": "linf"},
+        unused=_SQUARE_KEYS,
     ),
 }
 ATTACK_NAMES = tuple(ATTACK_KEYS)
 # Attacks that can run inside training (they need gradients; square is an evaluation check).
-TRAIN_ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd", "apgd")
+TRAIN_ATTACK_NAMES = ("fgsm", "fgsm-rs", "pgd", "apgd", "patch")
 
 
 @dataclass
@@ -108,6 +126,9 @@ class AttackConfig:
     loss: str | None = None
     queries: int | None = None
     p_init: float | None = None
+    # Patch attack: side of the square patch in pixels, and positions tried exactly.
+    patch_size: int | None = None
+    candidates: int | None = None
 
     def resolved(self) -> AttackConfig:
         """A copy with every unset key filled with the attack's default."""
@@ -136,9 +157,11 @@ class AttackConfig:
         c = self.resolved()
         name = {"apgd": f"APGD-{c.loss.upper()}", "square": "Square"}.get(c.name, c.name.upper())
         parts = [f"{name} {c.norm} eps {c.eps:g}/255"]
-        if c.name in ("pgd", "fgsm-rs"):
+        if c.name == "patch":
+            parts = [f"Patch {c.patch_size}x{c.patch_size}, {c.candidates} candidate positions"]
+        if c.name in ("pgd", "fgsm-rs", "patch"):
             parts.append(f"step {c.alpha:g}/255")
-        if c.name in ("pgd", "apgd"):
+        if c.name in ("pgd", "apgd", "patch"):
             parts.append(f"{c.steps} steps")
         if c.name == "square":
             parts.append(f"{c.queries} queries, p_init {c.p_init:g}")
@@ -183,6 +206,8 @@ class ModelConfig:
     arch: str = "resnet18"
     width: int = 16
     latent_dim: int = 128
+    # One form of DENOISERS, or several joined by '+' (applied in order at each place),
+    # e.g. "gaussian+cbam".
     denoise: str = "gaussian"
     # 0 = after the stem, 1..4 = after residual stage 1..4.
     denoise_places: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
@@ -216,6 +241,10 @@ class TrainConfig:
     # OSDN: run the encoder once over [x_adv; x_r_adv] (BatchNorm statistics of the
     # 2B images together), or once per branch as the authors' code does.
     fused_branches: bool = True
+    # OSDN-CAML mutual learning: weight of each KL term (2 in the paper) and the
+    # softmax temperature (the authors' code uses none, i.e. 1).
+    mutual_weight: float = 2.0
+    mutual_temperature: float = 1.0
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
@@ -517,7 +546,16 @@ def _type_at(schema: type, parts: Sequence[str]) -> Any:
 
 
 # Keys whose meaning depends on the attack; the budget (eps, norm, restarts) does not.
-ATTACK_SPECIFIC_KEYS = ("alpha", "steps", "random_start", "loss", "queries", "p_init")
+ATTACK_SPECIFIC_KEYS = (
+    "alpha",
+    "steps",
+    "random_start",
+    "loss",
+    "queries",
+    "p_init",
+    "patch_size",
+    "candidates",
+)
 
 
 def _get_dotted(tree: dict[str, Any], parts: Sequence[str]) -> Any:
@@ -558,6 +596,11 @@ def build_config(schema: type[T], file: ConfigSource = None, overrides: Sequence
         for key in ATTACK_SPECIFIC_KEYS:
             if ".".join([*parts, key]) not in given:
                 attack[key] = None
+        # A budget the new attack fixes (the patch's eps) replaces the old attack's.
+        keys = ATTACK_KEYS.get(attack.get("name"))
+        for key, value in (keys.fixed if keys else {}).items():
+            if key not in ATTACK_SPECIFIC_KEYS and ".".join([*parts, key]) not in given:
+                attack[key] = value
     return _build(schema, tree)
 
 
@@ -631,11 +674,14 @@ def validate_device(device: str) -> None:
     )
 
 
-def validate_attack(attack: AttackConfig, key: str, num_classes: int | None = None) -> None:
+def validate_attack(
+    attack: AttackConfig, key: str, num_classes: int | None = None, image_size: int | None = None
+) -> None:
     """Range checks of one attack setting; ``key`` names it in messages.
 
     ``num_classes`` (the known classes the model separates) enables the check that
-    the DLR loss has the three classes it needs.
+    the DLR loss has the three classes it needs; ``image_size`` the check that a
+    patch fits the images.
     """
     from osad.attacks.objectives import OBJECTIVES
     from osad.errors import unknown_name
@@ -656,9 +702,10 @@ def validate_attack(attack: AttackConfig, key: str, num_classes: int | None = No
     for name, fixed in keys.fixed.items():
         value = getattr(attack, name)
         expected = fixed * attack.eps if name == "alpha" else fixed
+        fix = "remove it" if name in ATTACK_SPECIFIC_KEYS else f"set it to {expected}"
         _check(
             value is None or value == expected,
-            f"'{key}.{name}' is always {expected} for {attack.name}; remove it, got {value}",
+            f"'{key}.{name}' is always {expected} for {attack.name}; {fix}, got {value}",
         )
     if attack.alpha is not None:
         _check(attack.alpha > 0, f"'{key}.alpha' must be > 0 (in 1/255 units), got {attack.alpha}")
@@ -666,6 +713,16 @@ def validate_attack(attack: AttackConfig, key: str, num_classes: int | None = No
         _check(attack.steps >= 1, f"'{key}.steps' must be >= 1, got {attack.steps}")
     if attack.queries is not None:
         _check(attack.queries >= 1, f"'{key}.queries' must be >= 1, got {attack.queries}")
+    if attack.patch_size is not None:
+        _check(attack.patch_size >= 1, f"'{key}.patch_size' must be >= 1, got {attack.patch_size}")
+    if attack.candidates is not None:
+        _check(attack.candidates >= 1, f"'{key}.candidates' must be >= 1, got {attack.candidates}")
+    patch_size = attack.resolved().patch_size if attack.name == "patch" else None
+    if patch_size is not None and image_size is not None:
+        _check(
+            patch_size <= image_size,
+            f"'{key}.patch_size' {patch_size} does not fit the {image_size}x{image_size} images",
+        )
     if attack.p_init is not None:
         _check(0 < attack.p_init <= 1, f"'{key}.p_init' must be in (0, 1], got {attack.p_init}")
     _check(attack.restarts >= 1, f"'{key}.restarts' must be >= 1, got {attack.restarts}")
@@ -696,6 +753,7 @@ def validate(config: Config) -> None:
     from osad.data import DATASETS, dataset_info, is_folder_path
     from osad.errors import unknown_name
     from osad.models import DENOISERS, ENCODERS
+    from osad.models.denoise import denoise_forms
     from osad.openset import SCORERS
     from osad.train import METHODS
 
@@ -736,8 +794,11 @@ def validate(config: Config) -> None:
     m = config.model
     if m.arch not in ENCODERS:
         raise unknown_name("model.arch", m.arch, ENCODERS)
-    if m.denoise not in DENOISERS:
-        raise unknown_name("model.denoise", m.denoise, DENOISERS)
+    forms = denoise_forms(m.denoise)
+    for form in forms:
+        if form not in DENOISERS:
+            raise unknown_name("denoising form in 'model.denoise'", form, DENOISERS)
+    _check(len(set(forms)) == len(forms), f"'model.denoise' repeats a form: {m.denoise}")
     _check(m.width >= 2, f"'model.width' must be >= 2, got {m.width}")
     _check(m.latent_dim >= 1, f"'model.latent_dim' must be >= 1, got {m.latent_dim}")
     _check(
@@ -758,13 +819,19 @@ def validate(config: Config) -> None:
         raise unknown_name("train.optimizer", t.optimizer, ("adam", "sgd"))
     _check(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
     _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
+    _check(t.mutual_weight >= 0, f"'train.mutual_weight' must be >= 0, got {t.mutual_weight}")
+    _check(
+        t.mutual_temperature > 0,
+        f"'train.mutual_temperature' must be > 0, got {t.mutual_temperature}",
+    )
     _check(
         t.attack.name not in ATTACK_NAMES or t.attack.name in TRAIN_ATTACK_NAMES,
         f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "
         f"needs a gradient attack: {', '.join(TRAIN_ATTACK_NAMES)}",
     )
     num_known = len(d.known) if d.known else len(info.known_splits[d.split])
-    validate_attack(t.attack, "train.attack", num_known)
+    side = d.image_size or info.image_size
+    validate_attack(t.attack, "train.attack", num_known, side)
 
     p = config.perf
     _check(
@@ -783,7 +850,7 @@ def validate(config: Config) -> None:
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
     for name, attack in e.attacks.items():
         _check(name != "clean", "'eval.attacks' may not define 'clean': it is always evaluated")
-        validate_attack(attack, f"eval.attacks.{name}", num_known)
+        validate_attack(attack, f"eval.attacks.{name}", num_known, side)
     _check(len(e.scores) >= 1, "'eval.scores' must name at least one score")
     for name in e.scores:
         if name not in SCORERS:

@@ -3,6 +3,7 @@
 RUN_DIR/
   config.yaml          resolved configuration (with its format version)
   model.safetensors    trained weights and the recipe that rebuilds the model
+  peer.safetensors     the peer network of mutual learning (osdn-caml runs only)
   history.jsonl        one JSON line of training metrics per epoch
   checkpoints/         training checkpoints (see osad.checkpoint and osad.train.state)
     step-00000042/     model.safetensors, state.safetensors, state.json, manifest.json
@@ -12,6 +13,7 @@ RUN_DIR/
   eval/scores.h5       per-sample logits and scores
   eval/results.md      the result table
   eval/roc.png         ROC figure (face anti-spoofing runs)
+  eval-peer/           the same results for the peer network (osad test --model peer)
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from osad.errors import RunDirError
 
 _CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 
+# The networks a run can hold: its model, and the peer network of an osdn-caml run.
+RUN_MODELS = ("main", "peer")
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -37,6 +42,18 @@ class RunDir:
     @property
     def model(self) -> Path:
         return self.root / "model.safetensors"
+
+    @property
+    def peer_model(self) -> Path:
+        return self.root / "peer.safetensors"
+
+    def weights(self, which: str = "main") -> Path:
+        """The weights file of the run's ``main`` model or of its ``peer`` network."""
+        return self.peer_model if which == "peer" else self.model
+
+    def eval_dir_of(self, which: str = "main") -> Path:
+        """Where ``osad test`` writes the results of the ``main`` model or the ``peer``."""
+        return self.root / "eval-peer" if which == "peer" else self.eval_dir
 
     @property
     def history(self) -> Path:
@@ -89,10 +106,12 @@ class RunDir:
         return (
             self.config,
             self.model,
+            self.peer_model,
             self.history,
             self.checkpoints,
             self.tensorboard,
             self.eval_dir,
+            self.eval_dir_of("peer"),
         )
 
     @classmethod

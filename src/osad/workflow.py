@@ -28,10 +28,11 @@ from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
-from osad.rundir import RunDir
+from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import deterministic_mode, resolve_device
-from osad.train import build_model_for, train
+from osad.train import TrainResult, build_model_for, train
 from osad.train.meta import train_meta
+from osad.train.methods import PEER_METHOD
 
 
 def train_run(
@@ -49,9 +50,16 @@ def train_run(
     run = RunDir.create(out, force=force)
     save_config(config, run.config)
     trainer = train_meta if fas else train
-    result = trainer(config, data, run=run, progress=progress)
-    save_model(run.model, result.model, result.model_name, result.model_kwargs)
+    save_trained(run, trainer(config, data, run=run, progress=progress))
     return run
+
+
+def save_trained(run: RunDir, result: TrainResult) -> None:
+    """Write the trained weights, and those of the peer network if the method has one."""
+    save_model(run.model, result.model, result.model_name, result.model_kwargs)
+    if result.peer is not None:
+        peer = result.peer
+        save_model(run.peer_model, peer.model, peer.model_name, peer.model_kwargs)
 
 
 def resume_run(
@@ -79,8 +87,7 @@ def resume_run(
             f"osad train --out {run.root} --force"
         )
     data = load_openset(config.data)
-    result = train(config, data, run=run, progress=progress, resume_from=checkpoint)
-    save_model(run.model, result.model, result.model_name, result.model_kwargs)
+    save_trained(run, train(config, data, run=run, progress=progress, resume_from=checkpoint))
     return run, checkpoint
 
 
@@ -96,17 +103,20 @@ def load_run_config(run: RunDir) -> Config | FasConfig:
 
 
 def load_run_model(
-    run: RunDir, config: Config, data: OpenSetData, device: torch.device
+    run: RunDir, config: Config, data: OpenSetData, device: torch.device, which: str = "main"
 ) -> nn.Module:
-    """The run's trained weights in the model its configuration describes, in eval mode.
+    """The run's trained weights in the model its configuration describes, in eval mode;
+    ``which="peer"``: the peer network of an osdn-caml run.
 
     Weights of another architecture are refused naming the first mismatching
     parameter; weights of the same shapes but another recipe (e.g. another
     denoising filter) naming the setting that differs.
     """
-    model, name, kwargs = build_model_for(config, data)
-    state, (saved_name, saved_kwargs) = read_weights(run.model)
-    source = f"weights file {run.model}"
+    method = PEER_METHOD if which == "peer" else None
+    model, name, kwargs = build_model_for(config, data, method)
+    path = run.weights(which)
+    state, (saved_name, saved_kwargs) = read_weights(path)
+    source = f"weights file {path}"
     load_state_checked(model, state, source)
     difference = first_difference({"model": saved_name, **saved_kwargs}, {"model": name, **kwargs})
     if difference:
@@ -123,33 +133,46 @@ def test_run(
     force: bool = False,
     progress: bool = True,
     data_root: str | None = None,
+    model: str = "main",
 ) -> str:
     """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
 
     ``data_root`` points at the datasets when they moved since training.
+    ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
+    with the same protocol, into ``eval-peer/``.
     """
+    if model not in RUN_MODELS:
+        raise RunDirError(
+            f"unknown model '{model}' to test; choose one of: {', '.join(RUN_MODELS)}"
+        )
     run = RunDir.open(run_dir)
-    if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
-        raise RunDirError(f"{run.eval_dir} already holds results; pass --force to overwrite them")
+    weights = run.weights(model)
+    if not weights.is_file():
+        raise RunDirError(
+            f"{run.root} has no {weights.name}: only osdn-caml runs train a peer network"
+        )
+    out = run.eval_dir_of(model)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RunDirError(f"{out} already holds results; pass --force to overwrite them")
     config = load_run_config(run)
     if data_root:
         config.data.root = data_root
     device = resolve_device(config.device)
     if isinstance(config, FasConfig):
-        model = load_model(run.model, device)
         data = load_fas(config.data, config.depth_size)
-        result = evaluate_fas(model, data, config, progress=progress)
+        result = evaluate_fas(load_model(run.model, device), data, config, progress=progress)
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
     data = load_openset(config.data)
     with deterministic_mode(config.deterministic):
-        model = load_run_model(run, config, data, device)
-        model = prepare_model(model, config.perf, device)
-        result = evaluate(model, data, config, progress=progress)
-    return write_results(result, config, run.eval_dir, run_title(config))
+        network = load_run_model(run, config, data, device, model)
+        network = prepare_model(network, config.perf, device)
+        result = evaluate(network, data, config, progress=progress)
+    return write_results(result, config, out, run_title(config, model))
 
 
-def run_title(config: Config) -> str:
+def run_title(config: Config, model: str = "main") -> str:
     d = config.data
     classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
-    return f"{config.method} on {d.name} {classes}"
+    method = f"{config.method} peer network" if model == "peer" else config.method
+    return f"{method} on {d.name} {classes}"

@@ -174,6 +174,9 @@ def test_config_defaults_equal_the_python_defaults():
     model = torch.nn.Linear(1, 1)
     assert set(ATTACKS) == set(ATTACK_NAMES)
     for name, cls in ATTACKS.items():
-        from_config = build_attack(model, AttackConfig(name=name, eps=8))
-        direct = cls(model, eps=8 / 255)
+        if name == "patch":  # no budget to set: the patch takes any value in [0, 1]
+            from_config, direct = build_attack(model, AttackConfig(name=name, eps=255)), cls(model)
+        else:
+            from_config = build_attack(model, AttackConfig(name=name, eps=8))
+            direct = cls(model, eps=8 / 255)
         assert repr(from_config) == repr(direct), name

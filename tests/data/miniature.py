@@ -162,3 +162,32 @@ def write_image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs")) 
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+
+
+def write_imagenet64(root: Path, train_per_class: int = 1) -> Path:
+    """The downsampled ImageNet 64x64 batches: python pickles of ``data`` (N, 12288)
+    uint8 rows (red, green, blue planes), ``labels`` 1..1000 and, in the training
+    batches, ``mean``. Channel 0 starts with label % 256, label // 256 and the part."""
+    folder = root / "imagenet64"
+    folder.mkdir(parents=True)
+
+    def images_of(labels: np.ndarray, part: int) -> np.ndarray:
+        images = _tagged_images(labels, part, (3, 64, 64))
+        images[:, 0, 0, 0] = labels % 256
+        images[:, 0, 0, 1] = labels // 256
+        images[:, 0, 0, 2] = part
+        return images
+
+    def write(path: Path, labels: np.ndarray, images: np.ndarray, train: bool) -> None:
+        batch = {"data": images.reshape(len(images), -1), "labels": (labels + 1).tolist()}
+        if train:
+            batch["mean"] = images.reshape(len(images), -1).mean(0)
+        path.write_bytes(pickle.dumps(batch))
+
+    labels = _labels(1000, train_per_class, seed=8)
+    images = images_of(labels, 0)
+    for i, chunk in enumerate(np.array_split(np.arange(len(labels)), 10), 1):
+        write(folder / f"train_data_batch_{i}", labels[chunk], images[chunk], True)
+    val_labels = _labels(1000, 1, seed=9)
+    write(folder / "val_data", val_labels, images_of(val_labels, 1), False)
+    return folder

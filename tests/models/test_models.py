@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osad.models import DenoiseBlock, OpenSetNet, create_model, upsampling_plan
+from osad.models import DenoiseBlock, DualAttention, OpenSetNet, create_model, upsampling_plan
 from osad.models.denoise import DotProduct, EmbeddedGaussian
 
 
@@ -122,3 +122,71 @@ def test_gaussian_block_runs_the_fused_attention_kernel():
     ops = {event.key for event in prof.key_averages()}
     assert "aten::scaled_dot_product_attention" in ops
     assert not any("attention_math" in name or "softmax" in name for name in ops)
+
+
+@pytest.mark.parametrize("channels", [3, 16, 64])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_dual_attentive_block_starts_as_identity(channels, mode):
+    block = DenoiseBlock(channels, "cbam").train(mode == "train")
+    x = torch.randn(4, channels, 6, 5)
+    assert torch.equal(block(x), x)
+
+
+def test_dual_attentive_block_learns_away_from_identity():
+    """The zero-initialised BN is the last layer of the branch, so its scale gets a
+    gradient at once (a zero-initialised BN before the ReLU would stay dead)."""
+    torch.manual_seed(0)
+    block = DenoiseBlock(8, "cbam").train()
+    x = torch.randn(4, 8, 5, 5)
+    target = torch.randn_like(x)
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+    for _ in range(2):  # the first step moves the BN, the second the layers before it
+        optimizer.zero_grad()
+        F.mse_loss(block(x), target).backward()
+        optimizer.step()
+    assert block.bn.weight.abs().sum() > 0
+    assert block.op.embed[0].weight.grad.abs().sum() > 0
+    assert not torch.allclose(block.eval()(x), x)
+
+
+def test_dual_attention_equals_explicit_gates():
+    op = DualAttention(32).eval()
+    with torch.no_grad():
+        for p in op.parameters():
+            p.normal_()
+    x = torch.randn(2, 32, 5, 4)
+    u = op.embed(x)
+    mlp = op.channel_gate.mlp
+    channel = torch.sigmoid(mlp(u.mean((2, 3))) + mlp(u.amax((2, 3))))
+    assert mlp[0].out_features == 2  # reduction 16
+    u = u * channel[:, :, None, None]
+    maps = torch.cat([u.max(1, keepdim=True).values, u.mean(1, keepdim=True)], 1)
+    conv = op.spatial_gate.conv
+    assert conv.kernel_size == (7, 7)
+    expected = u * torch.sigmoid(F.conv2d(maps, conv.weight, conv.bias, padding=3))
+    assert torch.allclose(op(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("denoise", ["cbam", "gaussian+cbam", "cbam+median"])
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_dual_attentive_encoder_keeps_shapes(denoise, size):
+    model = _net(size, denoise=denoise, denoise_places=[0, 1, 2, 3, 4]).eval()
+    x = torch.rand(2, 3, size, size)
+    logits, z = model.forward_features(x)
+    assert logits.shape == (2, 5) and z.shape == (2, 8)
+    assert model.decoder(z).shape == x.shape
+    # Every block starts as the identity, so the denoised encoder equals the plain one.
+    plain = _net(size, denoise_places=[])
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert torch.allclose(plain.eval().encode(x), model.encode(x), atol=1e-6)
+
+
+def test_combined_forms_place_one_block_per_form_in_order():
+    model = _net(8, denoise="gaussian+cbam", denoise_places=[0, 4])
+    place = model.encoder.denoise["0"]
+    assert [block.form for block in place] == ["gaussian", "cbam"]
+    keys = set(model.state_dict())
+    assert "encoder.denoise.0.1.op.embed.0.weight" in keys
+    # A single form keeps the key layout of earlier weights files.
+    single = set(_net(8, denoise="gaussian", denoise_places=[0]).state_dict())
+    assert "encoder.denoise.0.op.theta.weight" in single

@@ -24,7 +24,7 @@ def _model(method="osdn", **over):
 
 
 def test_methods_choose_their_parts():
-    assert set(METHODS) == {"plain", "pgd-at", "fd", "osdn"}
+    assert set(METHODS) == {"plain", "pgd-at", "fd", "osdn", "osdn-caml"}
     plain, fd, osdn = _model("plain"), _model("fd"), _model("osdn")
     assert len(plain.encoder.denoise) == 0 and plain.decoder is None
     assert len(fd.encoder.denoise) == 5 and fd.decoder is None and fd.rotation_head is None

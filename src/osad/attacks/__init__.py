@@ -1,10 +1,10 @@
 """Adversarial attacks in [0, 1] pixel space.
 
-Gradient attacks (:class:`PGD`, :class:`FGSM`, :class:`FGSMRS`, :class:`APGD`) and
-the black-box :class:`Square` attack share one engine (:mod:`osad.attacks.engine`)
-and one objective interface (:mod:`osad.attacks.objectives`): any per-sample
-value of (logits, features, labels), from the classifier's losses to the score
-of an open-set detector. See docs/attacks.md.
+Gradient attacks (:class:`PGD`, :class:`FGSM`, :class:`FGSMRS`, :class:`APGD`), the
+:class:`Patch` attack and the black-box :class:`Square` attack share one engine
+(:mod:`osad.attacks.engine`) and one objective interface
+(:mod:`osad.attacks.objectives`): any per-sample value of (logits, features,
+labels), from the classifier's losses to the score of an open-set detector. See docs/attacks.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from osad.attacks.objectives import (
     margin,
     score_objective,
 )
+from osad.attacks.patch import Patch
 from osad.attacks.pgd import FGSM, FGSMRS, PGD
 from osad.attacks.square import Square, square
 
@@ -37,6 +38,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "pgd": PGD,
     "apgd": APGD,
     "square": Square,
+    "patch": Patch,
 }
 
 
@@ -55,6 +57,20 @@ def build_attack(
     (APGD and Square always return the best point per sample).
     """
     c = config.resolved()
+    if c.name == "patch":
+        return Patch(
+            model,
+            size=c.patch_size,
+            alpha=c.alpha_unit,
+            steps=c.steps,
+            candidates=c.candidates,
+            restarts=c.restarts,
+            random_start=c.random_start,
+            loss=c.loss,
+            objective=objective,
+            select=select,
+            generator=generator,
+        )
     common = dict(
         norm=c.norm, restarts=c.restarts, loss=c.loss, objective=objective, generator=generator
     )
@@ -90,6 +106,7 @@ __all__ = [
     "JointObjective",
     "Objective",
     "Oracle",
+    "Patch",
     "ScoreObjective",
     "Square",
     "apgd",

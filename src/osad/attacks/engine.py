@@ -17,7 +17,7 @@ in the same [0, 1] units (``eps=8/255``). Every attack built on this module
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -252,6 +252,8 @@ def attack(
     targeted: bool = False,
     select: str = "best",
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
+    init: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Projected gradient ascent (PGD) of ``objective`` within an ``eps``-ball around ``x``.
 
@@ -274,6 +276,10 @@ def attack(
         select: ``"best"`` point per sample over all iterates (see :class:`BestPoint`),
             or the ``"last"`` iterate (the usual choice inside adversarial training).
         generator: random source for the starts (reproducible attacks).
+        mask: 0/1 tensor broadcastable to ``x``: only pixels where it is 1 change
+            (starts and steps are multiplied by it), e.g. one patch per image.
+        init: ``init(x)`` gives each restart's starting perturbation, instead of
+            ``random_start``'s uniform or zero one.
 
     Returns:
         Adversarial images in [0, 1] with ``||x_adv - x|| <= eps``, detached.
@@ -292,11 +298,20 @@ def attack(
         best = BestPoint(x)
         track_best = select == "best" or restarts > 1
         for _ in range(restarts):
-            delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+            if init is not None:
+                delta = project(init(x), x, eps, norm)
+            elif random_start:
+                delta = random_init(x, eps, norm, generator)
+            else:
+                delta = torch.zeros_like(x)
+            if mask is not None:
+                delta = delta * mask
             for _ in range(steps):
                 evaluation, grad = oracle.with_gradient(x + delta)
                 if track_best:
                     best.offer(x + delta, evaluation)
+                if mask is not None:
+                    grad = grad * mask
                 delta = project(delta + alpha * steepest_ascent(grad, norm), x, eps, norm)
             if track_best:
                 best.offer(x + delta, oracle(x + delta))

@@ -45,11 +45,19 @@ def is_folder_path(text: str) -> bool:
     return text.startswith(("~", ".")) or "/" in text or os.sep in text
 
 
-def load_raw(info: DatasetInfo, data_config) -> RawDataset:
-    """Read ``info``'s dataset from the data root, fetching missing files if allowed."""
+def load_raw(
+    info: DatasetInfo, data_config, train_classes: tuple[int, ...] | None = None
+) -> RawDataset:
+    """Read ``info``'s dataset from the data root, fetching missing files if allowed.
+
+    ``train_classes``: the training images needed (None: all); a dataset that can
+    read only some classes (``info.read_classes``) reads only those.
+    """
     root = resolve_data_root(data_config.root)
     for files in info.files:
         ensure_files(files, root, download=data_config.download, check=data_config.verify)
+    if train_classes is not None and info.read_classes is not None:
+        return info.read_classes(root, train_classes)
     return info.read(root)
 
 
@@ -72,7 +80,7 @@ def load_unknown_source(data_config, like: DatasetInfo, dtype: torch.dtype) -> C
     if is_folder_path(name):
         images = read_image_folder(Path(name).expanduser(), like.channels, like.image_size)
     else:
-        raw = load_raw(dataset_info(name), data_config)
+        raw = load_raw(dataset_info(name), data_config, train_classes=())
         images = raw.test if raw.test is not None else raw.train
     return ClassImages(conform(images.images, like.channels, like.image_size, dtype), images.labels)
 
@@ -82,7 +90,7 @@ def load_openset(data_config) -> OpenSetData:
     info = dataset_info(data_config.name)
     known, unknown = split_classes(info, data_config)
     train, test = partition(
-        load_raw(info, data_config),
+        load_raw(info, data_config, known),
         test_fraction=data_config.test_fraction,
         partition_seed=data_config.partition_seed,
     )

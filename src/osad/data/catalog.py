@@ -14,13 +14,15 @@ import torch
 from osad.data.dataset import ClassImages, DatasetInfo, RawDataset
 from osad.data.digits import load_digits_pool
 from osad.data.files import FileSet, Remote
-from osad.data.formats import read_cifar_batches, read_idx_pair, read_svhn_mat, read_tinyimagenet
+from osad.data.formats import read_idx_pair, read_pickled_batches, read_svhn_mat, read_tinyimagenet
 from osad.data.splits import (
     CIFAR10_KNOWN,
     CIFAR10_VEHICLES,
     CIFAR100_OFFSET,
     CIFAR_PLUS_10_UNKNOWN,
     CIFAR_PLUS_50_UNKNOWN,
+    IMAGENET64_CLASSES,
+    IMAGENET64_KNOWN,
     TINYIMAGENET_CLASSES,
     TINYIMAGENET_KNOWN,
 )
@@ -72,11 +74,11 @@ CIFAR100_FILES = FileSet(
 def _cifar10(root: Path, part: str) -> ClassImages:
     folder = root / CIFAR10_FILES.folder
     names = [f"data_batch_{i}" for i in range(1, 6)] if part == "train" else ["test_batch"]
-    return read_cifar_batches([folder / n for n in names], "labels", 10)
+    return read_pickled_batches([folder / n for n in names], "labels", 10)
 
 
 def _cifar100(root: Path, part: str) -> ClassImages:
-    return read_cifar_batches([root / CIFAR100_FILES.folder / part], "fine_labels", 100)
+    return read_pickled_batches([root / CIFAR100_FILES.folder / part], "fine_labels", 100)
 
 
 def read_cifar10(root: Path) -> RawDataset:
@@ -216,6 +218,45 @@ def read_tinyimagenet_root(root: Path) -> RawDataset:
 
 
 # ---------------------------------------------------------------------------
+# Downsampled ImageNet 64x64 (Chrabaszcz, Loshchilov and Hutter 2017,
+# https://arxiv.org/abs/1707.08819): pickled batches, labels 1..1000. The files
+# are behind the ImageNet login, so osad cannot fetch them.
+
+IMAGENET64_SIZE = 64
+IMAGENET64_TRAIN = tuple(f"train_data_batch_{i}" for i in range(1, 11))
+
+IMAGENET64_FILES = FileSet(
+    title="Downsampled ImageNet 64x64",
+    folder="imagenet64",
+    files=(*IMAGENET64_TRAIN, "val_data"),
+    remotes=(),
+    manual=(
+        "download Imagenet64_train_part1.zip, Imagenet64_train_part2.zip and "
+        "Imagenet64_val.zip from https://image-net.org/download-images (an ImageNet "
+        "account is needed) and unpack their files into that folder"
+    ),
+)
+
+
+def read_imagenet64(root: Path, train_classes: tuple[int, ...] | None = None) -> RawDataset:
+    """Train (the 10 batches; only ``train_classes`` when given) and the 50k val images."""
+    folder = root / IMAGENET64_FILES.folder
+
+    def read(names, classes):
+        paths = [folder / n for n in names]
+        return read_pickled_batches(
+            paths,
+            "labels",
+            IMAGENET64_CLASSES,
+            size=IMAGENET64_SIZE,
+            first_label=1,
+            classes=classes,
+        )
+
+    return RawDataset(read(IMAGENET64_TRAIN, train_classes), read(["val_data"], None))
+
+
+# ---------------------------------------------------------------------------
 # The registry. mean/std: per-channel statistics of each training set in [0, 1].
 
 _CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -306,6 +347,24 @@ DATASETS: dict[str, DatasetInfo] = {
             read=read_tinyimagenet_root,
             files=(TINYIMAGENET_FILES,),
             description="TinyImageNet-200 at 64x64, 20 known / 180 unknown classes, 3 splits",
+        ),
+        DatasetInfo(
+            name="imagenet64",
+            num_classes=IMAGENET64_CLASSES,
+            channels=3,
+            image_size=IMAGENET64_SIZE,
+            # ImageNet's usual statistics: downsampling keeps the mean; the 64x64
+            # images' own standard deviation was not measured here.
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            known_splits=IMAGENET64_KNOWN,
+            read=read_imagenet64,
+            read_classes=read_imagenet64,
+            files=(IMAGENET64_FILES,),
+            description=(
+                "downsampled ImageNet 64x64 (Chrabaszcz et al. 2017), 100 known / "
+                "900 unknown classes, 3 splits"
+            ),
         ),
         *(
             DatasetInfo(

@@ -55,6 +55,9 @@ class DatasetInfo:
     files: tuple[FileSet, ...] = ()
     unknown_splits: tuple[tuple[int, ...], ...] | None = None
     description: str = ""
+    # For datasets too large to hold whole: read(root, train_classes) keeps only the
+    # training images of those classes (the test part is read whole).
+    read_classes: Callable[[Path, tuple[int, ...]], RawDataset] | None = None
 
     @property
     def num_splits(self) -> int:

@@ -78,6 +78,8 @@ class FileSet:
     files: tuple[str, ...]
     remotes: tuple[Remote, ...]
     md5: dict[str, str] = field(default_factory=dict)
+    # How to get files that cannot be fetched automatically (no ``remotes``).
+    manual: str = ""
 
     def locate(self, root: Path, name: str) -> Path | None:
         """The path of ``name`` under ``root``, or None when absent."""
@@ -93,6 +95,11 @@ class FileSet:
 
     def how_to_get(self, root: Path) -> str:
         what = ", ".join(self.files)
+        if not self.remotes:
+            return (
+                f"expected {what} in {root / self.folder}; {self.manual}, "
+                f"or pass --data-root (or set {ROOT_ENV}) to where they are"
+            )
         urls = " and ".join(r.urls[0] for r in self.remotes)
         unpack = " (unpacked)" if any(r.is_archive for r in self.remotes) else ""
         return (
@@ -221,7 +228,7 @@ def ensure_files(
     :class:`DataError` line naming the files, the folder and the official URL.
     """
     if files.missing(root):
-        if not download:
+        if not download or not files.remotes:
             raise DataError(f"{files.title} not found: {files.how_to_get(root)}")
         try:
             fetch_files(files, root, fetch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,13 +39,26 @@ def _check_labels(labels: np.ndarray, num_classes: int, source: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100: python pickles of {"data": (N, 3072) uint8, labels}
+# CIFAR-10 / CIFAR-100 and downsampled ImageNet: python pickles of
+# {"data": (N, 3 * size * size) uint8, labels}
 
 
-def read_cifar_batches(paths: Sequence[Path], label_key: str, num_classes: int) -> ClassImages:
-    """Concatenate CIFAR python batches; ``label_key`` is ``labels`` or ``fine_labels``.
+def read_pickled_batches(
+    paths: Sequence[Path],
+    label_key: str,
+    num_classes: int,
+    *,
+    size: int = 32,
+    first_label: int = 0,
+    classes: Collection[int] | None = None,
+) -> ClassImages:
+    """Concatenate pickled batches; ``label_key`` is ``labels`` or ``fine_labels``.
 
-    Each row of ``data`` holds the red, green and blue 32x32 planes in order.
+    Each row of ``data`` holds the red, green and blue ``size x size`` planes in
+    order (CIFAR, and the downsampled ImageNet of Chrabaszcz et al. 2017, whose
+    labels start at ``first_label`` 1). ``classes`` keeps only the images of
+    those (0-based) classes, batch by batch, so a dataset larger than memory
+    can be read for a few of its classes.
     """
     images, labels = [], []
     for path in paths:
@@ -53,19 +66,27 @@ def read_cifar_batches(paths: Sequence[Path], label_key: str, num_classes: int) 
             with path.open("rb") as f:
                 batch = pickle.load(f, encoding="latin1")
         except Exception as exc:  # any unpickling failure means a damaged file
-            raise DataError(f"{path} is not a readable CIFAR batch ({exc!r})") from None
+            raise DataError(f"{path} is not a readable pickled batch ({exc!r})") from None
         if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
-            raise DataError(f"{path} is not a CIFAR batch: expected keys 'data' and '{label_key}'")
+            raise DataError(f"{path} is not a batch: expected keys 'data' and '{label_key}'")
         data = np.asarray(batch["data"])
-        y = np.asarray(batch[label_key])
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        y = np.asarray(batch[label_key]).astype(np.int64) - first_label
+        row = 3 * size * size
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
             raise DataError(
-                f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}"
+                f"{path}: 'data' must be uint8 of shape (N, {row}), got {data.dtype} {data.shape}"
             )
         if y.shape != (data.shape[0],):
             raise DataError(f"{path}: {data.shape[0]} images but {y.size} labels")
-        _check_labels(y, num_classes, path)
-        images.append(data.reshape(-1, 3, 32, 32))
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(
+                f"{path} has labels outside {first_label}..{num_classes - 1 + first_label} "
+                f"(found {y.min() + first_label}..{y.max() + first_label})"
+            )
+        if classes is not None:
+            keep = np.isin(y, np.fromiter(classes, dtype=np.int64))
+            data, y = data[keep], y[keep]
+        images.append(data.reshape(-1, 3, size, size))
         labels.append(y)
     return _images_and_labels(np.concatenate(images), np.concatenate(labels))
 

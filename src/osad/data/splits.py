@@ -6,6 +6,9 @@
 * TinyImageNet: 3 splits, known = the first 20 classes of
   ``numpy.random.RandomState(seed).permutation(200)`` for the reference's
   seeds, the other 180 unknown.
+* Downsampled ImageNet 64x64: 3 splits, known = the first 100 classes of
+  ``numpy.random.RandomState(seed).permutation(1000)`` for the seeds of
+  OSDN-CAML (Shao et al., IJCV 2022), the other 900 unknown.
 * CIFAR+10 / CIFAR+50 (Neal et al., ECCV 2018, https://arxiv.org/abs/1804.00722):
   the 4 non-animal CIFAR-10 classes are known, 10 or 50 animal classes of
   CIFAR-100 are unknown. The class lists are the published trials of Miller et
@@ -39,6 +42,16 @@ def permutation_split(seed: int, num_classes: int, num_known: int) -> tuple[int,
 TINYIMAGENET_KNOWN: tuple[tuple[int, ...], ...] = tuple(
     permutation_split(seed, TINYIMAGENET_CLASSES, TINYIMAGENET_KNOWN_COUNT)
     for seed in TINYIMAGENET_SEEDS
+)
+
+# Downsampled ImageNet 64x64 (OSDN-CAML, Shao et al. IJCV 2022): 3 splits, known =
+# the first 100 classes of RandomState(seed).permutation(1000), the other 900 unknown.
+IMAGENET64_SEEDS = (20210823, 20210826, 20210829)
+IMAGENET64_CLASSES = 1000
+IMAGENET64_KNOWN_COUNT = 100
+
+IMAGENET64_KNOWN: tuple[tuple[int, ...], ...] = tuple(
+    permutation_split(seed, IMAGENET64_CLASSES, IMAGENET64_KNOWN_COUNT) for seed in IMAGENET64_SEEDS
 )
 
 # airplane, automobile, ship, truck

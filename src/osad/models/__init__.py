@@ -13,7 +13,7 @@ from torch import nn
 
 from osad.errors import unknown_name
 from osad.models.decoder import Decoder, upsampling_plan
-from osad.models.denoise import DENOISERS, DenoiseBlock
+from osad.models.denoise import DENOISERS, DenoiseBlock, DualAttention, denoise_forms
 from osad.models.fas import FasNet
 from osad.models.openset_net import Normalize, OpenSetNet
 from osad.models.resnet import ENCODERS, ResNetEncoder
@@ -37,10 +37,12 @@ __all__ = [
     "MODELS",
     "Decoder",
     "DenoiseBlock",
+    "DualAttention",
     "FasNet",
     "Normalize",
     "OpenSetNet",
     "ResNetEncoder",
     "create_model",
+    "denoise_forms",
     "upsampling_plan",
 ]

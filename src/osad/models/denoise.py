@@ -14,10 +14,28 @@ bias start at zero, so every block starts as the identity. The operations:
   computed as ``theta (phi^T g) / N``: linear in N, the same value.
 * ``mean``: 3x3 mean filter.
 * ``median``: 3x3 median filter (edge-replicated borders).
+
+and the dual-attentive form of OSDN-CAML (Shao et al., IJCV 2022, "Open-set
+Adversarial Defense with Clean-Adversarial Mutual Learning",
+https://arxiv.org/abs/2202.05953), built from CBAM (Woo et al., ECCV 2018,
+https://arxiv.org/abs/1807.06521):
+
+* ``cbam``: ``u = ReLU(BN(Conv1x1(x)))``, then a channel gate
+  ``u <- sigmoid(MLP(avgpool(u)) + MLP(maxpool(u))) * u`` (one MLP C -> C/16 -> C
+  shared by both pooled vectors) and a spatial gate
+  ``u <- sigmoid(Conv7x7([max_c(u); mean_c(u)])) * u``. Its 1x1 convolution comes
+  first, so the block adds no ``W`` after it: ``out = x + BN(u)``, with the same
+  zero-initialised BN that makes every block start as the identity. (The authors'
+  block adds ``u`` directly and so starts as ``x + u``, a random change of every
+  feature; the zero-initialised BN still passes gradients to its scale.)
+
+Forms combine with ``+``: ``gaussian+cbam`` places a non-local block followed by
+a dual-attentive block at every place (:func:`denoise_forms`, :func:`denoiser`).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -58,6 +76,55 @@ class DotProduct(EmbeddedGaussian):
         return y.reshape(b, self.out_channels, h, w)
 
 
+class ChannelGate(nn.Module):
+    """``sigmoid(MLP(avgpool(u)) + MLP(maxpool(u))) * u``, the MLP shared by both poolings."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+        )
+
+    def forward(self, u: Tensor) -> Tensor:
+        pooled = torch.stack([u.mean(dim=(2, 3)), u.amax(dim=(2, 3))])  # (2, B, C)
+        gate = torch.sigmoid(self.mlp(pooled).sum(0))
+        return u * gate[:, :, None, None]
+
+
+class SpatialGate(nn.Module):
+    """``sigmoid(Conv7x7([max_c(u); mean_c(u)])) * u``."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, u: Tensor) -> Tensor:
+        maps = torch.cat([u.amax(dim=1, keepdim=True), u.mean(dim=1, keepdim=True)], dim=1)
+        return u * torch.sigmoid(self.conv(maps))
+
+
+class DualAttention(nn.Module):
+    """The ``cbam`` operation: 1x1 conv + BN + ReLU, then the channel and spatial gates."""
+
+    # The block's own 1x1 convolution comes first; no projection W follows it.
+    output_projection = False
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.out_channels = channels
+        self.embed = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.channel_gate = ChannelGate(channels, reduction)
+        self.spatial_gate = SpatialGate()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.spatial_gate(self.channel_gate(self.embed(x)))
+
+
 class MeanFilter(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -79,20 +146,38 @@ DENOISERS: dict[str, type[nn.Module]] = {
     "dot": DotProduct,
     "mean": MeanFilter,
     "median": MedianFilter,
+    "cbam": DualAttention,
 }
 
 
+def denoise_forms(text: str) -> tuple[str, ...]:
+    """The forms of a ``model.denoise`` value: ``"gaussian+cbam"`` -> ``("gaussian", "cbam")``."""
+    return tuple(part.strip() for part in text.split("+"))
+
+
 class DenoiseBlock(nn.Module):
-    """``x + BN(W(op(x)))`` with the BN zero-initialised (identity at start)."""
+    """``x + BN(W(op(x)))`` with the BN zero-initialised (identity at start); ``W`` is
+    the identity for an operation that projects first (``cbam``)."""
 
     def __init__(self, channels: int, form: str = "gaussian") -> None:
         super().__init__()
         self.form = form
         self.op = DENOISERS[form](channels)
-        self.proj = nn.Conv2d(self.op.out_channels, channels, 1, bias=False)
+        self.proj: nn.Module = nn.Identity()
+        if getattr(self.op, "output_projection", True):
+            self.proj = nn.Conv2d(self.op.out_channels, channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.bn(self.proj(self.op(x)))
+
+
+def denoiser(channels: int, denoise: str) -> nn.Module:
+    """The denoising at one place: a :class:`DenoiseBlock` for one form, a sequence of
+    them for a ``+``-combination (applied left to right)."""
+    forms = denoise_forms(denoise)
+    if len(forms) == 1:
+        return DenoiseBlock(channels, forms[0])
+    return nn.Sequential(*(DenoiseBlock(channels, form) for form in forms))

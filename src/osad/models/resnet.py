@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from osad.models.denoise import DenoiseBlock
+from osad.models.denoise import denoiser
 
 ENCODERS: dict[str, tuple[int, int, int, int]] = {
     "resnet10": (1, 1, 1, 1),
@@ -71,7 +71,7 @@ class ResNetEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         place_channels = [width, *widths]
         self.denoise = nn.ModuleDict(
-            {str(p): DenoiseBlock(place_channels[p], denoise) for p in sorted(denoise_places)}
+            {str(p): denoiser(place_channels[p], denoise) for p in sorted(denoise_places)}
         )
 
     def _denoised(self, x: Tensor, place: int) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ from osad.runtime import (
     stop_signals,
 )
 from osad.storage import write_atomic
-from osad.train.methods import METHODS, model_spec
+from osad.train.methods import METHODS, PEER_METHOD, model_spec
+from osad.train.mutual import MutualLearning
 from osad.train.objectives import TrainObjective
-from osad.train.state import TrainState, data_fingerprint
+from osad.train.state import Network, TrainState, data_fingerprint
 
 
 class NonFiniteLossError(OsadError):
@@ -50,12 +52,23 @@ class TrainResult:
     model_name: str
     model_kwargs: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    # The peer network of mutual learning (osdn-caml), with its own recipe.
+    peer: TrainResult | None = None
 
 
-def build_model_for(config: Config, data: OpenSetData) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model ``config`` trains on ``data``, with its registry recipe."""
+def build_model_for(
+    config: Config, data: OpenSetData, method: str | None = None
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model ``config`` trains on ``data`` (with ``method``'s parts if given), with
+    its registry recipe."""
     name, kwargs = model_spec(
-        config, data.num_classes, data.channels, data.image_size, data.mean, data.std
+        config,
+        data.num_classes,
+        data.channels,
+        data.image_size,
+        data.mean,
+        data.std,
+        method=method,
     )
     return create_model(name, **kwargs), name, kwargs
 
@@ -102,6 +115,21 @@ def take_step(optimizer: torch.optim.Optimizer, loss: Tensor, where: str) -> flo
     loss.backward()
     optimizer.step()
     return value
+
+
+def _checked_step(
+    where: str,
+    checkpoints: _Checkpoints | None,
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    network: str = "",
+) -> float:
+    """:func:`take_step`; a non-finite loss also names the network and the last good checkpoint."""
+    try:
+        return take_step(optimizer, loss, f"{where}, {network} update" if network else where)
+    except NonFiniteLossError as error:
+        kept = checkpoints.last_good() if checkpoints else "no run directory"
+        raise NonFiniteLossError(f"{error}; {kept}") from None
 
 
 def robust_accuracy(
@@ -248,8 +276,18 @@ def train(
         if run is not None:
             context = {"config": resolved_dict(config), "data": data_fingerprint(data)}
             context["device"] = device.type
+        peer = None
+        if method.peer:
+            peer_model, peer_name, peer_kwargs = build_model_for(config, data, PEER_METHOD)
+            prepare_model(peer_model.to(device), config.perf, device)
+            peer = Network(peer_model, _optimizer(config, peer_model), (peer_name, peer_kwargs))
         state = TrainState(
-            model, _optimizer(config, model), generators, recipe=(name, kwargs), context=context
+            model,
+            _optimizer(config, model),
+            generators,
+            recipe=(name, kwargs),
+            context=context,
+            peer=peer,
         )
         checkpoints = _Checkpoints(run, config.checkpoint, config.train.epochs) if run else None
         if checkpoints is not None and resume_from is not None:
@@ -262,7 +300,10 @@ def train(
             finally:
                 log.close()
     model.eval()
-    return TrainResult(model, name, kwargs, state.history)
+    result = TrainResult(model, name, kwargs, state.history)
+    if peer is not None:
+        result.peer = TrainResult(peer.model.eval(), *peer.recipe)
+    return result
 
 
 def _epochs(
@@ -278,6 +319,10 @@ def _epochs(
     t, model, optimizer = config.train, state.model, state.optimizer
     generators, device = state.generators, data.train_labels.device
     val_attack = build_attack(model, t.attack, generator=generators["validation"])
+    mutual = None
+    if state.peer is not None:
+        peer = state.peer
+        mutual = MutualLearning(peer.model, peer.optimizer, t.mutual_weight, t.mutual_temperature)
     n = len(data.train_labels)
     batches = [(i, min(i + t.batch_size, n)) for i in range(0, n, t.batch_size)]
     # A final batch of one image cannot be batch-normalised in training mode.
@@ -302,6 +347,8 @@ def _epochs(
                     data.train_labels.device
                 )
             model.train()
+            if mutual is not None:
+                mutual.peer.train()
             for a, b in batches[state.batch :]:
                 idx = state.permutation[a:b]
                 x = to_float(data.train_images[idx])
@@ -310,17 +357,20 @@ def _epochs(
                     x = random_crop_flip(
                         x, config.data.crop_padding, config.data.hflip, generators["augment"]
                     )
-                with autocast(config.perf, device):
-                    out = objective(model, x, y)
                 where = (
                     f"epoch {state.epoch}, step {state.step + 1} "
                     f"(batch {state.batch + 1} of {len(batches)})"
                 )
-                try:
-                    loss = take_step(optimizer, out.loss, where)
-                except NonFiniteLossError as error:
-                    kept = checkpoints.last_good() if checkpoints else "no run directory"
-                    raise NonFiniteLossError(f"{error}; {kept}") from None
+                apply = partial(_checked_step, where, checkpoints)
+                if mutual is None:
+                    with autocast(config.perf, device):
+                        out = objective(model, x, y)
+                    apply(optimizer, out.loss)
+                else:
+                    # OSDN's step, then the peer's (src/osad/train/mutual.py).
+                    with autocast(config.perf, device):
+                        out = mutual.step(model, optimizer, objective, x, y, apply)
+                loss = out.loss.item()
                 terms = {"loss": loss, **{k: v.item() for k, v in out.terms.items()}}
                 state.finish_step(terms, b - a, (out.logits.argmax(1) == y).sum().item())
                 if checkpoints and checkpoints.step_due(state, state.batch == len(batches)):
@@ -329,6 +379,8 @@ def _epochs(
                 bar.set_postfix(epoch=state.epoch, loss=f"{loss:.3f}")
                 stop_here()
             model.eval()
+            if mutual is not None:
+                mutual.peer.eval()
             record: dict[str, float] = {"epoch": state.epoch, "step": state.step}
             record.update(state.meter.means())
             if len(data.val_labels):
@@ -340,6 +392,10 @@ def _epochs(
                     record["val_attacked_accuracy"] = robust_accuracy(
                         model, val_attack, data.val_images, data.val_labels, config.eval.batch_size
                     )
+                    if mutual is not None:
+                        record["val_peer_accuracy"] = _accuracy(
+                            mutual.peer, data.val_images, data.val_labels, config.eval.batch_size
+                        )
             epoch = state.epoch
             state.finish_epoch(record)
             log.add(record)

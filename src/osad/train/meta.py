@@ -38,8 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from osad.data.augment import to_float
@@ -52,6 +51,7 @@ from osad.models import create_model
 from osad.models.fas import FasNet
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
+from osad.train.functional import call_with
 from osad.train.loop import TrainResult, take_step
 
 
@@ -126,16 +126,6 @@ def adapt(
         loss, list(params.values()), create_graph=second_order, retain_graph=True
     )
     return {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
-
-
-def call_with(module: nn.Module, params: dict[str, Tensor], *inputs: Tensor) -> Tensor:
-    """``module(*inputs)`` with ``params`` in place of its parameters.
-
-    BatchNorm running statistics update copies of the buffers, so these passes
-    leave the module's own statistics untouched.
-    """
-    buffers = {name: b.clone() for name, b in module.named_buffers()}
-    return functional_call(module, {**params, **buffers}, inputs)
 
 
 @dataclass

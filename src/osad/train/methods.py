@@ -16,6 +16,8 @@ class Method:
     decoder: bool
     rotation: bool
     description: str
+    # Clean-adversarial mutual learning with a plain peer network (OSDN-CAML).
+    peer: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -46,8 +48,22 @@ METHODS: dict[str, Method] = {
             True,
             "OSDN: denoising encoder + clean-image decoder + rotation self-supervision",
         ),
+        Method(
+            "osdn-caml",
+            True,
+            True,
+            True,
+            True,
+            "OSDN with clean-adversarial mutual learning: a plain peer network on clean "
+            "images, KL terms both ways (Shao et al., IJCV 2022)",
+            peer=True,
+        ),
     )
 }
+
+
+# The peer network of mutual learning (osdn-caml) is the plain ResNet of the model's family.
+PEER_METHOD = "plain"
 
 
 def model_spec(
@@ -57,14 +73,17 @@ def model_spec(
     image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    *,
+    method: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """(registry name, constructor kwargs) of the model ``config`` trains.
+    """(registry name, constructor kwargs) of the model ``config`` trains, with the
+    parts of ``method`` (default ``config.method``; :data:`PEER_METHOD` for the peer).
 
-    The method decides the parts: denoising blocks only for ``fd`` and ``osdn``;
-    the decoder and rotation head only for ``osdn``, minus its ablations
-    (``train.reconstruction=false``, ``train.self_supervision=false``).
+    The method decides the parts: denoising blocks only for ``fd``, ``osdn`` and
+    ``osdn-caml``; the decoder and rotation head only for the OSDN methods, minus
+    their ablations (``train.reconstruction=false``, ``train.self_supervision=false``).
     """
-    method = METHODS[config.method]
+    parts = METHODS[config.method if method is None else method]
     m = config.model
     return "openset-resnet", {
         "num_classes": num_classes,
@@ -76,7 +95,7 @@ def model_spec(
         "width": m.width,
         "latent_dim": m.latent_dim,
         "denoise": m.denoise,
-        "denoise_places": sorted(m.denoise_places) if method.denoise else [],
-        "decoder": method.decoder and config.train.reconstruction,
-        "rotation_head": method.rotation and config.train.self_supervision,
+        "denoise_places": sorted(m.denoise_places) if parts.denoise else [],
+        "decoder": parts.decoder and config.train.reconstruction,
+        "rotation_head": parts.rotation and config.train.self_supervision,
     }

@@ -48,6 +48,7 @@ class StepLosses:
     loss: Tensor
     terms: dict[str, Tensor]
     logits: Tensor  # classifier logits of the (attacked) training images
+    inputs: Tensor  # the (attacked) training images those logits are of
 
 
 def rotation_branch_objective(
@@ -130,4 +131,4 @@ class TrainObjective:
         if model.decoder is not None:
             terms["reconstruction"] = F.mse_loss(model.decoder(z[:b]), x)
             loss = loss + self.reconstruction_weight * terms["reconstruction"]
-        return StepLosses(loss, terms, logits)
+        return StepLosses(loss, terms, logits, inputs[:b])

@@ -7,8 +7,11 @@ an optional LR scheduler and every random generator the loop draws from. It
 turns all of that into the files of a checkpoint and back:
 
 * ``model.safetensors``: the weights file of :mod:`osad.checkpoint`;
-* ``state.safetensors``: optimizer tensors, RNG states (torch CPU, each CUDA
-  device, each owned generator) and the epoch permutation;
+* ``peer.safetensors``: the same for the peer network of mutual learning
+  (``osdn-caml`` runs only);
+* ``state.safetensors``: optimizer tensors (the peer's optimizer too), RNG
+  states (torch CPU, each CUDA device, each owned generator) and the epoch
+  permutation;
 * ``state.json``: counters, metric sums, history, optimizer hyper-parameters,
   scheduler state, Python and NumPy RNG states, and the context the state is
   only valid in (the configuration, a fingerprint of the training data, the
@@ -42,6 +45,7 @@ from osad.data import OpenSetData
 from osad.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
+PEER_FILE = "peer.safetensors"
 TENSORS_FILE = "state.safetensors"
 JSON_FILE = "state.json"
 
@@ -76,9 +80,89 @@ def data_fingerprint(data: OpenSetData) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Network:
+    """A network trained alongside the model (the peer of mutual learning): the
+    module, its optimizer and the registry recipe that rebuilds it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    recipe: tuple[str, dict[str, Any]]
+
+
+def _optimizer_parts(
+    optimizer: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The optimizer's tensors (named ``prefix.index.key``) and the rest, for JSON."""
+    saved = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    state: dict[str, dict[str, Any]] = {}
+    for index, values in saved["state"].items():
+        state[str(index)] = {}
+        for key, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}.{index}.{key}"] = value
+            else:
+                state[str(index)][key] = value
+    document = {
+        "type": type(optimizer).__name__,
+        "param_groups": saved["param_groups"],
+        "state": state,
+    }
+    return tensors, document
+
+
+def _load_network(
+    model: nn.Module, recipe: tuple[str, dict[str, Any]], data: bytes, source: str
+) -> None:
+    """Load a checkpoint's weights file into ``model``, whose recipe must be the saved one."""
+    weights, (name, kwargs) = parse_weights(data, source)
+    load_state_checked(model, weights, source)
+    difference = first_difference({"model": name, **kwargs}, {"model": recipe[0], **recipe[1]})
+    if difference:
+        key, saved_value, value = difference
+        raise CheckpointError(
+            f"{source} holds another model: {key}={saved_value!r}, this run has {value!r}"
+        )
+
+
 def _like(template: Any, value: Any) -> Any:
     """``value`` from JSON with the tuple-ness of ``template`` restored (Adam's betas)."""
     return tuple(value) if isinstance(template, tuple) else value
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    prefix: str,
+    saved: dict[str, Any] | None,
+    tensors: dict[str, Tensor],
+    source: str,
+) -> None:
+    """Load the state saved by :func:`_optimizer_parts` (tensors named ``prefix.*``)."""
+    if saved is None:
+        raise CheckpointError(f"{source} has no state for the {prefix.replace('_', ' ')}")
+    if saved["type"] != type(optimizer).__name__:
+        raise CheckpointError(
+            f"{source} holds a {saved['type']} optimizer, this run uses {type(optimizer).__name__}"
+        )
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in saved["state"].items()}
+    for key, tensor in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == prefix:
+            index, _, name = rest.partition(".")
+            state.setdefault(int(index), {})[name] = tensor
+    templates = optimizer.state_dict()["param_groups"]
+    if len(templates) != len(saved["param_groups"]):
+        raise CheckpointError(f"{source} has another number of optimizer parameter groups")
+    groups = [
+        {k: _like(template.get(k), v) for k, v in group.items()}
+        for template, group in zip(templates, saved["param_groups"], strict=True)
+    ]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        problem = f"has an optimizer state that does not fit: {exc}"
+        raise CheckpointError(f"{source} {problem}") from None
 
 
 class TrainState:
@@ -93,8 +177,10 @@ class TrainState:
         recipe: tuple[str, dict[str, Any]],
         context: dict[str, Any],
         scheduler: Any = None,
+        peer: Network | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.peer = peer
         self.generators = generators
         self.recipe = recipe
         self.context = context
@@ -120,22 +206,20 @@ class TrainState:
         self.meter = EpochMeter()
 
     def weights_finite(self) -> bool:
-        floats = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        models = [self.model] + ([self.peer.model] if self.peer is not None else [])
+        floats = [t for m in models for t in m.state_dict().values() if t.is_floating_point()]
         return bool(torch.stack([t.isfinite().all() for t in floats]).all())
 
     # -- saving ----------------------------------------------------------------
 
     def _tensors_and_document(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
-        optimizer = self.optimizer.state_dict()
-        opt_state: dict[str, dict[str, Any]] = {}
-        for index, values in optimizer["state"].items():
-            opt_state[str(index)] = {}
-            for key, value in values.items():
-                if isinstance(value, Tensor):
-                    tensors[f"optimizer.{index}.{key}"] = value
-                else:
-                    opt_state[str(index)][key] = value
+        optimizer_tensors, optimizer = _optimizer_parts(self.optimizer, "optimizer")
+        tensors.update(optimizer_tensors)
+        peer_optimizer = None
+        if self.peer is not None:
+            peer_tensors, peer_optimizer = _optimizer_parts(self.peer.optimizer, "peer_optimizer")
+            tensors.update(peer_tensors)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             for i, state in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = state
@@ -152,11 +236,8 @@ class TrainState:
             "step": self.step,
             "meter": asdict(self.meter),
             "history": self.history,
-            "optimizer": {
-                "type": type(self.optimizer).__name__,
-                "param_groups": optimizer["param_groups"],
-                "state": opt_state,
-            },
+            "optimizer": optimizer,
+            "peer_optimizer": peer_optimizer,
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": {
                 "python": random.getstate(),
@@ -169,11 +250,14 @@ class TrainState:
     def files(self) -> dict[str, bytes]:
         """The files of a checkpoint of this state."""
         tensors, document = self._tensors_and_document()
-        return {
+        files = {
             MODEL_FILE: model_file_bytes(self.model, *self.recipe),
             TENSORS_FILE: tensors_bytes(tensors, {}),
             JSON_FILE: json.dumps(document, allow_nan=False).encode(),
         }
+        if self.peer is not None:
+            files[PEER_FILE] = model_file_bytes(self.peer.model, *self.peer.recipe)
+        return files
 
     # -- restoring -------------------------------------------------------------
 
@@ -184,19 +268,20 @@ class TrainState:
         except (KeyError, ValueError):
             raise CheckpointError(f"{source} has no readable {JSON_FILE}") from None
         storage.check_format(document.get("format_version"), source, CheckpointError)
-        weights, (name, kwargs) = parse_weights(files[MODEL_FILE], f"{source}/{MODEL_FILE}")
-        load_state_checked(self.model, weights, f"{source}/{MODEL_FILE}")
-        difference = first_difference(
-            {"model": name, **kwargs}, {"model": self.recipe[0], **self.recipe[1]}
-        )
-        if difference:
-            key, saved_value, value = difference
+        _load_network(self.model, self.recipe, files[MODEL_FILE], f"{source}/{MODEL_FILE}")
+        if (PEER_FILE in files) != (self.peer is not None):
+            has = "holds" if PEER_FILE in files else "has no"
             raise CheckpointError(
-                f"{source} holds another model: {key}={saved_value!r}, this run has {value!r}"
+                f"{source} {has} a peer network ({PEER_FILE}) and this run does not agree"
             )
         self._check_context(document["context"], source)
         tensors, _ = parse_tensors(files[TENSORS_FILE], f"{source}/{TENSORS_FILE}")
-        self._restore_optimizer(document["optimizer"], tensors, source)
+        _restore_optimizer(self.optimizer, "optimizer", document["optimizer"], tensors, source)
+        if self.peer is not None:
+            peer = self.peer
+            _load_network(peer.model, peer.recipe, files[PEER_FILE], f"{source}/{PEER_FILE}")
+            saved = document.get("peer_optimizer")
+            _restore_optimizer(peer.optimizer, "peer_optimizer", saved, tensors, source)
         if (document["scheduler"] is None) != (self.scheduler is None):
             raise CheckpointError(f"{source} and this run disagree on having an LR scheduler")
         if self.scheduler is not None:
@@ -228,33 +313,6 @@ class TrainState:
                 f"{source} was trained on other data: the training images or labels "
                 "changed since (dataset files replaced?)"
             )
-
-    def _restore_optimizer(
-        self, saved: dict[str, Any], tensors: dict[str, Tensor], source: str
-    ) -> None:
-        if saved["type"] != type(self.optimizer).__name__:
-            raise CheckpointError(
-                f"{source} holds a {saved['type']} optimizer, this run uses "
-                f"{type(self.optimizer).__name__}"
-            )
-        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in saved["state"].items()}
-        for key, tensor in tensors.items():
-            kind, _, rest = key.partition(".")
-            if kind == "optimizer":
-                index, _, name = rest.partition(".")
-                state.setdefault(int(index), {})[name] = tensor
-        templates = self.optimizer.state_dict()["param_groups"]
-        if len(templates) != len(saved["param_groups"]):
-            raise CheckpointError(f"{source} has another number of optimizer parameter groups")
-        groups = [
-            {k: _like(template.get(k), v) for k, v in group.items()}
-            for template, group in zip(templates, saved["param_groups"], strict=True)
-        ]
-        try:
-            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, RuntimeError) as exc:
-            problem = f"has an optimizer state that does not fit: {exc}"
-            raise CheckpointError(f"{source} {problem}") from None
 
     def _restore_rng(self, saved: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
         version, internal, gauss = saved["python"]
