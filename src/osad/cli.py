@@ -1,5 +1,5 @@
 """Command line: ``osad run``, ``osad train``, ``osad test``, ``osad check``,
-``osad report``.
+``osad report``, ``osad sweep``.
 
 Every user error prints one line ``osad: error: ...`` to stderr and exits
 with status 2, without a traceback; so does a failed write (a full disk). A
@@ -119,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument(
         "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
     )
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train and evaluate every method of a sweep preset on every split, "
+        "resumably, and print mean +- std over splits",
+    )
+    sw.add_argument("sweep_file", help="sweep preset, e.g. configs/sweeps/digits.yaml")
+    sw.add_argument("--out", required=True, help="sweep directory (one run per method and split)")
+    sw.add_argument(
+        "--methods", type=_names, help="comma list of the preset's methods to run (default: all)"
+    )
+    sw.add_argument(
+        "--splits", type=_indices, help="comma list of the preset's splits to run (default: all)"
+    )
+    sw.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="train nothing: tabulate the runs already finished under --out",
+    )
+    sw.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -127,6 +148,31 @@ def _names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("expected a comma-separated list of names")
     return names
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(name) for name in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a comma list of integers, e.g. 0,1,2; got {text!r}"
+        ) from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from osad.sweep import load_sweep, run_sweep, write_figures, write_summary
+
+    sweep = load_sweep(args.sweep_file).select(args.methods, args.splits)
+    start = time.perf_counter()
+    if not args.summary_only:
+        run_sweep(sweep, args.out, progress=not args.no_progress, data_root=args.data_root)
+    elif not Path(args.out).is_dir():
+        raise _UsageError(f"--summary-only: sweep directory {args.out} does not exist")
+    print(write_summary(sweep, args.out))
+    for figure in write_figures(sweep, args.out):
+        print(f"figure {figure}")
+    print(f"tables in {Path(args.out) / 'results.md'} ({time.perf_counter() - start:.0f} s)")
+    return 0
 
 
 def _default_out(config) -> Path:
@@ -157,6 +203,8 @@ def _run(args: argparse.Namespace) -> int:
         print(markdown(report))
         print(f"\nwritten: {', '.join(str(p) for p in paths)}")
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()

@@ -1,0 +1,214 @@
+"""osad sweep end to end on a miniature: 1 split, 1 epoch, 2 methods; interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from osad.cli import main
+from osad.config import make_config
+from osad.sweep import load_sweep
+from osad.train import TrainObjective
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny models on a busy 2-core machine run far faster on one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Two epochs of six steps (batch 128) with a checkpoint after every step, so an
+# interruption leaves a checkpoint to resume from.
+MINIATURE = """\
+description: miniature for the tests
+overrides:
+  - model.width=2
+  - model.latent_dim=8
+  - train.epochs=1
+  - train.batch_size=128
+  - train.attack.steps=1
+  - eval.attacks.pgd.steps=1
+  - eval.scores=[msp,openmax]
+  - checkpoint.every_steps=1
+splits: [0]
+methods:
+  plain: {overrides: [method=plain]}
+  osdn: {}
+figures: {split: 0, methods: [plain, osdn], score: openmax, attack: pgd, eps: [0, 16, 32]}
+"""
+
+
+def _write(tmp_path: Path, text: str = MINIATURE) -> Path:
+    path = tmp_path / "mini.yaml"
+    path.write_text(text)
+    return path
+
+
+def _sweep(preset: Path, out: Path, *extra: str) -> int:
+    return main(["sweep", str(preset), "--out", str(out), "--no-progress", *extra])
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, one_thread):
+    """The miniature run without interruption: the reference."""
+    folder = tmp_path_factory.mktemp("sweep")
+    preset, out = _write(folder), folder / "out"
+    assert _sweep(preset, out) == 0
+    return preset, out
+
+
+def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
+    out = finished_sweep[1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == summary["runs"] == 2 and summary["missing"] == []
+    assert list(summary["methods"]) == ["plain", "osdn"]
+    assert list(summary["conditions"]) == ["clean", "fgsm", "pgd"]
+    for label in ("plain", "osdn"):
+        metrics = json.loads((out / label / "split0" / "eval" / "metrics.json").read_text())
+        saved = (out / label / "split0" / "config.yaml").read_text()
+        assert f"method: {label}" in saved
+        for name, condition in metrics["conditions"].items():
+            cell = summary["methods"][label]["conditions"][name]
+            assert cell["closed_set_accuracy"]["values"] == [condition["closed_set_accuracy"]]
+            assert cell["closed_set_accuracy"]["mean"] == condition["closed_set_accuracy"]
+            assert cell["auroc"]["openmax"]["mean"] == condition["auroc"]["openmax"]
+            assert cell["auroc"]["msp"]["std"] is None  # one split: no spread
+    osdn_pgd = summary["methods"]["osdn"]["conditions"]["pgd"]
+    table = (out / "results.md").read_text()
+    assert f"| osdn | 0 | {osdn_pgd['closed_set_accuracy']['mean']:.4f} |" in table
+    assert "## pgd: PGD linf eps 32/255, step 8/255, 1 steps" in table
+    assert "PARTIAL" not in table
+    assert [r["actions"] for r in _log(out)] == [["trained", "evaluated"]] * 2
+    compute = summary["compute"]
+    assert compute["steps"] == 2 and set(compute["per_method"]) == {"plain", "osdn"}
+    assert compute["seconds"] == pytest.approx(sum(r["seconds"] for r in _log(out)), abs=0.1)
+    assert "| osdn | 1 |" in table.split("## compute")[1]
+
+
+def test_figures_and_the_budget_curve_agree_with_the_runs(finished_sweep):
+    out = finished_sweep[1]
+    figures = out / "figures"
+    for name in ("roc-openmax-split0.png", "eps-openmax-split0.png"):
+        assert (figures / name).read_bytes().startswith(b"\x89PNG")
+    summary = json.loads((out / "summary.json").read_text())
+    for label in ("plain", "osdn"):
+        curve = json.loads((figures / f"eps-{label}-split0.json").read_text())
+        assert curve["attacks"][0] == "PGD linf eps 16/255, step 4/255, 1 steps"
+        conditions = summary["methods"][label]["conditions"]
+        # eps 0 is the clean condition and eps 32 the sweep's own PGD: same seed, same numbers.
+        for eps_index, name in ((0, "clean"), (2, "pgd")):
+            accuracy, auroc = conditions[name]["closed_set_accuracy"], conditions[name]["auroc"]
+            assert curve["closed_set_accuracy"][eps_index] == accuracy["mean"]
+            assert curve["auroc"][eps_index] == auroc["openmax"]["mean"]
+
+
+def test_finished_runs_are_skipped(finished_sweep, capsys):
+    preset, out = finished_sweep
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert _sweep(preset, out) == 0
+    stdout = capsys.readouterr().out
+    assert "| plain | 0 |" in stdout
+    for path, mtime in before.items():  # tables and figures are drawn again, nothing else
+        if path.name not in ("summary.json", "results.md") and path.suffix != ".png":
+            assert path.stat().st_mtime_ns == mtime, path
+
+
+def test_an_interrupted_sweep_resumes_and_matches_the_uninterrupted_one(
+    finished_sweep, tmp_path, monkeypatch, capsys
+):
+    original = TrainObjective.__call__
+    calls = {"n": 0}
+
+    def interrupt_on_call_8(self, model, x, y):  # plain takes calls 1-6; this is osdn's 2nd step
+        calls["n"] += 1
+        if calls["n"] == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, model, x, y)
+
+    monkeypatch.setattr(TrainObjective, "__call__", interrupt_on_call_8)
+    preset, out = _write(tmp_path), tmp_path / "out"
+    assert _sweep(preset, out) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("osad: sweep interrupted in osdn split 0 (interrupted by SIGINT")
+    assert err.rstrip().endswith("run the same osad sweep command again to continue")
+    osdn = out / "osdn" / "split0"
+    assert (out / "plain" / "split0" / "eval" / "results.md").is_file()
+    assert (osdn / "checkpoints" / "latest").is_file() and not (osdn / "model.safetensors").exists()
+
+    assert _sweep(preset, out, "--summary-only") == 0
+    partial = capsys.readouterr().out
+    assert "1 of 2 runs finished" in partial
+    assert "**PARTIAL**: not finished: osdn split 0." in partial
+
+    monkeypatch.undo()
+    plain_metrics = out / "plain" / "split0" / "eval" / "metrics.json"
+    mtime = plain_metrics.stat().st_mtime_ns
+    assert _sweep(preset, out) == 0
+    assert plain_metrics.stat().st_mtime_ns == mtime  # skipped, not redone
+    assert [r["actions"] for r in _log(out)] == [["trained", "evaluated"], ["resumed", "evaluated"]]
+    resumed = json.loads((out / "summary.json").read_text())["methods"]
+    reference = json.loads((finished_sweep[1] / "summary.json").read_text())["methods"]
+    assert resumed == reference  # bit-identical resume gives the same numbers
+
+
+def test_a_run_made_with_another_config_is_refused(finished_sweep, tmp_path, capsys):
+    out = finished_sweep[1]
+    changed = _write(tmp_path, MINIATURE.replace("train.epochs=1", "train.epochs=2"))
+    assert _sweep(changed, out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("osad: error: ") and err.count("\n") == 1
+    assert "was made with train.epochs=1, the sweep now gives 2" in err
+
+
+def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_path):
+    reference = finished_sweep[1]
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    weights = out / "osdn" / "split0" / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    changed = _write(tmp_path, MINIATURE.replace("[msp,openmax]", "[msp,openmax,energy]"))
+    assert _sweep(changed, out) == 0
+    assert weights.stat().st_mtime_ns == mtime
+    new_steps = [r["actions"] for r in _log(out)][-2:]
+    assert new_steps == [["eval changed", "evaluated"]] * 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scores"] == ["msp", "openmax", "energy"]
+    before = json.loads((reference / "summary.json").read_text())["methods"]["osdn"]
+    for name, condition in before["conditions"].items():  # same weights, same numbers
+        now = summary["methods"]["osdn"]["conditions"][name]
+        assert now["closed_set_accuracy"] == condition["closed_set_accuracy"]
+        assert now["auroc"]["openmax"] == condition["auroc"]["openmax"]
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        (MINIATURE.replace("splits:", "splitz:"), (), "unknown key 'splitz'"),
+        (MINIATURE.replace("osdn: {}", "osdn: {overrides: [method=osdm]}"), (), "osdn: unknown"),
+        (MINIATURE, ("--methods", "plain,osnd"), "no method 'osnd' (did you mean 'osdn'?)"),
+        (MINIATURE, ("--splits", "3"), "no split 3"),
+        (MINIATURE, ("--splits", "a"), "argument --splits: must be a comma list of integers"),
+    ],
+)
+def test_bad_sweeps_stop_with_one_line_before_any_run(tmp_path, capsys, text, args, message):
+    out = tmp_path / "out"
+    assert _sweep(_write(tmp_path, text), out, *args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")))
+def test_committed_sweep_presets_load(path):
+    sweep = load_sweep(path)
+    assert len(sweep.methods) >= 2 and sweep.splits
+    configs = [sweep.run_config(m, sweep.splits[0]) for m in sweep.methods]
+    assert len({json.dumps(c.to_dict(), sort_keys=True) for c in configs}) == len(configs)
+    assert configs[0] == make_config(configs[0].to_dict())
