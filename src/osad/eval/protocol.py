@@ -11,7 +11,8 @@ For every condition (``clean`` and each attack of ``eval.attacks``):
   test images (scores that run the model, such as ODIN, see the attacked
   images themselves); AUROC takes unknown images as positives.
 
-Attacks are seeded per pass, so the same model and seed give the same numbers.
+Attacks are seeded per batch, so the same model and seed give the same numbers,
+also when ``torchrun`` shares the batches among several processes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from osad.attacks import build_attack, eval_mode, model_outputs
 from osad.config import AttackConfig, Config
 from osad.data import OpenSetData, to_float
+from osad.distributed import derive_seed, is_main, map_batches
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
@@ -71,42 +73,39 @@ def outputs_under_attack(
 ) -> Outputs:
     """Model outputs on ``images``, each first attacked with ``labels`` (or, where a
     label is -1 or ``labels`` is None, with the model's prediction on the clean image).
-    ``keep_images`` also returns the attacked images (float, in [0, 1])."""
+    ``keep_images`` also returns the attacked images (float, in [0, 1]).
+
+    Under torchrun the batches are shared out among the ranks and the outputs
+    gathered on every rank (:func:`osad.distributed.map_batches`). The attack's
+    random source restarts for each batch from ``derive_seed(seed, batch index)``,
+    so the outputs are the same whatever the number of processes.
+    """
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device)
     attack = (
         build_attack(model, attack_config, generator=generator)
         if attack_config is not None
         else None
     )
-    logits, features, inputs = [], [], []
-    with eval_mode(model):
-        for i in tqdm(
-            range(0, len(images), batch_size),
-            desc=desc,
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        ):
-            x = to_float(images[i : i + batch_size])
-            if attack is not None:
-                with torch.no_grad():
-                    predicted = model(x).argmax(1)
-                y = predicted if labels is None else labels[i : i + batch_size]
-                y = torch.where(y >= 0, y, predicted)
-                x = attack(x, y)
+
+    def run_batch(index: int, batch: slice) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        x = to_float(images[batch])
+        if attack is not None:
+            generator.manual_seed(derive_seed(seed, index))
             with torch.no_grad():
-                out, feat = model_outputs(model, x)
-            logits.append(out)
-            if feat is not None:
-                features.append(feat)
-            if keep_images:
-                inputs.append(x)
-    return Outputs(
-        torch.cat(logits),
-        torch.cat(features) if features else None,
-        torch.cat(inputs) if keep_images else None,
-    )
+                predicted = model(x).argmax(1)
+            y = predicted if labels is None else labels[batch]
+            y = torch.where(y >= 0, y, predicted)
+            x = attack(x, y)
+        with torch.no_grad():
+            logits, features = model_outputs(model, x)
+        return logits, features, x if keep_images else None
+
+    with eval_mode(model):
+        logits, features, inputs = map_batches(
+            run_batch, len(images), batch_size, device, desc=desc, progress=progress
+        )
+    return Outputs(logits, features, inputs)
 
 
 def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
@@ -121,16 +120,18 @@ def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
 
 
 def score_outputs(scorer: Scorer, model: nn.Module, outputs: Outputs, batch_size: int) -> Tensor:
-    """``scorer`` on ``outputs`` in batches (scores that run the model cost memory), on CPU."""
-    scores = []
+    """``scorer`` on ``outputs`` in batches (scores that run the model cost memory), on CPU;
+    under torchrun the batches are shared out among the ranks."""
+
+    def score_batch(index: int, batch: slice) -> tuple[Tensor]:
+        features = None if outputs.features is None else outputs.features[batch]
+        images = None if outputs.images is None else outputs.images[batch]
+        with torch.no_grad():
+            return (scorer.score(outputs.logits[batch], features, images),)
+
     with eval_mode(model):
-        for i in range(0, len(outputs.logits), batch_size):
-            batch = slice(i, i + batch_size)
-            features = None if outputs.features is None else outputs.features[batch]
-            images = None if outputs.images is None else outputs.images[batch]
-            with torch.no_grad():
-                scores.append(scorer.score(outputs.logits[batch], features, images).cpu())
-    return torch.cat(scores)
+        (scores,) = map_batches(score_batch, len(outputs.logits), batch_size, outputs.logits.device)
+    return scores.cpu()
 
 
 def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def evaluate(
             )
 
     for name, attack_config in tqdm(
-        conditions, desc="evaluate", disable=not progress, dynamic_ncols=True
+        conditions, desc="evaluate", disable=not (progress and is_main()), dynamic_ncols=True
     ):
         test = attacked_outputs(
             data.test_images,
