@@ -6,10 +6,11 @@ time and inside training uses (attacks run BatchNorm in eval mode), are
 estimated from those smaller batches; DDP then copies rank 0's running
 statistics to the other ranks at each forward pass.
 
-:class:`SyncBatchNorm` is :class:`torch.nn.SyncBatchNorm` (Ioffe & Szegedy 2015,
-https://arxiv.org/abs/1502.03167, with statistics reduced over the process
-group), which PyTorch implements for accelerators only; on CPU tensors it
-computes the same thing with differentiable all-reduces::
+:func:`sync_batchnorm` puts :class:`torch.nn.SyncBatchNorm` (Ioffe & Szegedy
+2015, https://arxiv.org/abs/1502.03167, with statistics reduced over the process
+group) into a CUDA model. PyTorch implements it for accelerators only, so a CPU
+model gets :class:`SyncBatchNorm`, which computes the same with differentiable
+all-reduces::
 
     mean = sum_r sum_i x_ri / N,   var = sum_r sum_i (x_ri - mean)^2 / N,
     y = (x - mean) / sqrt(var + eps) * weight + bias
@@ -41,15 +42,24 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """:class:`torch.nn.SyncBatchNorm` that also synchronises CPU tensors (Gloo)."""
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for CPU tensors (Gloo); plain BatchNorm in eval
+    mode or without a process group. (DDP refuses :class:`torch.nn.SyncBatchNorm` in a
+    CPU module, so this is not a subclass of it.)"""
+
+    def __init__(self, *args, process_group: dist.ProcessGroup | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {input.dim()}D")
 
     def forward(self, input: Tensor) -> Tensor:
-        syncing = self.training and dist.is_available() and dist.is_initialized()
-        if not syncing or input.device.type != "cpu":
-            return super().forward(input)
-        self._check_input_dim(input)
-        return self._global_batch_norm(input)
+        if self.training and dist.is_available() and dist.is_initialized():
+            self._check_input_dim(input)
+            return self._global_batch_norm(input)
+        return super().forward(input)
 
     def _global_batch_norm(self, x: Tensor) -> Tensor:
         group = self.process_group or dist.group.WORLD
@@ -76,23 +86,27 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         self.running_var.mul_(1 - factor).add_(var * (n / max(n - 1, 1)), alpha=factor)
 
 
+SYNCED = (nn.SyncBatchNorm, SyncBatchNorm)
+
+
 def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm layer of ``model`` by :class:`SyncBatchNorm` sharing its
-    parameters and buffers (in place; state-dict names unchanged)."""
+    """Replace every BatchNorm layer of ``model`` by a synchronised one sharing its
+    parameters and buffers (in place; state-dict names unchanged):
+    :class:`torch.nn.SyncBatchNorm` for a model on CUDA, :class:`SyncBatchNorm` on CPU."""
+    device = next(model.parameters()).device
+    cls = nn.SyncBatchNorm if device.type == "cuda" else SyncBatchNorm
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
-                child, nn.SyncBatchNorm
-            ):
-                setattr(parent, name, _moved(child, SyncBatchNorm, kind=type(child)))
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SYNCED):
+                setattr(parent, name, _moved(child, cls, kind=type(child)))
     return model
 
 
 def restore_batchnorm(model: nn.Module) -> nn.Module:
-    """Undo :func:`sync_batchnorm`: each :class:`SyncBatchNorm` back to its original class."""
+    """Undo :func:`sync_batchnorm`: each layer it replaced back to its original class."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, SyncBatchNorm):
+            if isinstance(child, SYNCED) and hasattr(child, "original_kind"):
                 setattr(parent, name, _moved(child, child.original_kind))
     return model
 
