@@ -85,30 +85,47 @@ def _default_out(config) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from osad.distributed import init_from_env, shutdown
+
+    init_from_env()  # a process group only under torchrun with several processes
+    try:
+        return _command(args)
+    finally:
+        shutdown()
+
+
+def _command(args: argparse.Namespace) -> int:
     from osad.config import make_task_config
+    from osad.distributed import agree, is_main
     from osad.workflow import test_run, train_run
 
+    report = print if is_main() else _quiet
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()
         table = test_run(
             args.run_dir, force=args.force, progress=progress, data_root=args.data_root
         )
-        print(table)
-        print(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")
+        report(table)
+        report(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")
         return 0
     config = make_task_config(args.config, args.overrides)
     if args.data_root:
         config.data.root = args.data_root
-    out = Path(args.out) if args.out else _default_out(config)
+    # Every process must train into the same directory: rank 0 picks it.
+    out = Path(args.out) if args.out else agree(lambda: _default_out(config))
     start = time.perf_counter()
     run = train_run(config, out, force=args.force, progress=progress)
-    print(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
+    report(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
     if args.command == "run":
         table = test_run(run.root, progress=progress)
-        print(table)
-        print(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
+        report(table)
+        report(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Ranks other than 0 print nothing but errors."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -210,6 +210,13 @@ class TrainConfig:
     # OSDN: run the encoder once over [x_adv; x_r_adv] (BatchNorm statistics of the
     # 2B images together), or once per branch as the authors' code does.
     fused_branches: bool = True
+    # batch_size is the global batch of one optimiser step, whatever the number of
+    # processes; each process splits its share into this many micro-batches, whose
+    # gradients add up before the step (less memory; BatchNorm sees micro-batches).
+    grad_accumulation: int = 1
+    # Under torchrun: BatchNorm statistics of the whole global batch (all processes)
+    # instead of each process's shard. See docs/distributed.md.
+    sync_batchnorm: bool = False
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
@@ -716,6 +723,10 @@ def validate(config: Config) -> None:
         raise unknown_name("train.optimizer", t.optimizer, ("adam", "sgd"))
     _check(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
     _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
+    _check(
+        t.grad_accumulation >= 1,
+        f"'train.grad_accumulation' must be >= 1, got {t.grad_accumulation}",
+    )
     _check(
         t.attack.name not in ATTACK_NAMES or t.attack.name in TRAIN_ATTACK_NAMES,
         f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "

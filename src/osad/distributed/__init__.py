@@ -23,6 +23,7 @@ from osad.distributed.runtime import (
     init_from_env,
     is_main,
     process_device,
+    rank0_first,
     shutdown,
     world,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "is_main",
     "map_batches",
     "process_device",
+    "rank0_first",
     "rank_block",
     "restore_batchnorm",
     "shutdown",

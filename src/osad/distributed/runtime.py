@@ -135,6 +135,14 @@ def agree(fn: Callable[[], T]) -> T:
     return value  # type: ignore[return-value]
 
 
+def rank0_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank, rank 0 first (it may download or create what the others
+    then read); an :class:`~osad.errors.OsadError` on rank 0 stops every rank."""
+    result: list[T] = []
+    agree(lambda: result.append(fn()))
+    return result[0] if result else fn()
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """``values`` summed over all ranks, in place (unchanged without a process group)."""
     if world().distributed:

@@ -1,4 +1,9 @@
-"""The training loop: whole dataset on the device, batched augmentation."""
+"""The training loop: whole dataset on the device, batched augmentation.
+
+Under torchrun every process runs this loop on the same seeded data order; each
+step's global batch is shared out by :class:`~osad.train.parallel.DataParallelStep`
+and only rank 0 logs and writes (docs/distributed.md).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,25 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from osad.attacks import build_attack
 from osad.config import Config
 from osad.data import OpenSetData, random_crop_flip, to_float
+from osad.distributed import (
+    derive_seed,
+    is_main,
+    process_device,
+    restore_batchnorm,
+    sync_batchnorm,
+    world,
+)
 from osad.errors import OsadError
+from osad.eval.protocol import outputs_under_attack
 from osad.models import create_model
 from osad.perf import autocast, prepare_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
 from osad.train.methods import METHODS, model_spec
 from osad.train.objectives import TrainObjective
+from osad.train.parallel import DataParallelStep, check_split, usable_batch
 
 
 class NonFiniteLossError(OsadError):
@@ -52,37 +66,34 @@ def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        correct += (
-            (model(to_float(images[i : i + batch_size])).argmax(1) == labels[i : i + batch_size])
-            .sum()
-            .item()
-        )
-    return correct / max(len(labels), 1)
+def check_finite(loss: float, where: str) -> None:
+    """Stop training, naming ``where``, when ``loss`` is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"training stopped: non-finite loss at {where}")
 
 
 def take_step(optimizer: torch.optim.Optimizer, loss: Tensor, where: str) -> None:
     """One optimiser step on ``loss``; a NaN or infinite loss stops training, naming ``where``."""
-    if not math.isfinite(loss.item()):
-        raise NonFiniteLossError(f"training stopped: non-finite loss at {where}")
+    check_finite(loss.item(), where)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def robust_accuracy(
-    model: nn.Module, attack, images: Tensor, labels: Tensor, batch_size: int
+def validation_accuracy(
+    model: nn.Module, config: Config, images: Tensor, labels: Tensor, attacked: bool
 ) -> float:
-    """Accuracy on images attacked with their true labels."""
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        x, y = to_float(images[i : i + batch_size]), labels[i : i + batch_size]
-        with torch.no_grad():
-            correct += (model(attack(x, y)).argmax(1) == y).sum().item()
-    return correct / max(len(labels), 1)
+    """Accuracy on ``images``, clean or under the training attack (with their true labels,
+    best point per sample, seeded per batch); shared out among processes under torchrun."""
+    logits = outputs_under_attack(
+        model,
+        images,
+        labels,
+        config.train.attack if attacked else None,
+        batch_size=config.eval.batch_size,
+        seed=config.seed,
+    ).logits
+    return (logits.argmax(1) == labels).float().mean().item()
 
 
 def train(
@@ -98,32 +109,48 @@ def train(
     ``history.jsonl`` and TensorBoard.
     """
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device = process_device(resolve_device(config.device))
+    t = config.train
+    check_split(t.batch_size, t.grad_accumulation, world().size)
     model, name, kwargs = build_model_for(config, data)
-    prepare_model(model.to(device), config.perf, device)
+    model.to(device)
+    if t.sync_batchnorm and world().distributed:
+        sync_batchnorm(model)
+    prepare_model(model, config.perf, device)
     method = METHODS[config.method]
     objective = TrainObjective(
-        config.train.attack if method.adversarial else None,
-        config.train.reconstruction_weight,
-        config.train.rotation_weight,
-        fused_branches=config.train.fused_branches,
+        t.attack if method.adversarial else None,
+        t.reconstruction_weight,
+        t.rotation_weight,
+        fused_branches=t.fused_branches,
     )
     optimizer = _optimizer(config, model)
+    step_fn = DataParallelStep(
+        model, objective, t.grad_accumulation, lambda: autocast(config.perf, device)
+    )
     data = data.to(device)
     order = torch.Generator().manual_seed(config.seed)
-    augment = torch.Generator(device=device).manual_seed(config.seed + 1)
-    val_attack = build_attack(model, config.train.attack, generator=torch.Generator(device=device))
+    # Each rank's augmentation stream restarts at every step from (seed, rank, step).
+    augment = torch.Generator(device=device)
+    rank = world().rank
 
+    def load(indices: Tensor) -> tuple[Tensor, Tensor]:
+        x = to_float(data.train_images[indices])
+        if config.data.crop_padding or config.data.hflip:
+            x = random_crop_flip(x, config.data.crop_padding, config.data.hflip, augment)
+        return x, data.train_labels[indices]
+
+    if not is_main():
+        run, progress = None, False
     writer = None
     if run is not None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run.tensorboard))
-    t = config.train
     n = len(data.train_labels)
     batches = [(i, min(i + t.batch_size, n)) for i in range(0, n, t.batch_size)]
-    # A final batch of one image cannot be batch-normalised in training mode.
-    batches = [(a, b) for a, b in batches if b - a > 1]
+    # BatchNorm needs two images per micro-batch and process: a short last batch may not have them.
+    batches = [(a, b) for a, b in batches if usable_batch(b - a, t.grad_accumulation)]
     result = TrainResult(model, name, kwargs)
     step = 0
     bar = tqdm(
@@ -140,35 +167,27 @@ def train(
             sums: dict[str, float] = {}
             seen = correct = 0
             for a, b in batches:
-                idx = perm[a:b]
-                x = to_float(data.train_images[idx])
-                y = data.train_labels[idx]
-                if config.data.crop_padding or config.data.hflip:
-                    x = random_crop_flip(x, config.data.crop_padding, config.data.hflip, augment)
-                with autocast(config.perf, device):
-                    out = objective(model, x, y)
-                take_step(optimizer, out.loss, f"epoch {epoch}, step {step + 1}")
+                augment.manual_seed(derive_seed(config.seed, rank, step))
+                totals = step_fn.accumulate(perm[a:b], load)
+                check_finite(totals.loss, f"epoch {epoch}, step {step + 1}")
+                optimizer.step()
                 step += 1
-                bs = b - a
-                seen += bs
-                correct += (out.logits.argmax(1) == y).sum().item()
-                for key, value in {"loss": out.loss, **out.terms}.items():
-                    sums[key] = sums.get(key, 0.0) + value.item() * bs
+                seen += totals.count
+                correct += totals.correct
+                for key, value in totals.terms.items():
+                    sums[key] = sums.get(key, 0.0) + value * totals.count
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{out.loss.item():.3f}")
+                bar.set_postfix(epoch=epoch, loss=f"{totals.loss:.3f}")
             model.eval()
             record = {"epoch": epoch, "step": step}
             record.update({f"train_{k}": v / seen for k, v in sums.items()})
             record["train_accuracy"] = correct / seen
             if len(data.val_labels):
-                val_attack.generator.manual_seed(config.seed)
                 with autocast(config.perf, device):
-                    record["val_accuracy"] = _accuracy(
-                        model, data.val_images, data.val_labels, config.eval.batch_size
-                    )
-                    record["val_attacked_accuracy"] = robust_accuracy(
-                        model, val_attack, data.val_images, data.val_labels, config.eval.batch_size
-                    )
+                    for key, attacked in (("val_accuracy", False), ("val_attacked_accuracy", True)):
+                        record[key] = validation_accuracy(
+                            model, config, data.val_images, data.val_labels, attacked
+                        )
             result.history.append(record)
             bar.set_postfix(
                 epoch=epoch,
@@ -186,5 +205,6 @@ def train(
         bar.close()
         if writer is not None:
             writer.close()
+    restore_batchnorm(model)
     model.eval()
     return result
