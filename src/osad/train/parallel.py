@@ -62,11 +62,13 @@ class _LossModule(nn.Module):
 
 @dataclass
 class StepTotals:
-    """A step's loss terms (means over the global batch) and correct predictions."""
+    """A step's loss terms (means over the global batch) and correct predictions, and
+    whether any rank asked to stop (every rank must stop at the same step)."""
 
     terms: dict[str, float]
     correct: int
     count: int
+    stop: bool = False
 
     @property
     def loss(self) -> float:
@@ -127,10 +129,14 @@ class DataParallelStep:
             self.loss_module = self.ddp
 
     def accumulate(
-        self, indices: Tensor, load: Callable[[Tensor], tuple[Tensor, Tensor]]
+        self,
+        indices: Tensor,
+        load: Callable[[Tensor], tuple[Tensor, Tensor]],
+        stop: bool = False,
     ) -> StepTotals:
         """Zero the gradients and accumulate those of the global batch ``indices``;
         ``load(indices)`` returns the (augmented) images and labels of a micro-batch.
+        ``stop``: this rank was asked to stop (a signal); the totals say whether any was.
         The caller checks the returned loss and takes the optimiser step."""
         for p in self.model.parameters():
             p.grad = None
@@ -155,9 +161,12 @@ class DataParallelStep:
             local = torch.cat([local, correct[None]])
             sums = local if sums is None else sums + local
         assert sums is not None, "every rank has a micro-batch (see check_split)"
-        totals = all_reduce_sum(sums.double()).tolist()
+        # One all-reduce carries the metrics and the stop requests of all ranks.
+        flag = torch.tensor([float(stop)], device=sums.device)
+        totals = all_reduce_sum(torch.cat([sums, flag]).double()).tolist()
         return StepTotals(
             {k: v / global_count for k, v in zip(names, totals, strict=False)},
-            round(totals[-1]),
+            round(totals[-2]),
             global_count,
+            stop=totals[-1] > 0,
         )
