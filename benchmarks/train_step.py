@@ -7,9 +7,10 @@ non-local blocks at all five places, latent 512, decoder and rotation head,
 attacks (one against the classifier, one against the rotation head), the
 encoder run separately on each attacked batch, rotation one image at a time in
 a Python loop, and non-local attention as an explicit matmul + softmax. Both
-start from identical weights. Before timing, the script checks that the naive
-step and osad's step with ``fused_branches=False`` (the same BatchNorm batches)
-give the same loss and parameter gradients, and reports how far the fused
+start from identical weights. Before timing, the script checks (in float64 on
+the CPU, 4 images) that the naive step and osad's step with
+``fused_branches=False`` (the same BatchNorm batches) give the same loss and
+parameter gradients, and reports how far the fused
 default is from them (the BatchNorm-statistics difference of
 src/osad/train/objectives.py).
 
@@ -191,7 +192,10 @@ def main() -> None:
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 6, (args.batch,), device=device)
     print(f"device: {describe_machine(device)}; batch {args.batch}, 32x32, PGD-5 (eps 8/255)")
-    check_same_results(model, x, y)
+    # The algorithm check runs in float64 on the CPU: on a GPU, TF32 convolutions and
+    # cuDNN's algorithm choice change the last bits, and PGD's gradient sign turns
+    # those into different attacked pixels, which says nothing about the algorithm.
+    check_same_results(copy.deepcopy(model).cpu().double(), x[:4].cpu().double(), y[:4].cpu())
 
     perf = PerfConfig(channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
     attack = AttackConfig(eps=EPS * 255, alpha=ALPHA * 255, steps=STEPS)

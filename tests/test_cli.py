@@ -113,7 +113,7 @@ def test_existing_output_is_not_overwritten(tiny_run, capsys):
             "needs a CUDA device",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present"),
         ),
-        (["train"], "required: --out"),
+        (["train"], "one of the arguments --out --resume is required"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -216,3 +216,14 @@ def test_missing_data_leaves_no_run_directory(tmp_path, capsys):
     assert err.startswith("osad: error: CIFAR-10 (python version) not found: expected data_batch_1")
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in err
     assert not out.exists()
+
+
+def test_default_run_directories_are_claimed_not_shared(tmp_path, monkeypatch):
+    from osad.cli import _default_out
+    from osad.config import make_config
+
+    monkeypatch.chdir(tmp_path)
+    config = make_config()
+    first, second = _default_out(config), _default_out(config)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert second.name == f"{first.name}-2"

@@ -93,12 +93,23 @@ def test_bad_files(tmp_path):
         make_config(listy)
 
 
-def test_round_trip_through_dict():
-    from osad.config import config_from_dict
+def test_round_trip_through_dict_and_a_saved_file(tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from osad.config import load_saved_config, save_config
 
     c = make_config(overrides=["train.epochs=2"])
-    assert config_from_dict(c.to_dict()) == c
-    assert isinstance(c, Config)
+    assert make_config(c.to_dict()) == c
+    save_config(c, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    again = load_saved_config(saved, "config.yaml")
+    assert isinstance(again, Config) and again.train.epochs == 2
+    # The file states every attack setting the run used: the resolved attacks.
+    assert again.train.attack == c.train.attack.resolved()
+    assert again.eval.attacks == {k: a.resolved() for k, a in c.eval.attacks.items()}
+    assert dataclasses.replace(again, train=c.train, eval=c.eval) == c
 
 
 def test_new_attacks_from_overrides_take_their_defaults():

@@ -1,7 +1,9 @@
 """Command line: ``osad run``, ``osad train``, ``osad test``.
 
 Every user error prints one line ``osad: error: ...`` to stderr and exits
-with status 2, without a traceback.
+with status 2, without a traceback; so does a failed write (a full disk). A
+training stopped by SIGINT or SIGTERM saves a checkpoint, prints one line
+saying how to resume, and exits with 130 or 143.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from osad import __version__
-from osad.errors import OsadError
+from osad.errors import OsadError, TrainingInterrupted
 
 
 class _UsageError(Exception):
@@ -64,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(run)
 
     tr = sub.add_parser("train", help="train a model into a run directory")
-    tr.add_argument("--out", required=True, help="run directory to create")
+    target = tr.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="run directory to create")
+    target.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its latest checkpoint "
+        "(or from RUN_DIR/checkpoints/step-N)",
+    )
     _add_train_options(tr)
 
     te = sub.add_parser("test", help="evaluate a trained run (writes RUN_DIR/eval/)")
@@ -76,12 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(config) -> Path:
+    """A new directory under runs/, claimed by creating it: two runs started at
+    once never share one."""
     base = Path("runs") / config.run_name()
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -97,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> int:
     from osad.config import make_task_config
     from osad.distributed import agree, is_main
-    from osad.workflow import test_run, train_run
+    from osad.workflow import resume_run, test_run, train_run
 
     report = print if is_main() else _quiet
     progress = not args.no_progress
@@ -108,6 +122,19 @@ def _command(args: argparse.Namespace) -> int:
         )
         report(table)
         report(f"\nresults in {Path(args.run_dir) / 'eval'} ({time.perf_counter() - start:.0f} s)")
+        return 0
+    if getattr(args, "resume", None):
+        if args.config or args.overrides or args.force:
+            raise _UsageError(
+                "--resume continues a run with the configuration it was trained with; "
+                "it takes no --config, key=value overrides or --force"
+            )
+        start = time.perf_counter()
+        run, checkpoint = resume_run(args.resume, progress=progress, data_root=args.data_root)
+        report(
+            f"resumed from {checkpoint} and finished training {run.root} "
+            f"({time.perf_counter() - start:.0f} s); evaluate it with: osad test {run.root}"
+        )
         return 0
     config = make_task_config(args.config, args.overrides)
     if args.data_root:
@@ -136,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_UsageError, OsadError) as exc:
         print(f"osad: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file osad could not read or write outside its own checks
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"osad: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"osad: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("osad: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,10 @@ default) or ``fas`` (:class:`osad.fas_config.FasConfig`, face anti-spoofing);
 
 Attack budgets (``eps``, ``alpha``) are stated in units of 1/255 of the [0, 1]
 pixel range, for both norms; :meth:`AttackConfig.eps_unit` converts.
+
+A saved configuration (a run's ``config.yaml``) starts with ``format_version``
+and ``osad_version``; a file given with ``--config`` may carry them too (they
+are checked, see :mod:`osad.storage`) or leave them out.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from osad import __version__
 from osad.errors import ConfigError, did_you_mean
+from osad.storage import FORMAT_VERSION, check_format, write_atomic
 
 T = TypeVar("T")
 
@@ -220,6 +226,20 @@ class TrainConfig:
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
+@dataclass
+class CheckpointConfig:
+    """When training writes checkpoints into ``RUN_DIR/checkpoints`` (see docs/reliability.md).
+
+    SIGINT and SIGTERM always write one before training stops."""
+
+    # Every N optimisation steps (0: never mid-epoch).
+    every_steps: int = 0
+    # At the end of every N-th epoch and of the last one (0: never at epoch ends).
+    every_epochs: int = 1
+    # How many of the newest checkpoints are kept.
+    keep: int = 2
+
+
 def _digits_eval_attacks() -> dict[str, AttackConfig]:
     return {
         "fgsm": AttackConfig(
@@ -270,11 +290,14 @@ class Config:
     method: str = "osdn"
     seed: int = 0
     device: str = "auto"
+    # Deterministic algorithms only (slower on CUDA); see runtime.deterministic_mode.
+    deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -445,6 +468,16 @@ def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str
     return _merge_tree(load_yaml(base_path, chain), data)
 
 
+def _without_header(tree: dict[str, Any], source: str, required: bool) -> dict[str, Any]:
+    """``tree`` without the saved-file header, whose format version must be ours."""
+    tree = dict(tree)
+    version = tree.pop("format_version", None)
+    tree.pop("osad_version", None)
+    if version is not None or required:
+        check_format(version, source, ConfigError)
+    return tree
+
+
 def _section_fields(schema: type) -> dict[str, list[str]]:
     """Field name -> the ``section.field`` keys of ``schema`` that carry it."""
     hints = typing.get_type_hints(schema)
@@ -513,7 +546,9 @@ def build_config(schema: type[T], file: ConfigSource = None, overrides: Sequence
     """
     tree = dataclasses.asdict(schema())
     if file is not None:
-        tree = _merge_tree(tree, dict(file) if isinstance(file, dict) else load_yaml(file))
+        loaded = dict(file) if isinstance(file, dict) else load_yaml(file)
+        source = "the configuration" if isinstance(file, dict) else f"config file {file}"
+        tree = _merge_tree(tree, _without_header(loaded, source, required=False))
     given, renamed = set(), []
     for text in overrides:
         key, value = parse_override(text)
@@ -561,23 +596,30 @@ def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -
     return make_config(tree, overrides)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config saved by :func:`save_config` (strict: unknown keys fail)."""
-    config = _build(Config, data)
-    validate(config)
-    return config
+def load_saved_config(data: dict[str, Any], source: str) -> Any:
+    """Rebuild the configuration of a run from its saved ``config.yaml`` mapping
+    (written by :func:`save_config`, whose format version it must carry)."""
+    return make_task_config(_without_header(data, source, required=True))
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    """Write a configuration as YAML; attacks are written resolved, so the file states
-    every step size and iteration count the run used."""
+def resolved_dict(config: Any) -> dict[str, Any]:
+    """``config`` as a plain mapping with its attacks resolved: every step size and
+    iteration count stated, as a run's saved ``config.yaml`` holds it."""
     tree = config.to_dict()
     if isinstance(config, Config):
         tree["train"]["attack"] = dataclasses.asdict(config.train.attack.resolved())
         tree["eval"]["attacks"] = {
             name: dataclasses.asdict(a.resolved()) for name, a in config.eval.attacks.items()
         }
-    Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
+    return tree
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a configuration as YAML (:func:`resolved_dict`) after a header with the
+    format and osad versions."""
+    tree = resolved_dict(config)
+    header = {"format_version": FORMAT_VERSION, "osad_version": __version__}
+    write_atomic(path, yaml.safe_dump({**header, **tree}, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------
@@ -742,6 +784,11 @@ def validate(config: Config) -> None:
     )
     if config.device == "cpu":
         check_perf_device(p, config.device)
+
+    c = config.checkpoint
+    _check(c.every_steps >= 0, f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
+    _check(c.every_epochs >= 0, f"'checkpoint.every_epochs' must be >= 0, got {c.every_epochs}")
+    _check(c.keep >= 1, f"'checkpoint.keep' must be >= 1, got {c.keep}")
 
     e = config.eval
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")

@@ -30,6 +30,28 @@ class CheckpointError(OsadError):
     """Saved weights are missing, corrupted or do not match the architecture."""
 
 
+class InputError(OsadError, ValueError):
+    """An argument of the Python API is invalid: images of the wrong shape, dtype
+    or range, labels that are not class indices, a budget out of range."""
+
+
+class StorageError(OsadError):
+    """A file could not be written (disk full, no permission); what was written
+    before is left intact."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint.
+
+    Not an :class:`OsadError`: nothing was wrong with the input. The CLI prints
+    the message and exits with ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -1,9 +1,12 @@
 """The run directory: the one place that knows where a run's files live.
 
 RUN_DIR/
-  config.yaml          resolved configuration
+  config.yaml          resolved configuration (with its format version)
   model.safetensors    trained weights and the recipe that rebuilds the model
   history.jsonl        one JSON line of training metrics per epoch
+  checkpoints/         training checkpoints (see osad.checkpoint and osad.train.state)
+    step-00000042/     model.safetensors, state.safetensors, state.json, manifest.json
+    latest             the name of the newest complete checkpoint
   tensorboard/         TensorBoard event files
   eval/metrics.json    metrics of ``osad test``
   eval/scores.h5       per-sample logits and scores
@@ -13,11 +16,14 @@ RUN_DIR/
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from osad.errors import RunDirError
+
+_CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,24 @@ class RunDir:
     @property
     def history(self) -> Path:
         return self.root / "history.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        """The pointer file naming the newest complete checkpoint."""
+        return self.checkpoints / "latest"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}"
+
+    @staticmethod
+    def checkpoint_step(path: Path) -> int | None:
+        """The step of a checkpoint directory's name, or None if it is not one."""
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        return int(match.group(1)) if match else None
 
     @property
     def tensorboard(self) -> Path:
@@ -62,7 +86,14 @@ class RunDir:
 
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes."""
-        return (self.config, self.model, self.history, self.tensorboard, self.eval_dir)
+        return (
+            self.config,
+            self.model,
+            self.history,
+            self.checkpoints,
+            self.tensorboard,
+            self.eval_dir,
+        )
 
     @classmethod
     def create(cls, path: str | Path, force: bool = False) -> RunDir:
@@ -93,7 +124,31 @@ class RunDir:
             raise RunDirError(f"run directory not found: {run.root}")
         for needed in (run.config, run.model):
             if not needed.is_file():
+                hint = (
+                    f"; continue it with: osad train --resume {run.root}"
+                    if run.latest_checkpoint.is_file()
+                    else ""
+                )
                 raise RunDirError(
-                    f"{run.root} is not a finished training run: {needed.name} is missing"
+                    f"{run.root} is not a finished training run: {needed.name} is missing{hint}"
                 )
         return run
+
+    @classmethod
+    def open_for_resume(cls, path: str | Path) -> tuple[RunDir, Path | None]:
+        """An unfinished run to continue, and the checkpoint to continue from: ``path``
+        itself when it is a checkpoint directory of a run, else None (the latest)."""
+        path = Path(path)
+        if cls.checkpoint_step(path) is not None and path.parent.name == "checkpoints":
+            run, checkpoint = cls(path.parent.parent), path
+        else:
+            run, checkpoint = cls(path), None
+        if not run.root.is_dir():
+            raise RunDirError(f"run directory not found: {run.root}")
+        if not run.config.is_file():
+            raise RunDirError(f"{run.root} is not a run directory: config.yaml is missing")
+        if run.model.exists():
+            raise RunDirError(
+                f"{run.root} has finished training ({run.model.name} exists); nothing to resume"
+            )
+        return run, checkpoint

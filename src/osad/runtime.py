@@ -1,8 +1,14 @@
-"""Seeding and device selection."""
+"""Process-level settings: seeding, device selection, determinism, stop signals."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,3 +31,84 @@ def resolve_device(name: str) -> torch.device:
 
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu")
     return device
+
+
+# cuBLAS is deterministic only with a fixed workspace (NVIDIA cuBLAS docs, "Results
+# reproducibility"); torch refuses cuBLAS calls in deterministic mode without it.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """With ``enabled``: only deterministic algorithms (an op without one raises
+    RuntimeError naming it), cuDNN's deterministic kernels without autotuning, and
+    ``CUBLAS_WORKSPACE_CONFIG`` set if unset. The previous settings return on exit;
+    without ``enabled`` nothing changes.
+
+    ``CUBLAS_WORKSPACE_CONFIG`` takes effect only if set before CUDA's first cuBLAS
+    call in the process: the CLI sets it in time; a Python session that used CUDA
+    before should export it in the shell instead.
+    """
+    if not enabled:
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
+
+
+@dataclass
+class StopRequest:
+    """Set by the first SIGINT or SIGTERM; the training loop stops at the next step boundary."""
+
+    signum: int | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals(enabled: bool = True) -> Iterator[StopRequest]:
+    """Turn the first SIGINT/SIGTERM into a :class:`StopRequest` instead of an abrupt exit.
+
+    A second signal gets the previous handlers (KeyboardInterrupt, termination), so
+    a user who insists stops at once. Signals can only be caught in the main
+    thread; elsewhere, or without ``enabled``, the request is never set.
+    """
+    request = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(s, handler)
+
+    def handle(signum: int, frame: object) -> None:
+        request.signum = signum
+        restore()
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, handle)
+    try:
+        yield request
+    finally:
+        restore()

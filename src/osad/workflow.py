@@ -12,28 +12,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
+from torch import nn
 
-from osad.checkpoint import load_model, save_model
-from osad.config import Config, check_perf_device, make_task_config, save_config
-from osad.data import load_openset
+from osad.checkpoint import (
+    CheckpointStore,
+    first_difference,
+    load_model,
+    load_state_checked,
+    read_weights,
+    save_model,
+)
+from osad.config import Config, check_perf_device, load_saved_config, save_config
+from osad.data import OpenSetData, load_openset
 from osad.data.fas import load_fas
 from osad.distributed import agree, process_device, rank0_first, world
-from osad.errors import ConfigError, RunDirError
+from osad.errors import CheckpointError, ConfigError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RunDir
-from osad.runtime import resolve_device
-from osad.train import train
+from osad.runtime import deterministic_mode, resolve_device
+from osad.train import build_model_for, train
 from osad.train.meta import train_meta
 
 
 def train_run(
     config: Config | FasConfig, out: str | Path, *, force: bool = False, progress: bool = True
 ) -> RunDir:
-    """Train ``config`` into a new run directory ``out`` (config, weights, history).
+    """Train ``config`` into a new run directory ``out`` (config, checkpoints, weights, history).
 
     The data are loaded first, so a missing dataset leaves no run directory behind.
     """
@@ -66,15 +75,75 @@ def _check_single_process(fas: bool) -> None:
         )
 
 
+def resume_run(
+    path: str | Path, *, progress: bool = True, data_root: str | None = None
+) -> tuple[RunDir, Path]:
+    """Continue an unfinished run from its latest checkpoint, or from ``path`` when it
+    is one of the run's checkpoint directories; returns the run and that checkpoint.
+
+    ``data_root`` points at the datasets when they moved since training started.
+    Under torchrun the run may continue on another number of processes than it
+    started with (see docs/distributed.md).
+    """
+    run, checkpoint, config = agree(lambda: _resume_target(path, data_root))
+    data = rank0_first(lambda: load_openset(config.data))
+    result = train(config, data, run=run, progress=progress, resume_from=checkpoint)
+    agree(lambda: save_model(run.model, result.model, result.model_name, result.model_kwargs))
+    return run, checkpoint
+
+
+def _resume_target(path: str | Path, data_root: str | None) -> tuple[RunDir, Path, Config]:
+    """The run, checkpoint and configuration ``osad train --resume path`` continues."""
+    run, checkpoint = RunDir.open_for_resume(path)
+    config = load_run_config(run)
+    if data_root:
+        config.data.root = data_root
+    if isinstance(config, FasConfig):
+        raise RunDirError(
+            f"{run.root} is an anti-spoofing run, which does not checkpoint mid-training; "
+            f"start it again with: osad train --out {run.root} --force"
+        )
+    if checkpoint is None:
+        checkpoint = CheckpointStore(run, config.checkpoint.keep).latest()
+    if checkpoint is None:
+        raise RunDirError(
+            f"{run.root} has no checkpoint yet, nothing to resume; start it again with: "
+            f"osad train --out {run.root} --force"
+        )
+    return run, checkpoint, config
+
+
 def load_run_config(run: RunDir) -> Config | FasConfig:
-    """The configuration a run was trained with."""
+    """The configuration a run was trained with (its format version must be ours)."""
     try:
         data = yaml.safe_load(run.config.read_text())
     except yaml.YAMLError:
         raise RunDirError(f"{run.config} is not valid YAML") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{run.config} does not hold a configuration mapping")
-    return make_task_config(data)
+    return load_saved_config(data, source=str(run.config))
+
+
+def load_run_model(
+    run: RunDir, config: Config, data: OpenSetData, device: torch.device
+) -> nn.Module:
+    """The run's trained weights in the model its configuration describes, in eval mode.
+
+    Weights of another architecture are refused naming the first mismatching
+    parameter; weights of the same shapes but another recipe (e.g. another
+    denoising filter) naming the setting that differs.
+    """
+    model, name, kwargs = build_model_for(config, data)
+    state, (saved_name, saved_kwargs) = read_weights(run.model)
+    source = f"weights file {run.model}"
+    load_state_checked(model, state, source)
+    difference = first_difference({"model": saved_name, **saved_kwargs}, {"model": name, **kwargs})
+    if difference:
+        key, saved_value, value = difference
+        raise CheckpointError(
+            f"{source} was made with {key}={saved_value!r}, the run's config gives {value!r}"
+        )
+    return model.to(device).eval()
 
 
 def test_run(
@@ -88,22 +157,33 @@ def test_run(
 
     ``data_root`` points at the datasets when they moved since training.
     """
-    run = RunDir.open(run_dir)
-    if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
-        raise RunDirError(f"{run.eval_dir} already holds results; pass --force to overwrite them")
-    config = load_run_config(run)
+    run, config = agree(lambda: _test_target(run_dir, force))
     _check_single_process(isinstance(config, FasConfig))
     if data_root:
         config.data.root = data_root
     device = process_device(resolve_device(config.device))
-    model = load_model(run.model, device)
     if isinstance(config, FasConfig):
+        model = load_model(run.model, device)
         data = load_fas(config.data, config.depth_size)
         result = evaluate_fas(model, data, config, progress=progress)
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
-    model = prepare_model(model, config.perf, device)
     data = rank0_first(lambda: load_openset(config.data))
-    result = evaluate(model, data, config, progress=progress)
-    title = f"{config.method} on {config.data.name} split {config.data.split}"
-    return agree(lambda: write_results(result, config, run.eval_dir, title))
+    with deterministic_mode(config.deterministic):
+        model = load_run_model(run, config, data, device)
+        model = prepare_model(model, config.perf, device)
+        result = evaluate(model, data, config, progress=progress)
+    return agree(lambda: write_results(result, config, run.eval_dir, run_title(config)))
+
+
+def _test_target(run_dir: str | Path, force: bool) -> tuple[RunDir, Config | FasConfig]:
+    run = RunDir.open(run_dir)
+    if run.eval_dir.exists() and any(run.eval_dir.iterdir()) and not force:
+        raise RunDirError(f"{run.eval_dir} already holds results; pass --force to overwrite them")
+    return run, load_run_config(run)
+
+
+def run_title(config: Config) -> str:
+    d = config.data
+    classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
+    return f"{config.method} on {d.name} {classes}"

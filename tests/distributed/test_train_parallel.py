@@ -94,6 +94,7 @@ def _check_attack_has_no_collectives(rank: int, config, data) -> None:
     assert all(p.grad is None for p in model.parameters())
     if rank == 1:  # no buffer broadcast in the attack's forward passes
         assert torch.all(bn.running_var == 3.0)
+    # Inside the step, DDP broadcasts once and then attacks with every rank's model alike.
     load = lambda i: (to_float(data.train_images[i]), y[i])  # noqa: E731
     # A stop request (a signal) reaching one rank stops every rank at the same step.
     assert step.accumulate(torch.arange(16), load, stop=rank == 1).stop

@@ -32,6 +32,7 @@ from osad.attacks.engine import (
     BestPoint,
     Oracle,
     attack_mode,
+    check_attack_inputs,
     check_budget,
     per_sample,
     project,
@@ -40,6 +41,7 @@ from osad.attacks.engine import (
     steepest_ascent,
 )
 from osad.attacks.objectives import Objective, cross_entropy
+from osad.inputs import inputs_checked
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -156,11 +158,10 @@ def apgd(
     all iterates and restarts). Each run costs ``steps`` gradient evaluations and
     one forward pass.
     """
-    check_budget(eps, norm, restarts)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_budget(eps, norm, restarts, steps=steps)
+    check_attack_inputs(x, y, objective)
     x = x.detach()
-    with attack_mode(model, gradients=True):
+    with attack_mode(model, gradients=True), inputs_checked():
         oracle = Oracle(model, objective, resolve_labels(model, x, y), targeted)
         best = BestPoint(x)
         for _ in range(restarts):
@@ -206,8 +207,7 @@ class APGD(Attack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(model, eps, norm, restarts, loss, objective, generator)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_budget(eps, norm, restarts, steps=steps)
         self.steps, self.random_start = steps, random_start
 
     def perturb(self, x: Tensor, y: Tensor | None, *, targeted: bool) -> Tensor:

@@ -29,8 +29,40 @@ from osad.attacks.objectives import (
     objective_success,
     objective_values,
 )
+from osad.errors import InputError
+from osad.inputs import check_images, check_labels, inputs_checked
 
 NORMS = ("linf", "l2")
+SELECT = ("best", "last")
+
+
+def check_budget(
+    eps: float,
+    norm: str,
+    restarts: int = 1,
+    *,
+    alpha: float = 0.0,
+    steps: int = 1,
+    select: str = "best",
+) -> None:
+    """Raise :class:`InputError` for an attack setting out of range (budgets in [0, 1] units)."""
+    if norm not in NORMS:
+        raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if select not in SELECT:
+        raise InputError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
+    if not eps >= 0:
+        raise InputError(f"eps must be >= 0, got {eps}")
+    if norm == "linf" and eps > 1:
+        raise InputError(
+            f"eps must be <= 1 for linf: budgets are in [0, 1] pixel units "
+            f"(write eps={eps:g}/255 for {eps:g} gray levels), got {eps}"
+        )
+    if not alpha >= 0:
+        raise InputError(f"alpha must be >= 0, got {alpha}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
 
 
 @contextlib.contextmanager
@@ -60,14 +92,14 @@ def model_outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     return model(x), None
 
 
-def check_budget(eps: float, norm: str, restarts: int) -> None:
-    """Raise ValueError for a budget no attack can honour."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+def check_attack_inputs(x: Tensor, y: Tensor | None, objective: Objective) -> None:
+    """Raise :class:`InputError` unless ``x`` is a float image batch in [0, 1] and ``y``
+    is ``None`` or one class index per image (``-1`` for an unknown image where the
+    objective reads it)."""
+    check_images(x)
+    if y is not None:
+        allow_unknown = getattr(objective, "accepts_unknown_labels", False)
+        check_labels(y, x.shape[0], allow_unknown=allow_unknown)
 
 
 def per_sample(values: Tensor, like: Tensor) -> Tensor:
@@ -229,8 +261,9 @@ def attack(
 
     Args:
         model: maps images in [0, 1] to logits (optionally ``forward_features``).
-        x: images in [0, 1], shape (B, C, H, W).
-        y: labels passed to the objective; ``None`` uses the model's prediction on ``x``.
+        x: float images in [0, 1], shape (B, C, H, W).
+        y: (B,) integer labels passed to the objective; ``None`` uses the model's
+            prediction on ``x``.
         objective: per-sample loss to maximise, see :mod:`osad.attacks.objectives`.
         eps, alpha: budget and step size in [0, 1] pixel units.
         steps: gradient steps per restart.
@@ -244,12 +277,17 @@ def attack(
 
     Returns:
         Adversarial images in [0, 1] with ``||x_adv - x|| <= eps``, detached.
+
+    Raises:
+        InputError: images not float (B, C, H, W) in [0, 1], labels not (B,) integers
+            >= 0 (-1 allowed where the objective reads unknown labels), or a budget out
+            of range (``eps`` > 1 under linf is taken as a /255 slip).
     """
-    check_budget(eps, norm, restarts)
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    check_budget(eps, norm, restarts, alpha=alpha, steps=steps, select=select)
+    check_attack_inputs(x, y, objective)
     x = x.detach()
-    with attack_mode(model, gradients=True):
+    # Iterates stay in [0, 1] by construction: the model need not re-check them.
+    with attack_mode(model, gradients=True), inputs_checked():
         oracle = Oracle(model, objective, resolve_labels(model, x, y), targeted)
         best = BestPoint(x)
         track_best = select == "best" or restarts > 1

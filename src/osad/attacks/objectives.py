@@ -13,6 +13,9 @@ the classifier. Two optional attributes refine what the attacks do with it:
   the image is misclassified). Attacks then prefer successful points over
   higher values when they pick the best per sample, and the Square attack stops
   querying a sample once it succeeded. A plain function has no ``success``.
+* ``accepts_unknown_labels = True``: the objective reads the label ``-1`` of an
+  unknown image (the score objectives and :func:`joint_objective`); the attacks
+  refuse ``-1`` for any other objective with an :class:`~osad.errors.InputError`.
 
 Labels follow :class:`~osad.data.OpenSetData`: a class index ``0..K-1`` for a
 known image, ``-1`` for an unknown one. The classification losses need class
@@ -77,6 +80,8 @@ class ClassificationLoss:
     """A loss of the classifier's logits against the label; succeeds on misclassification."""
 
     needs_images = False
+    # A class loss needs a class: an unknown image's label -1 has none.
+    accepts_unknown_labels = False
 
     def __init__(self, name: str, loss: Callable[[Tensor, Tensor], Tensor], doc: str) -> None:
         self.name = name
@@ -185,6 +190,7 @@ class ScoreObjective:
         self.direction = direction
         self.threshold = threshold
         self.needs_images = scorer.needs_images
+        self.accepts_unknown_labels = True
 
     def _sign(self, labels: Tensor, like: Tensor) -> Tensor | float:
         if self.direction == "by_label":
@@ -244,6 +250,7 @@ class JointObjective:
         self.needs_images = getattr(classification, "needs_images", False) or getattr(
             detection, "needs_images", False
         )
+        self.accepts_unknown_labels = True
 
     def __call__(
         self,

@@ -5,7 +5,8 @@ Usage::
     atk = PGD(model, eps=8/255, alpha=2/255, steps=10)
     x_adv = atk(x, y)            # y=None attacks the model's own prediction
 
-Images must be in [0, 1]; budgets are in the same units.
+Images must be float in [0, 1]; budgets are in the same units. Bad images,
+labels or budgets raise :class:`~osad.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from osad.attacks.base import Attack
-from osad.attacks.engine import attack
+from osad.attacks.engine import attack, check_budget
 from osad.attacks.objectives import Objective
 
 
@@ -65,10 +66,7 @@ class PGD(Attack):
     ) -> None:
         super().__init__(model, eps, norm, restarts, loss, objective, generator)
         alpha = eps / 4 if alpha is None else alpha
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_budget(eps, norm, restarts, alpha=alpha, steps=steps, select=select)
         self.alpha, self.steps = alpha, steps
         self.random_start, self.select = random_start, select
 

@@ -41,6 +41,7 @@ from osad.attacks.engine import (
     BestPoint,
     Oracle,
     attack_mode,
+    check_attack_inputs,
     check_budget,
     per_sample,
     per_sample_norm,
@@ -48,10 +49,20 @@ from osad.attacks.engine import (
     resolve_labels,
 )
 from osad.attacks.objectives import Objective, margin
+from osad.errors import InputError
+from osad.inputs import inputs_checked
 
 # Where p halves, in ten-thousandths of the query budget.
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 L2_GRID = 5
+
+
+def check_search(queries: int, p_init: float) -> None:
+    """Raise :class:`InputError` for a query budget or initial square fraction out of range."""
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise InputError(f"queries must be an integer >= 1, got {queries!r}")
+    if not 0 < p_init <= 1:
+        raise InputError(f"p_init must be in (0, 1], got {p_init}")
 
 
 def square_fraction(p_init: float, iteration: int, queries: int) -> float:
@@ -273,15 +284,13 @@ def square(
         per sample, not counting the prediction that replaces a missing ``y``).
     """
     check_budget(eps, norm, restarts)
-    if queries < 1:
-        raise ValueError(f"queries must be >= 1, got {queries}")
-    if not 0 < p_init <= 1:
-        raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+    check_search(queries, p_init)
+    check_attack_inputs(x, y, objective)
     x = x.detach()
     used = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     if eps == 0:
         return x.clone(), used
-    with attack_mode(model, gradients=False):
+    with attack_mode(model, gradients=False), inputs_checked():
         oracle = Oracle(model, objective, resolve_labels(model, x, y), targeted)
         best = BestPoint(x)
         for _ in range(restarts):
@@ -344,10 +353,7 @@ class Square(Attack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(model, eps, norm, restarts, loss, objective, generator)
-        if queries < 1:
-            raise ValueError(f"queries must be >= 1, got {queries}")
-        if not 0 < p_init <= 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+        check_search(queries, p_init)
         self.queries, self.p_init = queries, p_init
         self.queries_used: Tensor | None = None
 

@@ -26,7 +26,9 @@ _COUNT_TOLERANCE = 1e-9
 
 def _numpy(values: ArrayLike, dtype: type) -> np.ndarray:
     if isinstance(values, Tensor):
-        values = values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        # NumPy has no bfloat16: widen reduced-precision floats first.
+        values = (values.double() if values.is_floating_point() else values).numpy()
     return np.asarray(values, dtype=dtype)
 
 

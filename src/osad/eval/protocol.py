@@ -99,7 +99,9 @@ def outputs_under_attack(
             x = attack(x, y)
         with torch.no_grad():
             logits, features = model_outputs(model, x)
-        return logits, features, x if keep_images else None
+        # Scorers, metrics and scores.h5 work in fp32 whatever precision the model ran in.
+        features = None if features is None else features.float()
+        return logits.float(), features, x if keep_images else None
 
     with eval_mode(model):
         logits, features, inputs = map_batches(

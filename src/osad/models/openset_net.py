@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from osad.inputs import check_images
 from osad.models.decoder import Decoder
 from osad.models.resnet import ResNetEncoder
 
@@ -69,7 +70,12 @@ class OpenSetNet(nn.Module):
         self.decoder = Decoder(latent_dim, in_channels, image_size, width) if decoder else None
 
     def encode(self, x: Tensor) -> Tensor:
-        """Images in [0, 1] -> latent vectors z."""
+        """Images in [0, 1] -> latent vectors z.
+
+        ``x`` must be float of shape (B, in_channels, image_size, image_size) with values
+        in [0, 1], else :class:`~osad.errors.InputError` (see :mod:`osad.inputs`).
+        """
+        check_images(x, channels=self.in_channels, size=self.image_size)
         return self.latent(self.encoder(self.normalize(x)))
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:

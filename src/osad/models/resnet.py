@@ -73,7 +73,6 @@ class ResNetEncoder(nn.Module):
         self.denoise = nn.ModuleDict(
             {str(p): DenoiseBlock(place_channels[p], denoise) for p in sorted(denoise_places)}
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
 
     def _denoised(self, x: Tensor, place: int) -> Tensor:
         key = str(place)
@@ -83,4 +82,5 @@ class ResNetEncoder(nn.Module):
         x = self._denoised(self.stem(x), 0)
         for i, stage in enumerate(self.stages, start=1):
             x = self._denoised(stage(x), i)
-        return self.pool(x).flatten(1)
+        # A mean, not AdaptiveAvgPool2d: its CUDA backward has no deterministic kernel.
+        return x.mean(dim=(2, 3))

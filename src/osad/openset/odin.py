@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from osad.errors import ConfigError
+from osad.inputs import inputs_checked
 from osad.openset.base import Scorer, check_positive, require, require_eval_mode
 
 
@@ -72,5 +73,7 @@ class ODIN(Scorer):
     ) -> Tensor:
         images = require(images, "the input images", self.name)
         require_eval_mode(self.model, self.name)
-        scaled = self.model(self.preprocess(images)) / self.temperature
+        # ODIN's step may leave [0, 1] by eps, as in the paper: no range check on x~.
+        with inputs_checked():
+            scaled = self.model(self.preprocess(images)) / self.temperature
         return -scaled.softmax(dim=1).amax(dim=1)

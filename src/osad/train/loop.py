@@ -1,8 +1,14 @@
-"""The training loop: whole dataset on the device, batched augmentation.
+"""The training loop: whole dataset on the device, batched augmentation, resumable.
+
+With a run directory the loop writes checkpoints as ``config.checkpoint``
+says, saves one and stops on SIGINT/SIGTERM, and continues from any checkpoint
+exactly: on the same kind of device a resumed run ends with the same weights
+and history as an uninterrupted one (see docs/reliability.md).
 
 Under torchrun every process runs this loop on the same seeded data order; each
-step's global batch is shared out by :class:`~osad.train.parallel.DataParallelStep`
-and only rank 0 logs and writes (docs/distributed.md).
+step's global batch is shared out by :class:`~osad.train.parallel.DataParallelStep`,
+rank 0 alone logs and writes checkpoints, and a run resumes on any number of
+processes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -10,15 +16,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from osad.config import Config
+from osad.checkpoint import CheckpointStore
+from osad.config import CheckpointConfig, Config, resolved_dict
 from osad.data import OpenSetData, random_crop_flip, to_float
 from osad.distributed import (
+    all_reduce_sum,
     derive_seed,
     is_main,
     process_device,
@@ -26,19 +35,28 @@ from osad.distributed import (
     sync_batchnorm,
     world,
 )
-from osad.errors import OsadError
+from osad.errors import CheckpointError, InputError, OsadError, TrainingInterrupted
 from osad.eval.protocol import outputs_under_attack
+from osad.inputs import check_images, inputs_checked
 from osad.models import create_model
 from osad.perf import autocast, prepare_model
 from osad.rundir import RunDir
-from osad.runtime import resolve_device, seed_everything
+from osad.runtime import (
+    StopRequest,
+    deterministic_mode,
+    resolve_device,
+    seed_everything,
+    stop_signals,
+)
+from osad.storage import write_atomic
 from osad.train.methods import METHODS, model_spec
 from osad.train.objectives import TrainObjective
 from osad.train.parallel import DataParallelStep, check_split, usable_batch
+from osad.train.state import TrainState, data_fingerprint
 
 
 class NonFiniteLossError(OsadError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss (or weights)."""
 
 
 @dataclass
@@ -66,18 +84,40 @@ def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def check_finite(loss: float, where: str) -> None:
-    """Stop training, naming ``where``, when ``loss`` is NaN or infinite."""
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(f"training stopped: non-finite loss at {where}")
+def _generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """The loop's own random streams: the data order (seeded from ``seed``, the same in
+    every process), and the augmentation and the step's rotations and attack starts,
+    which :func:`_reseed` restarts at every step."""
+    return {
+        "order": torch.Generator().manual_seed(seed),
+        "augment": torch.Generator(device=device),
+        "step": torch.Generator(device=device),
+    }
 
 
-def take_step(optimizer: torch.optim.Optimizer, loss: Tensor, where: str) -> None:
-    """One optimiser step on ``loss``; a NaN or infinite loss stops training, naming ``where``."""
-    check_finite(loss.item(), where)
+def _reseed(generators: dict[str, torch.Generator], seed: int, step: int) -> None:
+    """Restart the per-step streams from ``(seed, rank, step)``: independent between
+    processes, and the same after a resume on any number of processes."""
+    rank = world().rank
+    generators["augment"].manual_seed(derive_seed(seed, rank, step, 0))
+    generators["step"].manual_seed(derive_seed(seed, rank, step, 1))
+
+
+def check_finite(value: float, where: str) -> None:
+    """Stop training, naming ``where``, when the loss ``value`` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"training stopped: non-finite loss ({value}) at {where}")
+
+
+def take_step(optimizer: torch.optim.Optimizer, loss: Tensor, where: str) -> float:
+    """One optimiser step on ``loss``, returning its value; a NaN or infinite loss
+    stops training, naming ``where``."""
+    value = loss.item()
+    check_finite(value, where)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    return value
 
 
 def validation_accuracy(
@@ -96,115 +136,256 @@ def validation_accuracy(
     return (logits.argmax(1) == labels).float().mean().item()
 
 
+class _Checkpoints:
+    """Writes a run's checkpoints when ``config`` says, never with non-finite weights.
+
+    Every process reads the checkpoint it resumes from; only rank 0 writes or deletes
+    (the processes hold the same weights and optimizer state, and the random streams
+    that differ between them restart from the step counter)."""
+
+    def __init__(self, run: RunDir, config: CheckpointConfig, epochs: int) -> None:
+        self.run, self.config, self.epochs = run, config, epochs
+        self.store = CheckpointStore(run, config.keep)
+        self.saved_step: int | None = None
+        self.writes = is_main()
+
+    def resume(self, state: TrainState, checkpoint: Path) -> None:
+        try:
+            state.restore(self.store.read(checkpoint), f"checkpoint {checkpoint}")
+        except CheckpointError as exc:
+            step = RunDir.checkpoint_step(checkpoint)
+            earlier = [s for s in self.store.steps() if step is not None and s < step]
+            if not earlier:
+                raise
+            raise CheckpointError(
+                f"{exc}; an earlier checkpoint may be intact: "
+                f"osad train --resume {self.run.checkpoint(earlier[-1])}"
+            ) from None
+        if self.writes:
+            self.store.discard_after(state.step)
+        self.saved_step = state.step
+
+    def epoch_due(self, epoch: int) -> bool:
+        every = self.config.every_epochs
+        return every > 0 and (epoch % every == 0 or epoch == self.epochs)
+
+    def step_due(self, state: TrainState, epoch_done: bool) -> bool:
+        # At an epoch's last batch the epoch-end checkpoint (after validation) replaces it.
+        if epoch_done and self.epoch_due(state.epoch):
+            return False
+        every = self.config.every_steps
+        return every > 0 and state.step % every == 0
+
+    def save(self, state: TrainState) -> Path:
+        if self.saved_step == state.step:
+            return self.run.checkpoint(state.step)
+        if not state.weights_finite():
+            raise NonFiniteLossError(
+                f"training stopped: non-finite weights at epoch {state.epoch}, step {state.step}; "
+                f"not saved, {self.last_good()}"
+            )
+        path = self.store.save(state.step, state.files()) if self.writes else None
+        self.saved_step = state.step
+        return path or self.run.checkpoint(state.step)
+
+    def last_good(self) -> str:
+        latest = self.store.latest()
+        if latest is None:
+            return "no checkpoint was written before"
+        return f"the last good checkpoint {latest} is kept"
+
+
+class _EpochLog:
+    """``history.jsonl`` and TensorBoard; on resume both restart from the checkpoint's history."""
+
+    def __init__(self, run: RunDir | None, history: list[dict[str, float]], resumed: bool) -> None:
+        self.run, self.writer = run, None
+        if run is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        if resumed:
+            write_atomic(run.history, "".join(json.dumps(r) + "\n" for r in history))
+        # Scalars are logged per epoch: drop any logged after the checkpoint.
+        purge = len(history) + 1 if resumed else None
+        self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge)
+
+    def add(self, record: dict[str, float]) -> None:
+        if self.run is None:
+            return
+        with self.run.history.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("epoch", "step"):
+                self.writer.add_scalar(key, value, record["epoch"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _interrupted(
+    stop: StopRequest, state: TrainState, path: Path, run: RunDir
+) -> TrainingInterrupted:
+    return TrainingInterrupted(
+        f"interrupted by {stop.name} at epoch {state.epoch}, step {state.step}; checkpoint "
+        f"saved to {path}; resume with: osad train --resume {run.root}",
+        stop.signum or 0,
+    )
+
+
 def train(
     config: Config,
     data: OpenSetData,
     run: RunDir | None = None,
     progress: bool = True,
+    *,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Train the model of ``config.method`` on the known classes of ``data``.
 
     Each epoch ends with validation accuracy on clean images and under the
     training attack. With ``run`` given, per-epoch metrics go to
-    ``history.jsonl`` and TensorBoard.
+    ``history.jsonl`` and TensorBoard, checkpoints to ``run.checkpoints``, and
+    SIGINT/SIGTERM save a checkpoint and raise :class:`TrainingInterrupted`;
+    ``resume_from`` (a checkpoint of ``run``) continues from it.
     """
-    seed_everything(config.seed)
-    device = process_device(resolve_device(config.device))
-    t = config.train
-    check_split(t.batch_size, t.grad_accumulation, world().size)
-    model, name, kwargs = build_model_for(config, data)
-    model.to(device)
-    if t.sync_batchnorm and world().distributed:
-        sync_batchnorm(model)
-    prepare_model(model, config.perf, device)
-    method = METHODS[config.method]
-    objective = TrainObjective(
-        t.attack if method.adversarial else None,
-        t.reconstruction_weight,
-        t.rotation_weight,
-        fused_branches=t.fused_branches,
-    )
-    optimizer = _optimizer(config, model)
-    step_fn = DataParallelStep(
-        model, objective, t.grad_accumulation, lambda: autocast(config.perf, device)
-    )
-    data = data.to(device)
-    order = torch.Generator().manual_seed(config.seed)
-    # Each rank's augmentation stream restarts at every step from (seed, rank, step).
-    augment = torch.Generator(device=device)
-    rank = world().rank
+    if resume_from is not None and run is None:
+        raise InputError("resume_from needs the run directory it belongs to (run=...)")
+    for part in ("train_images", "val_images"):
+        images = getattr(data, part)
+        if images.dtype != torch.uint8 and len(images):
+            check_images(images, name=f"data.{part}")
+    with deterministic_mode(config.deterministic), inputs_checked():
+        seed_everything(config.seed)
+        device = process_device(resolve_device(config.device))
+        t = config.train
+        check_split(t.batch_size, t.grad_accumulation, world().size)
+        model, name, kwargs = build_model_for(config, data)
+        model.to(device)
+        if t.sync_batchnorm and world().distributed:
+            sync_batchnorm(model)
+        prepare_model(model, config.perf, device)
+        generators = _generators(config.seed, device)
+        method = METHODS[config.method]
+        objective = TrainObjective(
+            t.attack if method.adversarial else None,
+            t.reconstruction_weight,
+            t.rotation_weight,
+            fused_branches=t.fused_branches,
+            generator=generators["step"],
+        )
+        context = {}
+        if run is not None:
+            context = {"config": resolved_dict(config), "data": data_fingerprint(data)}
+            context["device"] = device.type
+        state = TrainState(
+            model, _optimizer(config, model), generators, recipe=(name, kwargs), context=context
+        )
+        checkpoints = _Checkpoints(run, config.checkpoint, config.train.epochs) if run else None
+        if checkpoints is not None and resume_from is not None:
+            checkpoints.resume(state, resume_from)
+        step = DataParallelStep(
+            model, objective, t.grad_accumulation, lambda: autocast(config.perf, device)
+        )
+        data = data.to(device)
+        with stop_signals(enabled=run is not None) as stop:
+            log = _EpochLog(run if is_main() else None, state.history, resume_from is not None)
+            try:
+                _epochs(config, data, state, step, checkpoints, stop, log, progress and is_main())
+            finally:
+                log.close()
+    restore_batchnorm(model)
+    model.eval()
+    return TrainResult(model, name, kwargs, state.history)
 
-    def load(indices: Tensor) -> tuple[Tensor, Tensor]:
-        x = to_float(data.train_images[indices])
-        if config.data.crop_padding or config.data.hflip:
-            x = random_crop_flip(x, config.data.crop_padding, config.data.hflip, augment)
-        return x, data.train_labels[indices]
 
-    if not is_main():
-        run, progress = None, False
-    writer = None
-    if run is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run.tensorboard))
+def _epochs(
+    config: Config,
+    data: OpenSetData,
+    state: TrainState,
+    step: DataParallelStep,
+    checkpoints: _Checkpoints | None,
+    stop: StopRequest,
+    log: _EpochLog,
+    progress: bool,
+) -> None:
+    t, model, optimizer = config.train, state.model, state.optimizer
+    generators, device = state.generators, data.train_labels.device
     n = len(data.train_labels)
     batches = [(i, min(i + t.batch_size, n)) for i in range(0, n, t.batch_size)]
     # BatchNorm needs two images per micro-batch and process: a short last batch may not have them.
     batches = [(a, b) for a, b in batches if usable_batch(b - a, t.grad_accumulation)]
-    result = TrainResult(model, name, kwargs)
-    step = 0
+
+    def load(indices: Tensor) -> tuple[Tensor, Tensor]:
+        x = to_float(data.train_images[indices])
+        if config.data.crop_padding or config.data.hflip:
+            x = random_crop_flip(
+                x, config.data.crop_padding, config.data.hflip, generators["augment"]
+            )
+        return x, data.train_labels[indices]
+
+    def stop_here(requested: bool) -> None:
+        # ``requested`` is agreed by all processes, so all stop at the same step.
+        if requested and checkpoints is not None:
+            raise _interrupted(stop, state, checkpoints.save(state), checkpoints.run)
+
     bar = tqdm(
         total=t.epochs * len(batches),
+        initial=state.step,
         desc=f"train {config.method}",
         disable=not progress,
         unit="step",
         dynamic_ncols=True,
     )
     try:
-        for epoch in range(1, t.epochs + 1):
+        while state.epoch <= t.epochs:
+            if state.permutation is None:
+                state.permutation = torch.randperm(n, generator=generators["order"]).to(
+                    data.train_labels.device
+                )
             model.train()
-            perm = torch.randperm(n, generator=order).to(device)
-            sums: dict[str, float] = {}
-            seen = correct = 0
-            for a, b in batches:
-                augment.manual_seed(derive_seed(config.seed, rank, step))
-                totals = step_fn.accumulate(perm[a:b], load)
-                check_finite(totals.loss, f"epoch {epoch}, step {step + 1}")
+            for a, b in batches[state.batch :]:
+                _reseed(generators, config.seed, state.step)
+                totals = step.accumulate(state.permutation[a:b], load, stop=stop.signum is not None)
+                where = (
+                    f"epoch {state.epoch}, step {state.step + 1} "
+                    f"(batch {state.batch + 1} of {len(batches)})"
+                )
+                try:
+                    check_finite(totals.loss, where)
+                except NonFiniteLossError as error:
+                    kept = checkpoints.last_good() if checkpoints else "no run directory"
+                    raise NonFiniteLossError(f"{error}; {kept}") from None
                 optimizer.step()
-                step += 1
-                seen += totals.count
-                correct += totals.correct
-                for key, value in totals.terms.items():
-                    sums[key] = sums.get(key, 0.0) + value * totals.count
+                state.finish_step(totals.terms, totals.count, totals.correct)
+                if checkpoints and checkpoints.step_due(state, state.batch == len(batches)):
+                    checkpoints.save(state)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{totals.loss:.3f}")
+                bar.set_postfix(epoch=state.epoch, loss=f"{totals.loss:.3f}")
+                stop_here(totals.stop)
             model.eval()
-            record = {"epoch": epoch, "step": step}
-            record.update({f"train_{k}": v / seen for k, v in sums.items()})
-            record["train_accuracy"] = correct / seen
+            record: dict[str, float] = {"epoch": state.epoch, "step": state.step}
+            record.update(state.meter.means())
             if len(data.val_labels):
                 with autocast(config.perf, device):
                     for key, attacked in (("val_accuracy", False), ("val_attacked_accuracy", True)):
                         record[key] = validation_accuracy(
                             model, config, data.val_images, data.val_labels, attacked
                         )
-            result.history.append(record)
+            epoch = state.epoch
+            state.finish_epoch(record)
+            log.add(record)
             bar.set_postfix(
                 epoch=epoch,
                 loss=f"{record['train_loss']:.3f}",
                 val=f"{record.get('val_accuracy', float('nan')):.3f}",
                 val_adv=f"{record.get('val_attacked_accuracy', float('nan')):.3f}",
             )
-            if run is not None:
-                with run.history.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                for key, value in record.items():
-                    if key not in ("epoch", "step"):
-                        writer.add_scalar(key, value, epoch)
+            if checkpoints and checkpoints.epoch_due(epoch):
+                checkpoints.save(state)
+            if state.epoch <= t.epochs:
+                flag = torch.tensor([float(stop.signum is not None)], device=device)
+                stop_here(all_reduce_sum(flag).item() > 0)
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-    restore_batchnorm(model)
-    model.eval()
-    return result

@@ -67,7 +67,11 @@ def rotation_branch_objective(
 
 
 class TrainObjective:
-    """The loss of one training step; ``attack=None`` trains on clean images."""
+    """The loss of one training step; ``attack=None`` trains on clean images.
+
+    ``generator`` (on the images' device) draws the rotations and the attack's
+    random starts, so that a run owns, saves and restores this stream.
+    """
 
     def __init__(
         self,
@@ -76,11 +80,13 @@ class TrainObjective:
         rotation_weight: float = 1.0,
         *,
         fused_branches: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.attack = attack
         self.reconstruction_weight = reconstruction_weight
         self.rotation_weight = rotation_weight
         self.fused_branches = fused_branches
+        self.generator = generator
 
     def attacked_inputs(self, model: OpenSetNet, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The training images and their labels, attacked: ``[x_adv; x_r_adv]`` and
@@ -88,7 +94,7 @@ class TrainObjective:
         b = x.shape[0]
         inputs, labels = x, y
         if model.rotation_head is not None:
-            x_rot, r = rotate_batch(x)
+            x_rot, r = rotate_batch(x, self.generator)
             inputs, labels = torch.cat([x, x_rot]), torch.cat([y, r])
         if self.attack is None:
             return inputs, labels
@@ -96,7 +102,9 @@ class TrainObjective:
         if model.rotation_head is not None:
             loss = get_objective(self.attack.resolved().loss)
             objective = rotation_branch_objective(model, b, loss)
-        attack = build_attack(model, self.attack, objective=objective, select="last")
+        attack = build_attack(
+            model, self.attack, objective=objective, select="last", generator=self.generator
+        )
         return attack(inputs, labels), labels
 
     def _encode(self, model: OpenSetNet, inputs: Tensor, b: int) -> Tensor:

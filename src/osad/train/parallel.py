@@ -15,10 +15,13 @@ https://arxiv.org/abs/2006.15704) averages the ranks' gradients. Gradients are
 all-reduced once per step: micro-batches before the last run under DDP's
 ``no_sync``.
 
-Only the loss runs through DDP. The attacks run on the model itself, in eval
-mode (:func:`osad.attacks.attack_mode`), so their many forward and backward
-passes neither all-reduce gradients nor broadcast BatchNorm buffers; their
-backward passes ask autograd for input gradients only, which DDP never sees.
+DDP wraps the whole step objective (attack and loss), whose forward pass starts
+with DDP's one broadcast of rank 0's BatchNorm buffers, so every rank attacks the
+same model. Inside it the attacks call the model itself, not DDP's forward, in
+eval mode (:func:`osad.attacks.attack_mode`): their many forward and backward
+passes trigger no further broadcast, and their backward passes ask autograd for
+input gradients only, so DDP's gradient hooks never fire for them. Gradients
+are all-reduced only in the backward pass of the training loss.
 
 BatchNorm in training mode normalises with the statistics of what one forward
 pass sees: the micro-batch of one rank, unless the model's BatchNorm layers are
@@ -44,19 +47,17 @@ from osad.models import OpenSetNet
 from osad.train.objectives import TrainObjective
 
 
-class _LossModule(nn.Module):
-    """The differentiable part of a step as a module's forward pass: DDP reduces the
-    gradients of backward passes through its own forward only."""
+class _StepModule(nn.Module):
+    """A step's objective as a module's forward pass: DDP reduces the gradients of
+    backward passes through its own forward only."""
 
     def __init__(self, model: OpenSetNet, objective: TrainObjective) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
 
-    def forward(
-        self, x: Tensor, y: Tensor, inputs: Tensor, labels: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        out = self.objective.losses(self.model, x, y, inputs, labels)
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        out = self.objective(self.model, x, y)
         return out.loss, out.terms, out.logits
 
 
@@ -118,15 +119,15 @@ class DataParallelStep:
         self.model, self.objective = model, objective
         self.accumulation = accumulation
         self.autocast = autocast
-        self.loss_module: nn.Module = _LossModule(model, objective)
+        self.step_module: nn.Module = _StepModule(model, objective)
         self.ddp: DistributedDataParallel | None = None
         if world().distributed:
             device = next(model.parameters()).device
             self.ddp = DistributedDataParallel(
-                self.loss_module,
+                self.step_module,
                 device_ids=[device.index] if device.type == "cuda" else None,
             )
-            self.loss_module = self.ddp
+            self.step_module = self.ddp
 
     def accumulate(
         self,
@@ -150,8 +151,7 @@ class DataParallelStep:
             no_sync = self.ddp.no_sync() if self.ddp is not None and not last else None
             with no_sync or contextlib.nullcontext():
                 with self.autocast():
-                    inputs, labels = self.objective.attacked_inputs(self.model, x, y)
-                    loss, terms, logits = self.loss_module(x, y, inputs, labels)
+                    loss, terms, logits = self.step_module(x, y)
                 weight = world().size * len(y) / global_count
                 (loss * weight).backward()
             values = {"loss": loss, **terms}
