@@ -97,7 +97,7 @@ def _check_attack_has_no_collectives(rank: int, config, data) -> None:
     # Inside the step, DDP broadcasts once and then attacks with every rank's model alike.
     load = lambda i: (to_float(data.train_images[i]), y[i])  # noqa: E731
     # A stop request (a signal) reaching one rank stops every rank at the same step.
-    assert step.accumulate(torch.arange(16), load, stop=rank == 1).stop
+    assert step.accumulate(torch.arange(16), load, stop=lambda: rank == 1).stop
     assert not step.accumulate(torch.arange(16), load).stop
     assert calls  # the step itself does all-reduce ...
     assert bn.running_var.max() < 2.5  # ... and DDP did broadcast rank 0's buffers

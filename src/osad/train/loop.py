@@ -347,7 +347,9 @@ def _epochs(
             model.train()
             for a, b in batches[state.batch :]:
                 _reseed(generators, config.seed, state.step)
-                totals = step.accumulate(state.permutation[a:b], load, stop=stop.signum is not None)
+                totals = step.accumulate(
+                    state.permutation[a:b], load, stop=lambda: stop.signum is not None
+                )
                 where = (
                     f"epoch {state.epoch}, step {state.step + 1} "
                     f"(batch {state.batch + 1} of {len(batches)})"

@@ -133,11 +133,12 @@ class DataParallelStep:
         self,
         indices: Tensor,
         load: Callable[[Tensor], tuple[Tensor, Tensor]],
-        stop: bool = False,
+        stop: Callable[[], bool] = lambda: False,
     ) -> StepTotals:
         """Zero the gradients and accumulate those of the global batch ``indices``;
         ``load(indices)`` returns the (augmented) images and labels of a micro-batch.
-        ``stop``: this rank was asked to stop (a signal); the totals say whether any was.
+        ``stop()``, asked after the backward passes: whether this rank was asked to stop
+        (a signal, possibly during this step); the totals say whether any rank was.
         The caller checks the returned loss and takes the optimiser step."""
         for p in self.model.parameters():
             p.grad = None
@@ -162,7 +163,7 @@ class DataParallelStep:
             sums = local if sums is None else sums + local
         assert sums is not None, "every rank has a micro-batch (see check_split)"
         # One all-reduce carries the metrics and the stop requests of all ranks.
-        flag = torch.tensor([float(stop)], device=sums.device)
+        flag = torch.tensor([float(stop())], device=sums.device)
         totals = all_reduce_sum(torch.cat([sums, flag]).double()).tolist()
         return StepTotals(
             {k: v / global_count for k, v in zip(names, totals, strict=False)},
