@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from osad import __version__
@@ -190,18 +190,30 @@ def _default_out(config) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from osad.distributed import init_from_env, shutdown
+
+    init_from_env()  # a process group only under torchrun with several processes
+    try:
+        return _command(args)
+    finally:
+        shutdown()
+
+
+def _command(args: argparse.Namespace) -> int:
     from osad.config import make_task_config
+    from osad.distributed import agree, is_main
     from osad.workflow import resume_run, test_run, train_run
 
+    say = print if is_main() else _quiet
     if args.command == "check":
-        return _check(args)
+        return _check(args, say)
     if args.command == "report":
         from osad.eval.aggregate import aggregate, markdown, write_report
 
         report = aggregate(args.run_dirs)
-        paths = write_report(report, args.out)
-        print(markdown(report))
-        print(f"\nwritten: {', '.join(str(p) for p in paths)}")
+        paths = agree(lambda: write_report(report, args.out))
+        say(markdown(report))
+        say(f"\nwritten: {', '.join(str(p) for p in paths)}")
         return 0
     if args.command == "sweep":
         return _sweep(args)
@@ -218,9 +230,9 @@ def _run(args: argparse.Namespace) -> int:
             scores=args.scores,
             pairings=args.pairings,
         )
-        print(table)
+        say(table)
         out = RunDir(Path(args.run_dir)).eval_dir_of(args.model)
-        print(f"\nresults in {out} ({time.perf_counter() - start:.0f} s)")
+        say(f"\nresults in {out} ({time.perf_counter() - start:.0f} s)")
         return 0
     if getattr(args, "resume", None):
         if args.config or args.overrides or args.force:
@@ -230,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         start = time.perf_counter()
         run, checkpoint = resume_run(args.resume, progress=progress, data_root=args.data_root)
-        print(
+        say(
             f"resumed from {checkpoint} and finished training {run.root} "
             f"({time.perf_counter() - start:.0f} s); evaluate it with: osad test {run.root}"
         )
@@ -238,18 +250,19 @@ def _run(args: argparse.Namespace) -> int:
     config = make_task_config(args.config, args.overrides)
     if args.data_root:
         config.data.root = args.data_root
-    out = Path(args.out) if args.out else _default_out(config)
+    # Every process must train into the same directory: rank 0 picks it.
+    out = Path(args.out) if args.out else agree(lambda: _default_out(config))
     start = time.perf_counter()
     run = train_run(config, out, force=args.force, progress=progress)
-    print(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
+    say(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
     if args.command == "run":
         table = test_run(run.root, progress=progress)
-        print(table)
-        print(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
+        say(table)
+        say(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
     from osad.eval.sanity import CheckSettings
     from osad.workflow import check_run
 
@@ -257,14 +270,18 @@ def _check(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     results = check_run(args.run_dir, settings, data_root=args.data_root)
     for result in results:
-        print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
+        say(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
     failed = [r.name for r in results if not r.passed]
     verdict = f"{len(failed)} of {len(results)} checks failed" if failed else "all checks passed"
-    print(
+    say(
         f"\n{verdict}; saved to {Path(args.run_dir) / 'check.json'} "
         f"({time.perf_counter() - start:.0f} s)"
     )
     return 1 if failed else 0
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Ranks other than 0 print nothing but errors."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -258,6 +258,13 @@ class TrainConfig:
     # softmax temperature (the authors' code uses none, i.e. 1).
     mutual_weight: float = 2.0
     mutual_temperature: float = 1.0
+    # batch_size is the global batch of one optimiser step, whatever the number of
+    # processes; each process splits its share into this many micro-batches, whose
+    # gradients add up before the step (less memory; BatchNorm sees micro-batches).
+    grad_accumulation: int = 1
+    # Under torchrun: BatchNorm statistics of the whole global batch (all processes)
+    # instead of each process's shard. See docs/distributed.md.
+    sync_batchnorm: bool = False
     attack: AttackConfig = field(default_factory=_digits_train_attack)
 
 
@@ -845,6 +852,10 @@ def validate(config: Config) -> None:
     _check(
         t.mutual_temperature > 0,
         f"'train.mutual_temperature' must be > 0, got {t.mutual_temperature}",
+    )
+    _check(
+        t.grad_accumulation >= 1,
+        f"'train.grad_accumulation' must be >= 1, got {t.grad_accumulation}",
     )
     _check(
         t.attack.name not in ATTACK_NAMES or t.attack.name in TRAIN_ATTACK_NAMES,

@@ -23,6 +23,7 @@ from torch import nn
 from osad.attacks import eval_mode
 from osad.config import Config
 from osad.data import OpenSetData, to_float
+from osad.distributed import is_main
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.eval.options import at_eps, paper_budget
 from osad.eval.protocol import (
@@ -180,8 +181,10 @@ def save_reconstructions(
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Under torchrun every process computed the same figure; rank 0 alone writes it.
+    if is_main():
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

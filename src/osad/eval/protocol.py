@@ -22,8 +22,9 @@ For every condition (``clean`` and each attack of ``eval.attacks``):
   of the clean known validation images.
 
 Fits are shared: one per fit set (clean, or each classifier attack), reused
-by every condition and pairing that needs it. Attacks are seeded per pass, so
-the same model and seed give the same numbers.
+by every condition and pairing that needs it. Attacks are seeded per batch, so
+the same model and seed give the same numbers, also when ``torchrun`` shares
+the batches among several processes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from osad.attacks import build_attack, eval_mode, get_objective, model_outputs, 
 from osad.attacks.objectives import Objective, joint_objective
 from osad.config import AttackConfig, Config, score_names
 from osad.data import OpenSetData, to_float
+from osad.distributed import derive_seed, is_main, map_batches
 from osad.eval.metrics import acceptance_threshold, open_set_metrics
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
@@ -125,44 +127,41 @@ def outputs_under_attack(
     with the model's prediction on the clean image. An explicit ``objective``
     (a detector score) gets the labels as they are (-1 for unknown).
     ``keep_images`` also returns the attacked images (float, in [0, 1]).
+
+    Under torchrun the batches are shared out among the ranks and the outputs
+    gathered on every rank (:func:`osad.distributed.map_batches`). The attack's
+    random source restarts for each batch from ``derive_seed(seed, batch index)``,
+    so the outputs are the same whatever the number of processes.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device)
     attack = (
         build_attack(model, attack_config, objective=objective, generator=generator)
         if attack_config is not None
         else None
     )
-    logits, features, inputs = [], [], []
+
+    def run_batch(index: int, batch: slice) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        x = to_float(images[batch])
+        if attack is not None:
+            generator.manual_seed(derive_seed(seed, index))
+            y = None if labels is None else labels[batch]
+            if objective is None:
+                with torch.no_grad():
+                    predicted = model(x).argmax(1)
+                y = predicted if y is None else torch.where(y >= 0, y, predicted)
+            x = attack(x, y)
+        with torch.no_grad():
+            logits, features = model_outputs(model, x)
+        # Scorers, metrics and scores.h5 work in fp32 whatever precision the model ran in.
+        features = None if features is None else features.float()
+        return logits.float(), features, x if keep_images else None
+
     with eval_mode(model):
-        for i in tqdm(
-            range(0, len(images), batch_size),
-            desc=desc,
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        ):
-            x = to_float(images[i : i + batch_size])
-            if attack is not None:
-                y = None if labels is None else labels[i : i + batch_size]
-                if objective is None:
-                    with torch.no_grad():
-                        predicted = model(x).argmax(1)
-                    y = predicted if y is None else torch.where(y >= 0, y, predicted)
-                x = attack(x, y)
-            with torch.no_grad():
-                out, feat = model_outputs(model, x)
-            # Scorers, metrics and scores.h5 work in fp32 whatever precision the model ran in.
-            logits.append(out.float())
-            if feat is not None:
-                features.append(feat.float())
-            if keep_images:
-                inputs.append(x)
-    return Outputs(
-        torch.cat(logits),
-        torch.cat(features) if features else None,
-        torch.cat(inputs) if keep_images else None,
-    )
+        logits, features, inputs = map_batches(
+            run_batch, len(images), batch_size, device, desc=desc, progress=progress
+        )
+    return Outputs(logits, features, inputs)
 
 
 def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
@@ -177,16 +176,18 @@ def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
 
 
 def score_outputs(scorer: Scorer, model: nn.Module, outputs: Outputs, batch_size: int) -> Tensor:
-    """``scorer`` on ``outputs`` in batches (scores that run the model cost memory), on CPU."""
-    scores = []
+    """``scorer`` on ``outputs`` in batches (scores that run the model cost memory), on CPU;
+    under torchrun the batches are shared out among the ranks."""
+
+    def score_batch(index: int, batch: slice) -> tuple[Tensor]:
+        features = None if outputs.features is None else outputs.features[batch]
+        images = None if outputs.images is None else outputs.images[batch]
+        with torch.no_grad():
+            return (scorer.score(outputs.logits[batch], features, images),)
+
     with eval_mode(model):
-        for i in range(0, len(outputs.logits), batch_size):
-            batch = slice(i, i + batch_size)
-            features = None if outputs.features is None else outputs.features[batch]
-            images = None if outputs.images is None else outputs.images[batch]
-            with torch.no_grad():
-                scores.append(scorer.score(outputs.logits[batch], features, images).cpu())
-    return torch.cat(scores)
+        (scores,) = map_batches(score_batch, len(outputs.logits), batch_size, outputs.logits.device)
+    return scores.cpu()
 
 
 def _scorer_fit_report(scorer: Scorer) -> dict[str, Any]:
@@ -337,7 +338,9 @@ def evaluate(
     conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
     conditions += list(config.eval.attacks.items())
     results = []
-    for name, attack in tqdm(conditions, desc="evaluate", disable=not progress, leave=False):
+    for name, attack in tqdm(
+        conditions, desc="evaluate", disable=not (progress and is_main()), leave=False
+    ):
         attacked_fit = attack is not None and attack.target == "classifier"
         attacked_fit = attacked_fit and config.eval.openmax_fit == "attacked"
         fit = fitted(name if attacked_fit else "clean", attack if attacked_fit else None)

@@ -4,12 +4,19 @@ With a run directory the loop writes checkpoints as ``config.checkpoint``
 says, saves one and stops on SIGINT/SIGTERM, and continues from any checkpoint
 exactly: on the same kind of device a resumed run ends with the same weights
 and history as an uninterrupted one (see docs/reliability.md).
+
+Under torchrun every process runs this loop on the same seeded data order; each
+step's global batch is shared out by :class:`~osad.train.parallel.DataParallelStep`,
+rank 0 alone logs and writes checkpoints, and a run resumes on any number of
+processes (docs/distributed.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,11 +26,20 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from osad.attacks import build_attack
 from osad.checkpoint import CheckpointStore
 from osad.config import CheckpointConfig, Config, make_config, resolved_dict
 from osad.data import OpenSetData, random_crop_flip, to_float
-from osad.errors import CheckpointError, InputError, OsadError, TrainingInterrupted
+from osad.distributed import (
+    all_reduce_sum,
+    derive_seed,
+    is_main,
+    process_device,
+    restore_batchnorm,
+    sync_batchnorm,
+    world,
+)
+from osad.errors import CheckpointError, ConfigError, InputError, OsadError, TrainingInterrupted
+from osad.eval.protocol import outputs_under_attack
 from osad.inputs import check_images, inputs_checked
 from osad.models import create_model
 from osad.perf import autocast, prepare_model
@@ -37,8 +53,9 @@ from osad.runtime import (
 )
 from osad.storage import write_atomic
 from osad.train.methods import METHODS, PEER_METHOD, model_spec
-from osad.train.mutual import MutualLearning
+from osad.train.mutual import ApplyStep, MutualLearning
 from osad.train.objectives import TrainObjective
+from osad.train.parallel import DataParallelStep, StepTotals, check_split, usable_batch
 from osad.train.state import Network, TrainState, data_fingerprint
 
 
@@ -73,6 +90,23 @@ def build_model_for(
     return create_model(name, **kwargs), name, kwargs
 
 
+def check_parallel_support(config: Config) -> None:
+    """Refuse what the data-parallel step cannot do: mutual learning (osdn-caml) updates
+    two networks in turn on the whole batch, in one process and without accumulation."""
+    if not METHODS[config.method].peer:
+        return
+    if world().distributed:
+        raise ConfigError(
+            f"method {config.method} (mutual learning) trains in one process only; run it "
+            f"without torchrun or with --nproc_per_node=1 (docs/distributed.md)"
+        )
+    if config.train.grad_accumulation != 1:
+        raise ConfigError(
+            f"method {config.method} (mutual learning) steps on the whole batch; set "
+            f"train.grad_accumulation=1, got {config.train.grad_accumulation}"
+        )
+
+
 def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "sgd":
@@ -83,38 +117,49 @@ def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
-    """The loop's own random streams, seeded from ``seed``: data order, augmentation,
-    the step's rotations and attack starts, and the validation attack (reseeded each epoch)."""
+    """The loop's own random streams: the data order (seeded from ``seed``, the same in
+    every process), and the augmentation and the step's rotations and attack starts,
+    which :func:`_reseed` restarts at every step."""
     return {
         "order": torch.Generator().manual_seed(seed),
-        "augment": torch.Generator(device=device).manual_seed(seed + 1),
-        "step": torch.Generator(device=device).manual_seed(seed + 2),
-        "validation": torch.Generator(device=device),
+        "augment": torch.Generator(device=device),
+        "step": torch.Generator(device=device),
     }
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        correct += (
-            (model(to_float(images[i : i + batch_size])).argmax(1) == labels[i : i + batch_size])
-            .sum()
-            .item()
-        )
-    return correct / max(len(labels), 1)
+def _reseed(generators: dict[str, torch.Generator], seed: int, step: int) -> None:
+    """Restart the per-step streams from ``(seed, rank, step)``: independent between
+    processes, and the same after a resume on any number of processes."""
+    rank = world().rank
+    generators["augment"].manual_seed(derive_seed(seed, rank, step, 0))
+    generators["step"].manual_seed(derive_seed(seed, rank, step, 1))
+
+
+def check_finite(value: float, where: str) -> None:
+    """Stop training, naming ``where``, when the loss ``value`` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"training stopped: non-finite loss ({value}) at {where}")
 
 
 def take_step(optimizer: torch.optim.Optimizer, loss: Tensor, where: str) -> float:
     """One optimiser step on ``loss``, returning its value; a NaN or infinite loss
     stops training, naming ``where``."""
     value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"training stopped: non-finite loss ({value}) at {where}")
+    check_finite(value, where)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return value
+
+
+@contextlib.contextmanager
+def _naming_last_good(checkpoints: _Checkpoints | None) -> Iterator[None]:
+    """A non-finite loss raised inside also names the last good checkpoint."""
+    try:
+        yield
+    except NonFiniteLossError as error:
+        kept = checkpoints.last_good() if checkpoints else "no run directory"
+        raise NonFiniteLossError(f"{error}; {kept}") from None
 
 
 def _checked_step(
@@ -122,35 +167,42 @@ def _checked_step(
     checkpoints: _Checkpoints | None,
     optimizer: torch.optim.Optimizer,
     loss: Tensor,
-    network: str = "",
-) -> float:
-    """:func:`take_step`; a non-finite loss also names the network and the last good checkpoint."""
-    try:
-        return take_step(optimizer, loss, f"{where}, {network} update" if network else where)
-    except NonFiniteLossError as error:
-        kept = checkpoints.last_good() if checkpoints else "no run directory"
-        raise NonFiniteLossError(f"{error}; {kept}") from None
+    network: str,
+) -> None:
+    """:func:`take_step` of one network of mutual learning; a non-finite loss also names
+    the network and the last good checkpoint."""
+    with _naming_last_good(checkpoints):
+        take_step(optimizer, loss, f"{where}, {network} update")
 
 
-def robust_accuracy(
-    model: nn.Module, attack, images: Tensor, labels: Tensor, batch_size: int
+def validation_accuracy(
+    model: nn.Module, config: Config, images: Tensor, labels: Tensor, attacked: bool
 ) -> float:
-    """Accuracy on images attacked with their true labels."""
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        x, y = to_float(images[i : i + batch_size]), labels[i : i + batch_size]
-        with torch.no_grad():
-            correct += (model(attack(x, y)).argmax(1) == y).sum().item()
-    return correct / max(len(labels), 1)
+    """Accuracy on ``images``, clean or under the training attack (with their true labels,
+    best point per sample, seeded per batch); shared out among processes under torchrun."""
+    logits = outputs_under_attack(
+        model,
+        images,
+        labels,
+        config.train.attack if attacked else None,
+        batch_size=config.eval.batch_size,
+        seed=config.seed,
+    ).logits
+    return (logits.argmax(1) == labels).float().mean().item()
 
 
 class _Checkpoints:
-    """Writes a run's checkpoints when ``config`` says, never with non-finite weights."""
+    """Writes a run's checkpoints when ``config`` says, never with non-finite weights.
+
+    Every process reads the checkpoint it resumes from; only rank 0 writes or deletes
+    (the processes hold the same weights and optimizer state, and the random streams
+    that differ between them restart from the step counter)."""
 
     def __init__(self, run: RunDir, config: CheckpointConfig, epochs: int) -> None:
         self.run, self.config, self.epochs = run, config, epochs
         self.store = CheckpointStore(run, config.keep)
         self.saved_step: int | None = None
+        self.writes = is_main()
 
     def resume(self, state: TrainState, checkpoint: Path) -> None:
         try:
@@ -164,7 +216,8 @@ class _Checkpoints:
                 f"{exc}; an earlier checkpoint may be intact: "
                 f"osad train --resume {self.run.checkpoint(earlier[-1])}"
             ) from None
-        self.store.discard_after(state.step)
+        if self.writes:
+            self.store.discard_after(state.step)
         self.saved_step = state.step
 
     def epoch_due(self, epoch: int) -> bool:
@@ -186,9 +239,9 @@ class _Checkpoints:
                 f"training stopped: non-finite weights at epoch {state.epoch}, step {state.step}; "
                 f"not saved, {self.last_good()}"
             )
-        path = self.store.save(state.step, state.files())
+        path = self.store.save(state.step, state.files()) if self.writes else None
         self.saved_step = state.step
-        return path
+        return path or self.run.checkpoint(state.step)
 
     def last_good(self) -> str:
         latest = self.store.latest()
@@ -260,16 +313,22 @@ def train(
             check_images(images, name=f"data.{part}")
     with deterministic_mode(config.deterministic), inputs_checked():
         seed_everything(config.seed)
-        device = resolve_device(config.device)
+        device = process_device(resolve_device(config.device))
+        t = config.train
+        check_parallel_support(config)
+        check_split(t.batch_size, t.grad_accumulation, world().size)
         model, name, kwargs = build_model_for(config, data)
-        prepare_model(model.to(device), config.perf, device)
+        model.to(device)
+        if t.sync_batchnorm and world().distributed:
+            sync_batchnorm(model)
+        prepare_model(model, config.perf, device)
         generators = _generators(config.seed, device)
         method = METHODS[config.method]
         objective = TrainObjective(
-            config.train.attack if method.adversarial else None,
-            config.train.reconstruction_weight,
-            config.train.rotation_weight,
-            fused_branches=config.train.fused_branches,
+            t.attack if method.adversarial else None,
+            t.reconstruction_weight,
+            t.rotation_weight,
+            fused_branches=t.fused_branches,
             generator=generators["step"],
         )
         context = {}
@@ -293,13 +352,17 @@ def train(
         checkpoints = _Checkpoints(run, config.checkpoint, config.train.epochs) if run else None
         if checkpoints is not None and resume_from is not None:
             checkpoints.resume(state, resume_from)
+        step = DataParallelStep(
+            model, objective, t.grad_accumulation, lambda: autocast(config.perf, device)
+        )
         data = data.to(device)
         with stop_signals(enabled=run is not None) as stop:
-            log = _EpochLog(run, state.history, resumed=resume_from is not None)
+            log = _EpochLog(run if is_main() else None, state.history, resume_from is not None)
             try:
-                _epochs(config, data, state, objective, checkpoints, stop, log, progress)
+                _epochs(config, data, state, step, checkpoints, stop, log, progress and is_main())
             finally:
                 log.close()
+    restore_batchnorm(model)
     model.eval()
     result = TrainResult(model, name, kwargs, state.history)
     if peer is not None:
@@ -311,7 +374,7 @@ def _epochs(
     config: Config,
     data: OpenSetData,
     state: TrainState,
-    objective: TrainObjective,
+    step: DataParallelStep,
     checkpoints: _Checkpoints | None,
     stop: StopRequest,
     log: _EpochLog,
@@ -319,18 +382,29 @@ def _epochs(
 ) -> None:
     t, model, optimizer = config.train, state.model, state.optimizer
     generators, device = state.generators, data.train_labels.device
-    val_attack = build_attack(model, t.attack, generator=generators["validation"])
     mutual = None
     if state.peer is not None:
         peer = state.peer
         mutual = MutualLearning(peer.model, peer.optimizer, t.mutual_weight, t.mutual_temperature)
     n = len(data.train_labels)
     batches = [(i, min(i + t.batch_size, n)) for i in range(0, n, t.batch_size)]
-    # A final batch of one image cannot be batch-normalised in training mode.
-    batches = [(a, b) for a, b in batches if b - a > 1]
+    # BatchNorm needs two images per micro-batch and process: a short last batch may not have them.
+    batches = [(a, b) for a, b in batches if usable_batch(b - a, t.grad_accumulation)]
 
-    def stop_here() -> None:
-        if stop.signum is not None and checkpoints is not None:
+    def load(indices: Tensor) -> tuple[Tensor, Tensor]:
+        x = to_float(data.train_images[indices])
+        if config.data.crop_padding or config.data.hflip:
+            x = random_crop_flip(
+                x, config.data.crop_padding, config.data.hflip, generators["augment"]
+            )
+        return x, data.train_labels[indices]
+
+    def asked() -> bool:
+        return stop.signum is not None
+
+    def stop_here(requested: bool) -> None:
+        # ``requested`` is agreed by all processes, so all stop at the same step.
+        if requested and checkpoints is not None:
             raise _interrupted(stop, state, checkpoints.save(state), checkpoints.run)
 
     bar = tqdm(
@@ -351,51 +425,40 @@ def _epochs(
             if mutual is not None:
                 mutual.peer.train()
             for a, b in batches[state.batch :]:
-                idx = state.permutation[a:b]
-                x = to_float(data.train_images[idx])
-                y = data.train_labels[idx]
-                if config.data.crop_padding or config.data.hflip:
-                    x = random_crop_flip(
-                        x, config.data.crop_padding, config.data.hflip, generators["augment"]
-                    )
+                _reseed(generators, config.seed, state.step)
                 where = (
                     f"epoch {state.epoch}, step {state.step + 1} "
                     f"(batch {state.batch + 1} of {len(batches)})"
                 )
-                apply = partial(_checked_step, where, checkpoints)
+                indices = state.permutation[a:b]
                 if mutual is None:
-                    with autocast(config.perf, device):
-                        out = objective(model, x, y)
-                    apply(optimizer, out.loss)
+                    totals = step.accumulate(indices, load, stop=asked)
+                    with _naming_last_good(checkpoints):
+                        check_finite(totals.loss, where)
+                    optimizer.step()
                 else:
-                    # OSDN's step, then the peer's (src/osad/train/mutual.py).
-                    with autocast(config.perf, device):
-                        out = mutual.step(model, optimizer, objective, x, y, apply)
-                loss = out.loss.item()
-                terms = {"loss": loss, **{k: v.item() for k, v in out.terms.items()}}
-                state.finish_step(terms, b - a, (out.logits.argmax(1) == y).sum().item())
+                    apply = partial(_checked_step, where, checkpoints)
+                    totals = _mutual_step(mutual, step, optimizer, indices, load, apply, asked)
+                state.finish_step(totals.terms, totals.count, totals.correct)
                 if checkpoints and checkpoints.step_due(state, state.batch == len(batches)):
                     checkpoints.save(state)
                 bar.update(1)
-                bar.set_postfix(epoch=state.epoch, loss=f"{loss:.3f}")
-                stop_here()
+                bar.set_postfix(epoch=state.epoch, loss=f"{totals.loss:.3f}")
+                stop_here(totals.stop)
             model.eval()
             if mutual is not None:
                 mutual.peer.eval()
             record: dict[str, float] = {"epoch": state.epoch, "step": state.step}
             record.update(state.meter.means())
             if len(data.val_labels):
-                generators["validation"].manual_seed(config.seed)
                 with autocast(config.perf, device):
-                    record["val_accuracy"] = _accuracy(
-                        model, data.val_images, data.val_labels, config.eval.batch_size
-                    )
-                    record["val_attacked_accuracy"] = robust_accuracy(
-                        model, val_attack, data.val_images, data.val_labels, config.eval.batch_size
-                    )
+                    for key, attacked in (("val_accuracy", False), ("val_attacked_accuracy", True)):
+                        record[key] = validation_accuracy(
+                            model, config, data.val_images, data.val_labels, attacked
+                        )
                     if mutual is not None:
-                        record["val_peer_accuracy"] = _accuracy(
-                            mutual.peer, data.val_images, data.val_labels, config.eval.batch_size
+                        record["val_peer_accuracy"] = validation_accuracy(
+                            mutual.peer, config, data.val_images, data.val_labels, False
                         )
             epoch = state.epoch
             state.finish_epoch(record)
@@ -409,6 +472,26 @@ def _epochs(
             if checkpoints and checkpoints.epoch_due(epoch):
                 checkpoints.save(state)
             if state.epoch <= t.epochs:
-                stop_here()
+                flag = torch.tensor([float(stop.signum is not None)], device=device)
+                stop_here(all_reduce_sum(flag).item() > 0)
     finally:
         bar.close()
+
+
+def _mutual_step(
+    mutual: MutualLearning,
+    step: DataParallelStep,
+    optimizer: torch.optim.Optimizer,
+    indices: Tensor,
+    load: Callable[[Tensor], tuple[Tensor, Tensor]],
+    apply: ApplyStep,
+    stop: Callable[[], bool],
+) -> StepTotals:
+    """One osdn-caml step (OSDN's update, then the peer's, src/osad/train/mutual.py) on
+    the whole batch in this process: mutual learning has no data-parallel step, and
+    :func:`osad.workflow.train_run` refuses it under torchrun with several processes."""
+    x, y = load(indices)
+    with step.autocast():
+        out = mutual.step(step.model, optimizer, step.objective, x, y, apply)
+    terms = {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}}
+    return StepTotals(terms, int((out.logits.argmax(1) == y).sum().item()), len(y), stop())
