@@ -247,11 +247,9 @@ def summarize_splits(per_split: Sequence[Mapping[str, float]]) -> dict[str, Mean
 # higher score = more likely bona fide, a sample is accepted when score >= threshold.
 
 
-def _scores_and_labels(scores: Tensor | np.ndarray, labels: Tensor | np.ndarray):
-    scores = np.asarray(
-        scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64
-    )
-    positive = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels) == 1
+def _scores_and_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    scores = _numpy(scores, np.float64)
+    positive = _numpy(labels, np.int64) == 1
     if positive.all() or not positive.any():
         raise ValueError("verification metrics need both positive (1) and negative (0) samples")
     return scores, positive
