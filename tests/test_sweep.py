@@ -13,6 +13,7 @@ import pytest
 from osad.cli import main
 from osad.config import make_config
 from osad.sweep import load_sweep
+from osad.sweep.summary import WORST, worst_case
 from osad.train import TrainObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == summary["runs"] == 2 and summary["missing"] == []
     assert list(summary["methods"]) == ["plain", "osdn"]
-    assert list(summary["conditions"]) == ["clean", "fgsm", "pgd"]
+    assert list(summary["conditions"]) == ["clean", "fgsm", "pgd", WORST]
     for label in ("plain", "osdn"):
         metrics = json.loads((out / label / "split0" / "eval" / "metrics.json").read_text())
         saved = (out / label / "split0" / "config.yaml").read_text()
@@ -80,6 +81,13 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
             assert cell["closed_set_accuracy"]["mean"] == condition["closed_set_accuracy"]
             assert cell["auroc"]["openmax"]["mean"] == condition["auroc"]["openmax"]
             assert cell["auroc"]["msp"]["std"] is None  # one split: no spread
+        attacked = [c for name, c in metrics["conditions"].items() if name != "clean"]
+        worst = summary["methods"][label]["conditions"][WORST]
+        assert worst["closed_set_accuracy"]["mean"] == min(
+            c["closed_set_accuracy"] for c in attacked
+        )
+        for score in ("msp", "openmax"):
+            assert worst["auroc"][score]["mean"] == min(c["auroc"][score] for c in attacked)
     osdn_pgd = summary["methods"]["osdn"]["conditions"]["pgd"]
     table = (out / "results.md").read_text()
     assert f"| osdn | 0 | {osdn_pgd['closed_set_accuracy']['mean']:.4f} |" in table
@@ -212,3 +220,14 @@ def test_committed_sweep_presets_load(path):
     configs = [sweep.run_config(m, sweep.splits[0]) for m in sweep.methods]
     assert len({json.dumps(c.to_dict(), sort_keys=True) for c in configs}) == len(configs)
     assert configs[0] == make_config(configs[0].to_dict())
+
+
+def test_the_worst_case_takes_each_score_from_its_own_strongest_attack():
+    fgsm = {"closed_set_accuracy": 0.9, "auroc": {"msp": 0.8, "openmax": 0.5}}
+    adaptive = {"closed_set_accuracy": 0.7, "auroc": {"msp": 0.2, "openmax": 0.6}}
+    reconstruction_only = {"closed_set_accuracy": 0.95, "auroc": {"reconstruction": 0.4}}
+    worst = worst_case([fgsm, adaptive, reconstruction_only])
+    assert worst == {
+        "closed_set_accuracy": 0.7,
+        "auroc": {"msp": 0.2, "openmax": 0.5, "reconstruction": 0.4},
+    }

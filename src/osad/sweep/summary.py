@@ -1,5 +1,6 @@
 """The sweep's tables: mean and sample standard deviation over splits of every run's
-``eval/metrics.json`` (closed-set accuracy and AUROC per condition and score).
+``eval/metrics.json`` (closed-set accuracy and AUROC per condition and score), and
+of each run's worst case over its attacked conditions.
 
 Only finished runs enter; a method with fewer splits than the sweep has says so
 in its ``splits`` column, and the header names every missing run.
@@ -18,6 +19,9 @@ from osad.eval.report import SCORE_LABELS
 from osad.sweep.runner import is_finished, plan
 from osad.sweep.spec import Sweep
 
+# The pseudo-condition holding, per run and score, the lowest value over the attacks.
+WORST = "worst attack"
+
 
 def attack_text(attack: dict[str, Any]) -> str:
     """The one-line description of a condition's attack as metrics.json records it."""
@@ -28,6 +32,27 @@ def _stats(values: list[float]) -> dict[str, Any]:
     summary = mean_std(values)
     std = None if math.isnan(summary.std) else summary.std  # one split: no spread (JSON null)
     return {"mean": summary.mean, "std": std, "n": summary.n, "values": values}
+
+
+def worst_case(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lowest closed-set accuracy and, per score, the lowest AUROC over ``conditions``
+    (metrics.json entries): what a run keeps against the strongest of the attacks tried,
+    which may be a different attack for each score."""
+    scores = {score for c in conditions for score in c["auroc"]}
+    return {
+        "closed_set_accuracy": min(c["closed_set_accuracy"] for c in conditions),
+        "auroc": {
+            score: min(c["auroc"][score] for c in conditions if score in c["auroc"])
+            for score in sorted(scores)
+        },
+    }
+
+
+def _append(values: dict[str, Any], name: str, condition: dict[str, Any]) -> None:
+    cell = values.setdefault(name, {"closed_set_accuracy": [], "auroc": {}})
+    cell["closed_set_accuracy"].append(condition["closed_set_accuracy"])
+    for score, value in condition["auroc"].items():
+        cell["auroc"].setdefault(score, []).append(value)
 
 
 def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
@@ -45,12 +70,13 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         entry["splits"].append(item.split)
         for name, condition in metrics["conditions"].items():
             conditions.setdefault(name, attack_text(condition["attack"]))
-            values = entry["values"].setdefault(name, {"closed_set_accuracy": [], "auroc": {}})
-            values["closed_set_accuracy"].append(condition["closed_set_accuracy"])
-            for score, value in condition["auroc"].items():
+            _append(entry["values"], name, condition)
+            for score in condition["auroc"]:
                 if score not in scores:
                     scores.append(score)
-                values["auroc"].setdefault(score, []).append(value)
+        attacked = [c for name, c in metrics["conditions"].items() if name != "clean"]
+        if attacked:
+            _append(entry["values"], WORST, worst_case(attacked))
     for entry in methods.values():
         entry["conditions"] = {
             name: {
@@ -59,6 +85,10 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
             }
             for name, values in entry.pop("values").items()
         }
+    if any(WORST in entry["conditions"] for entry in methods.values()):
+        conditions[WORST] = (
+            "per run and score, the lowest accuracy and AUROC over the attacked conditions"
+        )
     return {
         "sweep": sweep.name,
         "splits": list(sweep.splits),
