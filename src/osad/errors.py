@@ -35,6 +35,11 @@ class InputError(OsadError, ValueError):
     or range, labels that are not class indices, a budget out of range."""
 
 
+class FitError(OsadError, ValueError):
+    """An open-set score cannot be fitted on the training outputs it was given: a
+    class without enough images, or a model whose outputs for a class are all equal."""
+
+
 class StorageError(OsadError):
     """A file could not be written (disk full, no permission); what was written
     before is left intact."""

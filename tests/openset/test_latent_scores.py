@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from osad.errors import ConfigError
+from osad.errors import ConfigError, FitError
 from osad.eval import auroc
 from osad.openset import KNN, Mahalanobis
 
@@ -89,3 +89,9 @@ def test_knn_refuses_bad_k_and_latent_scores_need_features():
         Mahalanobis().fit(None, *_latent()).score(torch.zeros(1, 3))
     with pytest.raises(RuntimeError, match="before fit"):
         Mahalanobis().score(None, torch.zeros(1, 6))
+
+
+def test_mahalanobis_without_images_of_a_class_is_a_fit_error():
+    features, labels = torch.randn(4, 3), torch.tensor([0, 0, 2, 2])
+    with pytest.raises(FitError, match=r"no training image of classes \[1\]"):
+        Mahalanobis().fit(torch.randn(4, 3), features, labels)

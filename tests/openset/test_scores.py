@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import stats
 
-from osad.errors import ConfigError
+from osad.errors import ConfigError, FitError
 from osad.openset import LIBMR_TRANSLATE, MSP, Energy, MaxLogit, OpenMax, WeibullTail
 
 
@@ -103,3 +103,12 @@ def test_openmax_keeps_its_translate_constant():
     om = OpenMax(tail_size=10, translate=500.0).fit(logits, None, labels)
     assert om.weibull.translate == 500.0
     assert OpenMax().translate == LIBMR_TRANSLATE == 10000.0
+
+
+def test_openmax_on_a_collapsed_model_or_too_few_images_is_a_fit_error():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    collapsed = torch.ones(6, 2)  # every image gets the same logits: no Weibull tail
+    with pytest.raises(FitError, match=r"class 0 has 1.*collapsed"):
+        OpenMax().fit(collapsed, None, labels)
+    with pytest.raises(FitError, match="two training images of class 1, got 1"):
+        OpenMax().fit(torch.randn(4, 2), None, torch.tensor([0, 0, 0, 1]))

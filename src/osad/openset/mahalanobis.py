@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from osad.errors import FitError
 from osad.openset.base import Scorer, require
 
 
@@ -53,7 +54,10 @@ class Mahalanobis(Scorer):
         num_classes = int(labels.max()) + 1
         missing = [c for c in range(num_classes) if not (labels == c).any()]
         if missing:
-            raise ValueError(f"Mahalanobis fit has no training image of classes {missing}")
+            raise FitError(
+                f"Mahalanobis fit has no training image of classes {missing}: fit it on "
+                "training data that covers every known class"
+            )
         means = torch.stack([z[labels == c].mean(dim=0) for c in range(num_classes)])
         centred = z - means[labels]
         covariance = centred.T @ centred / len(z)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from osad.errors import ConfigError, unknown_name
+from osad.errors import ConfigError, FitError, unknown_name
 from osad.openset.base import Scorer
 from osad.openset.weibull import LIBMR_TRANSLATE, WeibullTail
 
@@ -119,7 +119,10 @@ class OpenMax(Scorer):
             if fallback:
                 chosen = of_class
             if int(chosen.sum()) < 2:
-                raise ValueError(f"OpenMax needs at least two training images of class {c}")
+                raise FitError(
+                    f"OpenMax needs at least two training images of class {c}, got "
+                    f"{int(chosen.sum())}: fit it on more training data"
+                )
             class_logits = logits[chosen]
             mav = class_logits.mean(dim=0)
             dist = distance(class_logits, mav.unsqueeze(0))[:, 0].numpy()

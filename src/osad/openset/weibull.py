@@ -19,6 +19,8 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from osad.errors import FitError
+
 LIBMR_TRANSLATE = 10000.0
 
 
@@ -38,7 +40,12 @@ class WeibullTail:
         for values in tails:
             values = np.sort(np.asarray(values, dtype=np.float64))
             if values.size < 2 or np.ptp(values) == 0:
-                raise ValueError("a Weibull tail needs at least two distinct values")
+                raise FitError(
+                    f"a Weibull tail needs at least two distinct distances, class {len(shape)} "
+                    f"has {np.unique(values).size}: the model gives (nearly) the same output "
+                    "for all its training images, so it has collapsed or not trained; check "
+                    "its training history or train it again"
+                )
             lowest = values[0]
             c, _, s = stats.weibull_min.fit(values + translate - lowest, floc=0.0)
             shape.append(c)
