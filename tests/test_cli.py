@@ -55,6 +55,7 @@ def test_train_and_test_write_the_run_directory(tiny_run, capsys):
         )
         assert cond["pairings"] == {}
     assert metrics["seed"] == 0 and metrics["config"]["method"] == "osdn"
+    assert metrics["torch_threads"] == torch.get_num_threads()
     assert metrics["conditions"]["pgd"]["attack"]["eps"] == 32.0
     history = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
     assert history[-1]["epoch"] == 1 and "val_attacked_accuracy" in history[-1]

@@ -54,6 +54,9 @@ def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
     return {
         "osad_version": __version__,
         "seed": config.seed,
+        # The printed figures depend on the floating-point summation order, which
+        # depends on the number of threads torch splits its operations over.
+        "torch_threads": torch.get_num_threads(),
         "conditions": {c.name: condition_dict(c) for c in result.conditions},
         "counts": {
             "test_known": int((result.test_labels >= 0).sum()),
