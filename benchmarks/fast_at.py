@@ -53,7 +53,7 @@ def main() -> None:
             c.name: c.closed_set_accuracy
             for c in evaluate(models[name], data, config, progress=False).conditions
         }
-        attack = config.train.attack
+        attack = config.train.attack.resolved()
         print(
             f"{name:>8}: train {medians[name]:.1f} s ({config.train.epochs} epochs, "
             f"step {attack.alpha:g}/255; runs "
