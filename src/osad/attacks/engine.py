@@ -225,16 +225,22 @@ class BestPoint:
     def offer(self, candidate: Tensor, evaluation: Evaluation, index: Tensor | None = None) -> None:
         """Keep ``candidate`` where it is better; ``index`` names the samples it holds
         when it covers only part of the batch."""
-        if index is None:
-            index = torch.arange(len(self.value), device=self.value.device)
+        if index is None:  # the whole batch, offered at every step: no gather and scatter
+            held = self.images, self.value, self.success
+        else:
+            held = self.images[index], self.value[index], self.success[index]
+        held_images, held_value, held_success = held
         value, success = evaluation.value, evaluation.success
-        held_value, held_success = self.value[index], self.success[index]
         better = (success & ~held_success) | ((success == held_success) & (value > held_value))
-        self.images[index] = torch.where(
-            per_sample(better, candidate), candidate, self.images[index]
+        kept = (
+            torch.where(per_sample(better, candidate), candidate, held_images),
+            torch.where(better, value, held_value),
+            held_success | success,
         )
-        self.value[index] = torch.where(better, value, held_value)
-        self.success[index] = held_success | success
+        if index is None:
+            self.images, self.value, self.success = kept
+        else:
+            self.images[index], self.value[index], self.success[index] = kept
 
 
 def attack(
@@ -307,9 +313,10 @@ def attack(
             if mask is not None:
                 delta = delta * mask
             for _ in range(steps):
-                evaluation, grad = oracle.with_gradient(x + delta)
+                x_adv = x + delta
+                evaluation, grad = oracle.with_gradient(x_adv)
                 if track_best:
-                    best.offer(x + delta, evaluation)
+                    best.offer(x_adv, evaluation)
                 if mask is not None:
                     grad = grad * mask
                 delta = project(delta + alpha * steepest_ascent(grad, norm), x, eps, norm)
