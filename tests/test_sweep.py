@@ -13,7 +13,7 @@ import pytest
 from osad.cli import main
 from osad.config import make_config
 from osad.sweep import load_sweep
-from osad.sweep.summary import WORST, worst_case
+from osad.sweep.summary import WORST, paired_differences, worst_case
 from osad.train import TrainObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,7 @@ splits: [0]
 methods:
   plain: {overrides: [method=plain]}
   osdn: {}
+compare: [[osdn, plain]]
 figures: {split: 0, methods: [plain, osdn], score: openmax, attack: pgd, eps: [0, 16, 32]}
 """
 
@@ -89,7 +90,16 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
         for score in ("msp", "openmax"):
             assert worst["auroc"][score]["mean"] == min(c["auroc"][score] for c in attacked)
     osdn_pgd = summary["methods"]["osdn"]["conditions"]["pgd"]
+    (pair,) = summary["paired"]
+    assert (pair["a"], pair["b"]) == ("osdn", "plain")
+    plain_pgd = summary["methods"]["plain"]["conditions"]["pgd"]
+    difference = pair["conditions"]["pgd"]["auroc"]["msp"]
+    assert difference["values"] == [
+        osdn_pgd["auroc"]["msp"]["mean"] - plain_pgd["auroc"]["msp"]["mean"]
+    ]
+    assert difference["ahead"] == int(difference["values"][0] > 0) and difference["splits"] == [0]
     table = (out / "results.md").read_text()
+    assert "## paired differences" in table and "| osdn - plain | " in table
     assert f"| osdn | 0 | {osdn_pgd['closed_set_accuracy']['mean']:.4f} |" in table
     assert "## pgd: PGD linf eps 32/255, step 8/255, 1 steps" in table
     assert "PARTIAL" not in table
@@ -202,6 +212,8 @@ def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_
         (MINIATURE.replace("osdn: {}", "osdn: {overrides: [method=osdm]}"), (), "osdn: unknown"),
         (MINIATURE, ("--methods", "plain,osnd"), "no method 'osnd' (did you mean 'osdn'?)"),
         (MINIATURE, ("--splits", "3"), "no split 3"),
+        (MINIATURE.replace("[[osdn, plain]]", "[[osdn, plian]]"), (), "no method 'plian'"),
+        (MINIATURE.replace("[[osdn, plain]]", "[osdn, plain]"), (), "[method, other method]"),
         (MINIATURE, ("--splits", "a"), "argument --splits: must be a comma list of integers"),
     ],
 )
@@ -231,3 +243,23 @@ def test_the_worst_case_takes_each_score_from_its_own_strongest_attack():
         "closed_set_accuracy": 0.7,
         "auroc": {"msp": 0.2, "openmax": 0.5, "reconstruction": 0.4},
     }
+
+
+def test_paired_differences_use_only_the_splits_both_methods_finished():
+    def run(acc, msp, **more):
+        return {"pgd": {"closed_set_accuracy": acc, "auroc": {"msp": msp, **more}}}
+
+    per_run = {
+        ("a", 0): run(0.8, 0.6, openmax=0.7),
+        ("b", 0): run(0.7, 0.5),
+        ("a", 1): run(0.6, 0.3),
+        ("b", 1): run(0.7, 0.4),
+        ("a", 2): run(0.9, 0.9),  # b did not finish split 2
+    }
+    pair = paired_differences(per_run, "a", "b", (0, 1, 2))
+    pgd = pair["conditions"]["pgd"]
+    assert pgd["closed_set_accuracy"]["values"] == pytest.approx([0.1, -0.1])
+    assert pgd["closed_set_accuracy"]["splits"] == [0, 1]
+    assert pgd["closed_set_accuracy"]["ahead"] == 1
+    assert pgd["auroc"]["msp"]["mean"] == pytest.approx(0.0)
+    assert set(pgd["auroc"]) == {"msp"}  # openmax only in a's run of split 0

@@ -9,6 +9,7 @@ A sweep file is YAML::
     methods:                          # one run per method and split, in this order
       plain: {overrides: [method=plain]}
       fd: {config: ../cifar10-fd-pgd.yaml}   # a method may start from its own file
+    compare: [[fd, plain]]            # fd - plain, split by split, in the summary
 
 A run's configuration is the method's ``config`` (else the sweep's, else the
 built-in default), then ``settings``, then the sweep's ``overrides``, then the
@@ -26,7 +27,16 @@ from typing import Any
 from osad.config import Config, _merge_tree, load_yaml, make_config
 from osad.errors import ConfigError, did_you_mean
 
-_SWEEP_KEYS = ("description", "config", "settings", "overrides", "splits", "methods", "figures")
+_SWEEP_KEYS = (
+    "description",
+    "config",
+    "settings",
+    "overrides",
+    "splits",
+    "methods",
+    "figures",
+    "compare",
+)
 _METHOD_KEYS = ("config", "overrides")
 _FIGURE_KEYS = ("split", "methods", "score", "attack", "eps")
 
@@ -65,6 +75,8 @@ class Sweep:
     overrides: tuple[str, ...] = ()
     description: str = ""
     figures: FigureSpec | None = None
+    # Pairs (a, b) whose difference a - b the summary gives split by split.
+    compare: tuple[tuple[str, str], ...] = ()
 
     def method(self, label: str) -> SweepMethod:
         for method in self.methods:
@@ -99,7 +111,9 @@ class Sweep:
                     f"its splits are {', '.join(map(str, self.splits))}"
                 )
         chosen = self.splits if splits is None else tuple(splits)
-        return dataclasses.replace(self, methods=methods, splits=chosen)
+        kept = {m.label for m in methods}
+        compare = tuple(pair for pair in self.compare if set(pair) <= kept)
+        return dataclasses.replace(self, methods=methods, splits=chosen, compare=compare)
 
 
 def _check_keys(tree: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -160,6 +174,21 @@ def _figure_spec(tree: Any, sweep: Sweep, where: str) -> FigureSpec | None:
     return spec
 
 
+def _comparisons(value: Any, sweep: Sweep, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1] for pair in value
+    ):
+        raise ConfigError(
+            f"'compare' in {where} must be a list of [method, other method] pairs, got {value!r}"
+        )
+    for pair in value:
+        for label in pair:
+            sweep.method(str(label))
+    return tuple((str(a), str(b)) for a, b in value)
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; every run's configuration is validated too, so a
     mistake in any method stops the sweep before the first run starts."""
@@ -207,4 +236,8 @@ def load_sweep(path: str | Path) -> Sweep:
     for method in sweep.methods:
         for split in sweep.splits:
             sweep.run_config(method, split)
-    return dataclasses.replace(sweep, figures=_figure_spec(tree.get("figures"), sweep, where))
+    return dataclasses.replace(
+        sweep,
+        figures=_figure_spec(tree.get("figures"), sweep, where),
+        compare=_comparisons(tree.get("compare"), sweep, where),
+    )

@@ -1,6 +1,7 @@
 """The sweep's tables: mean and sample standard deviation over splits of every run's
-``eval/metrics.json`` (closed-set accuracy and AUROC per condition and score), and
-of each run's worst case over its attacked conditions.
+``eval/metrics.json`` (closed-set accuracy and AUROC per condition and score), of
+each run's worst case over its attacked conditions, and of the split-by-split
+differences between the method pairs the preset compares.
 
 Only finished runs enter; a method with fewer splits than the sweep has says so
 in its ``splits`` column, and the header names every missing run.
@@ -61,6 +62,8 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
     scores: list[str] = []
     methods: dict[str, Any] = {}
     missing = []
+    # (method, split) -> condition -> {"closed_set_accuracy": x, "auroc": {score: x}}
+    per_run: dict[tuple[str, int], dict[str, Any]] = {}
     for item in plan(sweep, out):
         if not is_finished(item.run):
             missing.append({"method": item.method.label, "split": item.split})
@@ -68,15 +71,18 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         metrics = json.loads(item.run.metrics.read_text())
         entry = methods.setdefault(item.method.label, {"splits": [], "values": {}})
         entry["splits"].append(item.split)
+        run = per_run.setdefault((item.method.label, item.split), {})
         for name, condition in metrics["conditions"].items():
             conditions.setdefault(name, attack_text(condition["attack"]))
-            _append(entry["values"], name, condition)
+            run[name] = condition
             for score in condition["auroc"]:
                 if score not in scores:
                     scores.append(score)
         attacked = [c for name, c in metrics["conditions"].items() if name != "clean"]
         if attacked:
-            _append(entry["values"], WORST, worst_case(attacked))
+            run[WORST] = worst_case(attacked)
+        for name, condition in run.items():
+            _append(entry["values"], name, condition)
     for entry in methods.values():
         entry["conditions"] = {
             name: {
@@ -98,7 +104,53 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         "conditions": conditions,
         "scores": scores,
         "methods": {m.label: methods[m.label] for m in sweep.methods if m.label in methods},
+        "paired": [paired_differences(per_run, a, b, sweep.splits) for a, b in sweep.compare],
         "compute": compute_time(Path(out)),
+    }
+
+
+def _difference_stats(differences: list[float], splits: list[int]) -> dict[str, Any]:
+    return {**_stats(differences), "ahead": sum(d > 0 for d in differences), "splits": splits}
+
+
+def paired_differences(
+    per_run: dict[tuple[str, int], dict[str, Any]], a: str, b: str, splits: tuple[int, ...]
+) -> dict[str, Any]:
+    """``a - b`` on each split both finished, per condition: closed-set accuracy and
+    AUROC per score (mean, std, values, and on how many splits ``a`` is ahead). Both
+    methods meet the same known/unknown partition on a split, so the pairing removes
+    the split's own difficulty from the comparison."""
+    conditions: dict[str, Any] = {}
+    for split in splits:
+        if (a, split) not in per_run or (b, split) not in per_run:
+            continue
+        first, second = per_run[(a, split)], per_run[(b, split)]
+        for name in first.keys() & second.keys():
+            cell = conditions.setdefault(
+                name, {"splits": [], "closed_set_accuracy": [], "auroc": {}}
+            )
+            cell["splits"].append(split)
+            cell["closed_set_accuracy"].append(
+                first[name]["closed_set_accuracy"] - second[name]["closed_set_accuracy"]
+            )
+            for score in first[name]["auroc"].keys() & second[name]["auroc"].keys():
+                difference = first[name]["auroc"][score] - second[name]["auroc"][score]
+                cell["auroc"].setdefault(score, []).append((split, difference))
+    return {
+        "a": a,
+        "b": b,
+        "conditions": {
+            name: {
+                "closed_set_accuracy": _difference_stats(
+                    cell["closed_set_accuracy"], cell["splits"]
+                ),
+                "auroc": {
+                    score: _difference_stats([d for _, d in pairs], [s for s, _ in pairs])
+                    for score, pairs in cell["auroc"].items()
+                },
+            }
+            for name, cell in conditions.items()
+        },
     }
 
 
@@ -146,6 +198,37 @@ def _cell(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
 
 
+def _difference_cell(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return "—"
+    spread = "" if stats["std"] is None else f" ± {stats['std']:.4f}"
+    return f"{stats['mean']:+.4f}{spread} ({stats['ahead']}/{stats['n']})"
+
+
+def _paired_markdown(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## paired differences",
+        "",
+        "a - b on each split both finished (same known/unknown classes), mean ± std over "
+        "those splits; in brackets, on how many of them a is ahead.",
+    ]
+    header = ["a - b", "closed-set acc"]
+    header += [f"AUROC {SCORE_LABELS.get(s, s)}" for s in summary["scores"]]
+    for name in summary["conditions"]:
+        lines += ["", f"### {name}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for pair in summary["paired"]:
+            condition = pair["conditions"].get(name)
+            cells = [f"{pair['a']} - {pair['b']}"]
+            cells.append(_difference_cell(condition and condition["closed_set_accuracy"]))
+            cells += [
+                _difference_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """One Markdown table per condition: a row per method, accuracy and AUROC per score."""
     splits = ", ".join(map(str, summary["splits"]))
@@ -170,6 +253,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells.append(_cell(condition and condition["closed_set_accuracy"]))
             cells += [_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]]
             lines.append("| " + " | ".join(cells) + " |")
+    if summary["paired"]:
+        lines += _paired_markdown(summary)
     if summary["compute"]["steps"]:
         lines += _compute_markdown(summary["compute"])
     return "\n".join(lines) + "\n"
