@@ -5,7 +5,8 @@
 #
 # 1. one OSDN PGD-5 training step at paper scale (ResNet-18 width 64, five
 #    non-local blocks, latent 512, 32x32, batch 128) against the naive step,
-#    in fp32, then bf16 + channels_last, then bf16 + channels_last + compile;
+#    in fp32 (with and without SDPA's fused kernels), then bf16 + channels_last +
+#    compile;
 # 2. `osad run` on the digits default through the CUDA path, fp32 and bf16;
 # 3. the test suite with CUDA visible (device=auto resolves to the GPU).
 # Each part has its own time limit so that one slow part cannot hide the others.
@@ -31,6 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 step=(benchmarks/train_step.py --device cuda --batch 128 --repeats 5)
 part 90 "$py" "${step[@]}"
+part 90 "$py" "${step[@]}" --sdpa math
 part 150 "$py" "${step[@]}" --bf16 --channels-last --compile
 
 for precision in fp32 bf16; do

@@ -18,6 +18,7 @@ src/osad/train/objectives.py).
     python benchmarks/train_step.py --batch 32 --channels-last --compile
     python benchmarks/train_step.py --device cuda --bf16 --compile
     python benchmarks/train_step.py --profile       # where osad's step spends its time
+    python benchmarks/train_step.py --sdpa math     # osad without the fused attention kernels
 
 Prints median seconds per step, images/s, achieved GFLOP/s (FLOPs counted with
 torch.utils.flop_counter on the naive step, the algorithm's own count) and its
@@ -29,12 +30,14 @@ ratio naive / osad default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
 import torch.nn.functional as F
 from common import describe_machine, interleaved_medians, matmul_peak_gflops
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from osad.config import AttackConfig, PerfConfig
@@ -182,6 +185,12 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="CUDA only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--sdpa",
+        choices=("auto", "math"),
+        default="auto",
+        help="math: restrict osad's attention to SDPA's unfused math path (SDPA off)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's table of one osad step"
     )
     args = parser.parse_args()
@@ -191,7 +200,10 @@ def main() -> None:
     model = paper_model().to(device)
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 6, (args.batch,), device=device)
-    print(f"device: {describe_machine(device)}; batch {args.batch}, 32x32, PGD-5 (eps 8/255)")
+    print(
+        f"device: {describe_machine(device)}; batch {args.batch}, 32x32, PGD-5 (eps 8/255), "
+        f"osad's SDPA: {args.sdpa}"
+    )
     # The algorithm check runs in float64 on the CPU: on a GPU, TF32 convolutions and
     # cuDNN's algorithm choice change the last bits, and PGD's gradient sign turns
     # those into different attacked pixels, which says nothing about the algorithm.
@@ -204,7 +216,8 @@ def main() -> None:
     fused, unfused = TrainObjective(attack), TrainObjective(attack, fused_branches=False)
 
     def run_osad(objective: TrainObjective) -> Tensor:
-        with autocast(perf, device):
+        kernels = sdpa_kernel(SDPBackend.MATH) if args.sdpa == "math" else contextlib.nullcontext()
+        with autocast(perf, device), kernels:
             return osad_step(osad, objective, x, y)
 
     if args.profile:
