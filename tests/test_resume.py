@@ -117,6 +117,8 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(
         return out
 
     _objective_calling(interrupt, at_call=8, monkeypatch=monkeypatch)  # epoch 2, batch 2
+    # Whatever the process had: Python's default, or SIG_IGN under a shell's background job.
+    handler_before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "interrupted"
     argv = ["train", "--out", str(run), "--no-progress", *RESUMABLE, "checkpoint.every_steps=0"]
     assert main(argv) == 130
@@ -124,7 +126,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(
     assert err.count("\n") == 1
     assert err.startswith("osad: interrupted by SIGINT at epoch 2, step 8; checkpoint saved to ")
     assert _state(RunDir(run).checkpoint(8))["batch"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
