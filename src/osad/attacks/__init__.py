@@ -57,23 +57,19 @@ def build_attack(
     (APGD and Square always return the best point per sample).
     """
     c = config.resolved()
-    if c.name == "patch":
+    common = dict(restarts=c.restarts, loss=c.loss, objective=objective, generator=generator)
+    if c.name == "patch":  # always linf: the patch's budget is the whole pixel range
         return Patch(
             model,
             size=c.patch_size,
             alpha=c.alpha_unit,
             steps=c.steps,
             candidates=c.candidates,
-            restarts=c.restarts,
             random_start=c.random_start,
-            loss=c.loss,
-            objective=objective,
             select=select,
-            generator=generator,
+            **common,
         )
-    common = dict(
-        norm=c.norm, restarts=c.restarts, loss=c.loss, objective=objective, generator=generator
-    )
+    common["norm"] = c.norm
     if c.name == "square":
         return Square(model, eps=c.eps_unit, queries=c.queries, p_init=c.p_init, **common)
     if c.name == "apgd":
