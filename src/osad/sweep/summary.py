@@ -109,8 +109,13 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
     }
 
 
-def _difference_stats(differences: list[float], splits: list[int]) -> dict[str, Any]:
-    return {**_stats(differences), "ahead": sum(d > 0 for d in differences), "splits": splits}
+def _difference_stats(pairs: list[tuple[int, float]]) -> dict[str, Any]:
+    differences = [d for _, d in pairs]
+    return {
+        **_stats(differences),
+        "ahead": sum(d > 0 for d in differences),
+        "splits": [split for split, _ in pairs],
+    }
 
 
 def paired_differences(
@@ -120,20 +125,17 @@ def paired_differences(
     AUROC per score (mean, std, values, and on how many splits ``a`` is ahead). Both
     methods meet the same known/unknown partition on a split, so the pairing removes
     the split's own difficulty from the comparison."""
+    # condition -> {"closed_set_accuracy": [(split, a - b)], "auroc": {score: [...]}}
     conditions: dict[str, Any] = {}
     for split in splits:
         if (a, split) not in per_run or (b, split) not in per_run:
             continue
         first, second = per_run[(a, split)], per_run[(b, split)]
-        for name in first.keys() & second.keys():
-            cell = conditions.setdefault(
-                name, {"splits": [], "closed_set_accuracy": [], "auroc": {}}
-            )
-            cell["splits"].append(split)
-            cell["closed_set_accuracy"].append(
-                first[name]["closed_set_accuracy"] - second[name]["closed_set_accuracy"]
-            )
-            for score in first[name]["auroc"].keys() & second[name]["auroc"].keys():
+        for name in [n for n in first if n in second]:
+            cell = conditions.setdefault(name, {"closed_set_accuracy": [], "auroc": {}})
+            accuracy = first[name]["closed_set_accuracy"] - second[name]["closed_set_accuracy"]
+            cell["closed_set_accuracy"].append((split, accuracy))
+            for score in [s for s in first[name]["auroc"] if s in second[name]["auroc"]]:
                 difference = first[name]["auroc"][score] - second[name]["auroc"][score]
                 cell["auroc"].setdefault(score, []).append((split, difference))
     return {
@@ -141,13 +143,8 @@ def paired_differences(
         "b": b,
         "conditions": {
             name: {
-                "closed_set_accuracy": _difference_stats(
-                    cell["closed_set_accuracy"], cell["splits"]
-                ),
-                "auroc": {
-                    score: _difference_stats([d for _, d in pairs], [s for s, _ in pairs])
-                    for score, pairs in cell["auroc"].items()
-                },
+                "closed_set_accuracy": _difference_stats(cell["closed_set_accuracy"]),
+                "auroc": {score: _difference_stats(p) for score, p in cell["auroc"].items()},
             }
             for name, cell in conditions.items()
         },
