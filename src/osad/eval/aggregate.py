@@ -20,7 +20,7 @@ from typing import Any
 from osad.config import AttackConfig
 from osad.errors import ConfigError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
-from osad.eval.report import SCORE_LABELS
+from osad.eval.report import markdown_table, score_label
 from osad.rundir import RunDir
 
 # Config keys that differ between repetitions of one experiment.
@@ -164,13 +164,13 @@ def caption(report: Report) -> str:
 
 def markdown(report: Report) -> str:
     header = ["group", "condition", "runs", "closed-set acc"]
-    header += [f"AUROC {SCORE_LABELS.get(s, s)}" for s in report.scores]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in report.rows:
-        cells = [row.group, row.condition, str(row.runs), _cell(row.accuracy)]
-        cells += [_cell(row.auroc[s]) for s in report.scores]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + caption(report)
+    header += [f"AUROC {score_label(s)}" for s in report.scores]
+    rows = [
+        [row.group, row.condition, str(row.runs), _cell(row.accuracy)]
+        + [_cell(row.auroc[s]) for s in report.scores]
+        for row in report.rows
+    ]
+    return "\n".join(markdown_table(header, rows)) + "\n\n" + caption(report)
 
 
 def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:

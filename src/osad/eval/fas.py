@@ -35,6 +35,7 @@ from osad.data.augment import to_float
 from osad.data.fas import FasData
 from osad.data.fas_frames import REAL, FasFrames
 from osad.eval.metrics import auroc, eer, far_frr
+from osad.eval.report import markdown_table
 from osad.fas_config import FasConfig
 
 
@@ -168,9 +169,8 @@ def fas_results_table(result: FasEvalResult) -> str:
         "threshold",
         "target EER (oracle HTER)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for name, level in (("frame", result.frame), ("video", result.video)):
-        cells = [
+    rows = [
+        [
             name,
             str(level.count),
             f"{level.auc:.4f}",
@@ -178,8 +178,9 @@ def fas_results_table(result: FasEvalResult) -> str:
             f"{level.val_threshold:.4f}",
             f"{level.target_eer:.4f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for name, level in (("frame", result.frame), ("video", result.video))
+    ]
+    return "\n".join(markdown_table(header, rows))
 
 
 def fas_metrics_dict(result: FasEvalResult, config: FasConfig) -> dict[str, Any]:

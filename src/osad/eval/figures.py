@@ -32,12 +32,13 @@ from osad.eval.protocol import (
     outputs_under_attack,
     score_outputs,
 )
-from osad.eval.report import SCORE_LABELS
+from osad.eval.report import score_label
 
 RECONSTRUCTED_IMAGES = 8
 
 
-def _pyplot():
+def pyplot():
+    """pyplot on the file-only backend (no display on a compute node)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,20 +47,16 @@ def _pyplot():
     return plt
 
 
-def _label(score: str) -> str:
-    return SCORE_LABELS.get(score, score)
-
-
 def save_roc_curves(result: EvalResult, figures_dir: Path) -> list[Path]:
     """One ROC figure per condition (the ``both`` pairing), a curve per score."""
-    plt = _pyplot()
+    plt = pyplot()
     is_unknown = (result.test_labels < 0).numpy()
     paths = []
     for condition in result.conditions:
         fig, ax = plt.subplots(figsize=(4.8, 4.6))
         for score, values in condition.scores.items():
             fpr, tpr, _ = roc_curve(is_unknown, values.numpy())
-            ax.plot(fpr, tpr, label=f"{_label(score)}: {condition.auroc[score]:.3f}")
+            ax.plot(fpr, tpr, label=f"{score_label(score)}: {condition.auroc[score]:.3f}")
         ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
         ax.set_xlabel("false positive rate (known flagged unknown)")
         ax.set_ylabel("true positive rate (unknown flagged)")
@@ -71,7 +68,7 @@ def save_roc_curves(result: EvalResult, figures_dir: Path) -> list[Path]:
 
 def save_histograms(result: EvalResult, figures_dir: Path) -> list[Path]:
     """One figure per score: known vs unknown scores, a panel per condition."""
-    plt = _pyplot()
+    plt = pyplot()
     known = (result.test_labels >= 0).numpy()
     paths = []
     for score in result.conditions[0].scores:
@@ -83,7 +80,7 @@ def save_histograms(result: EvalResult, figures_dir: Path) -> list[Path]:
             ax.hist(values[known], bins=bins, alpha=0.6, density=True, label="known")
             ax.hist(values[~known], bins=bins, alpha=0.6, density=True, label="unknown")
             ax.set_title(f"{condition.name}: AUROC {condition.auroc[score]:.3f}", fontsize=9)
-            ax.set_xlabel(f"{_label(score)} (higher = more unknown)", fontsize=8)
+            ax.set_xlabel(f"{score_label(score)} (higher = more unknown)", fontsize=8)
         axes[0][0].legend(fontsize=7)
         paths.append(_save(fig, figures_dir / f"hist_{score}.png"))
     return paths
@@ -125,12 +122,12 @@ def eps_sweep(model: nn.Module, data: OpenSetData, config: Config) -> dict[str, 
 
 
 def save_eps_sweep(sweep: dict[str, Any], figures_dir: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.4))
     left.plot(sweep["eps"], sweep["accuracy"], "o-")
     left.set_ylabel("closed-set accuracy")
     for score, values in sweep["auroc"].items():
-        right.plot(sweep["eps"], values, "o-", label=_label(score))
+        right.plot(sweep["eps"], values, "o-", label=score_label(score))
     right.set_ylabel("AUROC")
     right.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
     right.legend(fontsize=7)
@@ -163,7 +160,7 @@ def save_reconstructions(
     with torch.no_grad(), eval_mode(model):
         for name in list(rows):
             rows[f"{name}: reconstruction"] = model.decoder(model.encode(rows[name]))
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         len(rows), len(images), figsize=(1.1 * len(images), 1.25 * len(rows)), squeeze=False
     )

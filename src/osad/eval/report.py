@@ -88,7 +88,13 @@ METRIC_COLUMNS = {
 }
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+def score_label(score: str) -> str:
+    """How tables and figures name ``score`` (``openmax`` -> ``OpenMax``)."""
+    return SCORE_LABELS.get(score, score)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
 
@@ -98,7 +104,7 @@ def results_table(result: EvalResult) -> str:
     per score."""
     score_names = list(result.conditions[0].auroc)
     header = ["condition", "attack", "closed-set acc"] + [
-        f"AUROC {SCORE_LABELS.get(s, s)}" for s in score_names
+        f"AUROC {score_label(s)}" for s in score_names
     ]
     rows = []
     for c in result.conditions:
@@ -107,7 +113,7 @@ def results_table(result: EvalResult) -> str:
             cells.append(f"{pairing.closed_set_accuracy:.4f}")
             cells += [f"{pairing.auroc[s]:.4f}" for s in score_names]
             rows.append(cells)
-    return "\n".join(_markdown(header, rows))
+    return "\n".join(markdown_table(header, rows))
 
 
 def metric_tables(result: EvalResult) -> str:
@@ -116,10 +122,8 @@ def metric_tables(result: EvalResult) -> str:
     for c in result.conditions:
         metrics = c.headline.metrics
         keys = [k for k in METRIC_COLUMNS if k in next(iter(metrics.values()))]
-        rows = [
-            [SCORE_LABELS.get(s, s)] + [f"{m[k]:.4f}" for k in keys] for s, m in metrics.items()
-        ]
-        table = "\n".join(_markdown(["score"] + [METRIC_COLUMNS[k] for k in keys], rows))
+        rows = [[score_label(s)] + [f"{m[k]:.4f}" for k in keys] for s, m in metrics.items()]
+        table = "\n".join(markdown_table(["score"] + [METRIC_COLUMNS[k] for k in keys], rows))
         sections.append(f"### {c.name}: {_attack_text(c.attack)}\n\n{table}")
     return "\n\n".join(sections)
 

@@ -20,22 +20,14 @@ from sklearn.metrics import roc_curve
 from osad.config import Config
 from osad.data import load_openset
 from osad.eval import evaluate
-from osad.eval.report import SCORE_LABELS
+from osad.eval.figures import pyplot
+from osad.eval.options import at_eps
+from osad.eval.report import score_label
 from osad.rundir import RunDir
 from osad.runtime import resolve_device
 from osad.sweep.runner import is_finished, run_dir
 from osad.sweep.spec import FigureSpec, Sweep
 from osad.workflow import load_run_config, load_run_model
-
-
-def _pyplot():
-    """pyplot on the file-only backend (no display on a compute node)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def roc_figure(sweep: Sweep, spec: FigureSpec, out: Path, path: Path) -> None:
@@ -50,7 +42,7 @@ def roc_figure(sweep: Sweep, spec: FigureSpec, out: Path, path: Path) -> None:
                 is_unknown = ~group["is_known"][()]
                 fpr, tpr, _ = roc_curve(is_unknown, group[f"score_{spec.score}"][()])
                 curves.setdefault(condition, {})[label] = (fpr, tpr)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 4), squeeze=False)
     for ax, (condition, by_method) in zip(axes[0], curves.items(), strict=True):
         for label, (fpr, tpr) in by_method.items():
@@ -60,7 +52,7 @@ def roc_figure(sweep: Sweep, spec: FigureSpec, out: Path, path: Path) -> None:
         ax.set_aspect("equal")
     axes[0][0].set_ylabel("true-positive rate (unknown flagged)")
     axes[0][-1].legend(loc="lower right", fontsize="small")
-    fig.suptitle(f"{SCORE_LABELS.get(spec.score, spec.score)} ROC, split {spec.split}")
+    fig.suptitle(f"{score_label(spec.score)} ROC, split {spec.split}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -69,12 +61,8 @@ def roc_figure(sweep: Sweep, spec: FigureSpec, out: Path, path: Path) -> None:
 def budget_config(config: Config, spec: FigureSpec) -> Config:
     """``config`` whose attacks are ``spec.attack`` at every nonzero eps of ``spec``, the
     step scaled with the budget."""
-    base = config.eval.attacks[spec.attack].resolved()
-    attacks = {}
-    for eps in spec.eps:
-        if eps > 0:
-            alpha = None if base.alpha is None else base.alpha * eps / base.eps
-            attacks[f"eps{eps:g}"] = dataclasses.replace(base, eps=float(eps), alpha=alpha)
+    base = config.eval.attacks[spec.attack]
+    attacks = {f"eps{eps:g}": at_eps(base, eps) for eps in spec.eps if eps > 0}
     return dataclasses.replace(config, eval=dataclasses.replace(config.eval, attacks=attacks))
 
 
@@ -103,12 +91,12 @@ def budget_curve(run: RunDir, spec: FigureSpec, cache: Path) -> dict[str, Any]:
 
 
 def budget_figure(curves: dict[str, dict[str, Any]], spec: FigureSpec, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (acc, roc) = plt.subplots(1, 2, figsize=(9, 4))
     for label, curve in curves.items():
         acc.plot(curve["eps"], curve["closed_set_accuracy"], marker="o", label=label)
         roc.plot(curve["eps"], curve["auroc"], marker="o", label=label)
-    score = SCORE_LABELS.get(spec.score, spec.score)
+    score = score_label(spec.score)
     acc.set(xlabel="eps (1/255)", ylabel="closed-set accuracy", ylim=(0, 1))
     roc.set(xlabel="eps (1/255)", ylabel=f"AUROC {score}", ylim=(0, 1))
     roc.axhline(0.5, color="gray", linestyle=":", linewidth=1)

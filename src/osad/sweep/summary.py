@@ -16,7 +16,7 @@ from typing import Any
 
 from osad.config import AttackConfig
 from osad.eval.metrics import mean_std
-from osad.eval.report import SCORE_LABELS
+from osad.eval.report import markdown_table, score_label
 from osad.sweep.runner import is_finished, plan
 from osad.sweep.spec import Sweep
 
@@ -211,10 +211,9 @@ def _paired_markdown(summary: dict[str, Any]) -> list[str]:
         "those splits; in brackets, on how many of them a is ahead.",
     ]
     header = ["a - b", "closed-set acc"]
-    header += [f"AUROC {SCORE_LABELS.get(s, s)}" for s in summary["scores"]]
+    header += [f"AUROC {score_label(s)}" for s in summary["scores"]]
     for name in summary["conditions"]:
-        lines += ["", f"### {name}", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        rows = []
         for pair in summary["paired"]:
             condition = pair["conditions"].get(name)
             cells = [f"{pair['a']} - {pair['b']}"]
@@ -222,7 +221,8 @@ def _paired_markdown(summary: dict[str, Any]) -> list[str]:
             cells += [
                 _difference_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        lines += ["", f"### {name}", "", *markdown_table(header, rows)]
     return lines
 
 
@@ -240,16 +240,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         names = ", ".join(f"{m['method']} split {m['split']}" for m in summary["missing"])
         lines += ["", f"**PARTIAL**: not finished: {names}."]
     header = ["method", "splits", "closed-set acc"]
-    header += [f"AUROC {SCORE_LABELS.get(s, s)}" for s in summary["scores"]]
+    header += [f"AUROC {score_label(s)}" for s in summary["scores"]]
     for name, attack in summary["conditions"].items():
-        lines += ["", f"## {name}: {attack}", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        rows = []
         for label, method in summary["methods"].items():
             condition = method["conditions"].get(name)
             cells = [label, ",".join(map(str, method["splits"]))]
             cells.append(_cell(condition and condition["closed_set_accuracy"]))
             cells += [_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]]
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        lines += ["", f"## {name}: {attack}", "", *markdown_table(header, rows)]
     if summary["paired"]:
         lines += _paired_markdown(summary)
     if summary["compute"]["steps"]:
