@@ -170,7 +170,11 @@ def compute_time(out: Path) -> dict[str, Any]:
 
 
 def _compute_markdown(compute: dict[str, Any]) -> list[str]:
-    lines = [
+    rows = [
+        [label, str(e["steps"]), f"{e['seconds']:.0f}", f"{e['seconds'] / e['steps']:.0f}"]
+        for label, e in compute["per_method"].items()
+    ]
+    return [
         "",
         "## compute",
         "",
@@ -178,13 +182,8 @@ def _compute_markdown(compute: dict[str, Any]) -> list[str]:
         f"run each), {compute['seconds']:.0f} s in all, the last finished at "
         f"{compute['last_finished']}.",
         "",
-        "| method | steps | seconds | seconds per step |",
-        "|---|---|---|---|",
+        *markdown_table(["method", "steps", "seconds", "seconds per step"], rows),
     ]
-    for label, entry in compute["per_method"].items():
-        per_step = entry["seconds"] / entry["steps"]
-        lines.append(f"| {label} | {entry['steps']} | {entry['seconds']:.0f} | {per_step:.0f} |")
-    return lines
 
 
 def _cell(stats: dict[str, Any] | None) -> str:
