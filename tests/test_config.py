@@ -1,11 +1,15 @@
+import dataclasses
 import re
+import time
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from osad.config import AttackConfig, Config, make_config
+from osad.config import AttackConfig, Config, make_config, make_task_config, parse_override
 from osad.errors import ConfigError
+from osad.fas_config import FasConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,3 +213,160 @@ def test_saved_config_states_every_resolved_attack_key(tmp_path):
     assert (
         make_config(tmp_path / "c.yaml").train.attack.resolved() == config.train.attack.resolved()
     )
+
+
+# ---------------------------------------------------------------------------
+# Every YAML osad reads goes through one strict loader (issue 15 item 4)
+
+# 342 bytes that expand to 9**9 strings: PyYAML composes it in microseconds, but
+# echoing, copying or merging the expanded value takes gigabytes.
+ALIAS_BOMB = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9 if prev else ['lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+BAD_YAML = [
+    (ALIAS_BOMB.encode(), "holds more than 10000 values with its aliases expanded"),
+    (b"a: &a [*a]\n", "an alias refers to a node that contains it"),
+    (b"? [a, b]\n: 1\n", "a key must be a plain name, not a list or mapping"),
+    (b"method: plain\nmethod: osdn\n", "key 'method' appears twice"),
+    (b"method: \xff\xfe plain\n", "is not UTF-8 text (byte 0xff at offset 8)"),
+    (b"seed: " + b"9" * 5000 + b"\n", "holds a value osad cannot read"),
+    (b"eval: " + b"[" * 20_000 + b"]" * 20_000 + b"\n", "more than 32 levels deep"),
+]
+
+
+@pytest.mark.parametrize("content,message", BAD_YAML)
+def test_bad_yaml_files_are_refused_in_one_short_line(content, message, tmp_path):
+    assert ALIAS_BOMB.count("\n") == 9 and len(ALIAS_BOMB) < 400
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        make_config(path)
+    assert time.perf_counter() - start < 2
+    text = str(info.value)
+    assert message in text and "\n" not in text and len(text) < 200, text
+
+
+def test_overrides_go_through_the_strict_loader():
+    bomb = "[" + ", ".join(["&x [&y [&z [1, 1, 1, 1, 1, 1, 1, 1, 1]]]"] + ["*x"] * 9999) + "]"
+    for value, message in [
+        (bomb, "more than 10000 values"),
+        ("{a: 1, a: 2}", "key 'a' appears twice"),
+        ("{[a, b]: 1}", "a key must be a plain name"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            make_config(overrides=[f"train.attack={value}"])
+        assert len(str(info.value)) < 250
+
+
+def test_yaml_1_2_numbers_are_floats(tmp_path):
+    # PyYAML implements YAML 1.1, where a float needs a dot: 1e-3 was a string.
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  attack:\n    eps: 16E0\n")
+    c = make_config(path, ["train.weight_decay=5e-4", "eval.attacks.pgd.eps=+8e0"])
+    assert c.train.lr == 1e-3 and c.train.attack.eps == 16.0
+    assert c.train.weight_decay == 5e-4 and c.eval.attacks["pgd"].eps == 8.0
+    # YAML 1.1 forms still read as before; integers stay integers.
+    c = make_config(overrides=["train.lr=1_0.5", "train.epochs=3"])
+    assert c.train.lr == 10.5 and c.train.epochs == 3
+    assert parse_override("data.name=1e") == ("data.name", "1e")
+
+
+def test_a_scalar_where_a_list_is_expected_is_a_one_element_list(tmp_path):
+    assert make_config(overrides=["eval.scores=msp"]).eval.scores == ["msp"]
+    assert make_config(overrides=["model.denoise_places=4"]).model.denoise_places == [4]
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  eps_sweep: 8\n")
+    assert make_config(path).eval.eps_sweep == [8.0]
+    with pytest.raises(ConfigError, match=re.escape("'eval.scores' must be a list of a string")):
+        make_config(overrides=["eval.scores={a: 1}"])
+
+
+@pytest.mark.parametrize(
+    "override,suggestion",
+    [("data.name=CIFAR10", "cifar10"), ("method=OSDN", "osdn"), ("Train.epochs=3", "train")],
+)
+def test_suggestions_ignore_case(override, suggestion):
+    with pytest.raises(ConfigError, match=re.escape(f"(did you mean '{suggestion}'?)")):
+        make_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "method=" + "x" * 100_000,
+        "x" * 100_000 + "=1",
+        "data.known=[" + ", ".join(["1"] * 9000) + "]",
+        "eval.eps_sweep=[" + ", ".join(["300"] * 9000) + "]",
+        "model.denoise=" + "+".join(["cbam"] * 9000),
+        "device=" + "cuda" * 9000,
+        "seed=" + "9" * 4000,
+        "train.lr=" + "9" * 4000,
+        "train.epochs=" + "x" * 100_000,
+        "data.name={" + ", ".join(f"k{i}: {i}" for i in range(9000)) + "}",
+    ],
+)
+def test_error_messages_never_echo_unbounded_values(override):
+    with pytest.raises(ConfigError) as info:
+        make_config(overrides=[override])
+    assert len(str(info.value)) < 300, str(info.value)[:400]
+
+
+# ---------------------------------------------------------------------------
+# Numbers: finite, and integers torch and NumPy accept (issue 15 items 7 and 8)
+
+
+def _float_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every key of ``schema`` that holds a float (attack mappings through 'pgd')."""
+    keys = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp, key = hints[f.name], prefix + f.name
+        args = typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            keys += _float_keys(tp, key + ".")
+        elif typing.get_origin(tp) is dict:
+            keys += _float_keys(args[1], key + ".pgd.")
+        elif tp is float or float in args:
+            keys.append(key)
+    return keys
+
+
+def test_every_float_key_is_found():
+    keys = _float_keys(Config)
+    for key in ["train.lr", "train.attack.eps", "train.attack.alpha", "eval.eps_sweep"]:
+        assert key in keys
+    assert "train.mutual_temperature" in keys and "eval.attacks.pgd.p_init" in keys
+    assert {"train.inner_lr", "train.depth_weight"} <= set(_float_keys(FasConfig))
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1" + "0" * 400])
+def test_non_finite_numbers_are_refused_naming_the_key(value):
+    cases = [([], key) for key in _float_keys(Config)]
+    cases += [(["task=fas"], key) for key in _float_keys(FasConfig)]
+    cases += [(["train.attack.norm=l2"], "train.attack.eps")]
+    for extra, key in cases:
+        with pytest.raises(ConfigError, match=re.escape(f"'{key}") + r"(\[0\])?' must be a finite"):
+            make_task_config(overrides=[*extra, f"{key}={value}"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("seed=99999999999999999999999", "'seed' must be in 0..4294967295"),
+        ("seed=-1", "'seed' must be in 0..4294967295"),
+        ("data.partition_seed=4294967296", "'data.partition_seed' must be in 0..4294967295"),
+        ("train.epochs=9223372036854775808", "'train.epochs' must be in -9223372036854775808.."),
+        ("device=cuda:abc", "'device' must be auto, cpu, cuda or cuda:N (N a GPU index)"),
+        ("device=cuda:", "'device' must be a string"),
+        ("device=cuda:-1", "'device' must be auto"),
+        ("device=CPU", "'device' must be auto"),
+    ],
+)
+def test_integers_and_devices_out_of_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_config(overrides=[override])
+    if override.startswith(("seed", "device")):  # the anti-spoofing schema has both
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            make_task_config(overrides=["task=fas", override])

@@ -23,6 +23,8 @@ are checked, see :mod:`osad.storage`) or leave them out.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from typing import Any, TypeVar
 import yaml
 
 from osad import __version__
-from osad.errors import ConfigError, did_you_mean
+from osad.errors import ConfigError, did_you_mean, shown
 from osad.storage import FORMAT_VERSION, check_format, write_atomic
 
 T = TypeVar("T")
@@ -374,21 +376,33 @@ def _type_name(tp: Any) -> str:
     )
 
 
+# Integers osad passes to torch and NumPy (int64), and seeds (what NumPy's legacy
+# generator and scikit-learn's random_state accept).
+INT_RANGE = (-(2**63), 2**63 - 1)
+SEED_RANGE = (0, 2**32 - 1)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return the typed value."""
+    """Check ``value`` against the annotation ``tp``; return the typed value.
+
+    A scalar where a list is expected is a one-element list (``eval.scores=msp``).
+    Every number must be finite, every integer an int64 and every ``*seed`` in
+    :data:`SEED_RANGE`."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"'{key}' must be a mapping, got {shown(value)}")
         return _build(tp, value, key)
     if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
         (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, dict)) and typing.get_origin(item_tp) is not list:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {shown(value)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"'{key}' must be a mapping, got {shown(value)}")
         _, val_tp = typing.get_args(tp)
         return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
@@ -401,12 +415,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool and isinstance(value, bool):
         return value
     if tp is int and is_number and isinstance(value, int):
+        low, high = SEED_RANGE if key.rsplit(".", 1)[-1].endswith("seed") else INT_RANGE
+        if not low <= value <= high:
+            raise ConfigError(f"'{key}' must be in {low}..{high}, got {shown(value)}")
         return value
     if tp is float and is_number:
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"'{key}' must be a finite number, got {shown(value)}")
+        return number
     if tp is str and isinstance(value, str):
         return value
-    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {shown(value)}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -417,7 +437,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             full_names = [f"{prefix}.{n}" if prefix else n for n in names]
-            raise ConfigError(f"unknown config key '{full}'{did_you_mean(full, full_names)}")
+            raise ConfigError(
+                f"unknown config key '{shown(full, quoted=False)}'{did_you_mean(full, full_names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
@@ -440,11 +462,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"malformed override '{text}': expected key=value, e.g. train.epochs=3")
+        raise ConfigError(
+            f"malformed override '{shown(text, quoted=False)}': expected key=value, "
+            "e.g. train.epochs=3"
+        )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"malformed value in override '{text}': {exc.problem}") from None
+        value = parse_yaml(raw, "it") if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(
+            f"malformed value in override '{shown(text, quoted=False)}': {exc}"
+        ) from None
     return key, value
 
 
@@ -459,18 +486,106 @@ def _merge_tree(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# YAML 1.2 core-schema floats: PyYAML implements YAML 1.1, which reads 1e-3 (no dot)
+# as a string. Added after YAML 1.1's own float rule, which still reads 1_000.5.
+_YAML12_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+# The most nodes a document may hold with its aliases expanded: a config file has a
+# few hundred; a nested-alias bomb of 342 bytes has 9**9 (and would take every byte
+# of memory an echo of it or a deep copy needs).
+MAX_YAML_NODES = 10_000
+# The deepest nesting of lists and mappings a document may have (a config has 4);
+# PyYAML composes and constructs recursively, and scans deep flow nesting in
+# quadratic time.
+MAX_YAML_DEPTH = 32
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key written twice in one mapping (PyYAML would
-    silently keep the last one, hiding a preset's mistake)."""
+    """YAML's safe loader, made strict: a key written twice in one mapping is refused
+    (PyYAML would silently keep the last one, hiding a preset's mistake), so is a
+    complex key (``? [a, b]``), a document of more than :data:`MAX_YAML_NODES`
+    nodes once its aliases are expanded (or a recursive one) and one nested more
+    than :data:`MAX_YAML_DEPTH` levels deep; ``1e-3`` is a float (YAML 1.2)."""
+
+    yaml_implicit_resolvers: typing.ClassVar[dict[str, list]] = {
+        first: list(resolvers)
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"it nests lists or mappings more than {MAX_YAML_DEPTH} levels deep",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+.0123456789"))
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a node graph whose aliases expand to more than :data:`MAX_YAML_NODES`
+    nodes, or loop; linear in the graph's size (each shared node is counted once)."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in visiting:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to a node that contains it", node.start_mark
+            )
+        visiting.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"it holds more than {MAX_YAML_NODES} values with its aliases expanded",
+                    node.start_mark,
+                )
+        visiting.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain name, not a list or mapping", key_node.start_mark
+            )
         key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key '{key}' appears twice", key_node.start_mark
+                None, None, f"key '{shown(key, quoted=False)}' appears twice", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node)
@@ -479,6 +594,35 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
 _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
 )
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """The value of one YAML document, read by the strict loader (see
+    :class:`_StrictLoader`): every YAML osad reads goes through here.
+
+    ``text`` as bytes must be UTF-8. ``source`` names the text in the one-line
+    :class:`~osad.errors.ConfigError` any fault raises, e.g. ``config file a.yaml``.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{source} is not UTF-8 text (byte 0x{text[exc.start]:02x} at offset "
+                f"{exc.start}); save it as UTF-8"
+            ) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
+        why = f": {shown(problem, quoted=False)}" if problem else ""
+        raise ConfigError(f"{source} is not valid YAML{where}{why}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise ConfigError(
+            f"{source} holds a value osad cannot read: {shown(str(exc), quoted=False)}"
+        ) from None
 
 
 def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -491,14 +635,7 @@ def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str
     if not path.is_file():
         by = f" (extended by {_extended_by[-1]})" if _extended_by else ""
         raise ConfigError(f"config file not found: {path}{by}")
-    try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None)
-        why = f": {problem}" if problem else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}{why}") from None
+    data = parse_yaml(path.read_bytes(), f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -695,9 +832,11 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate_device(device: str) -> None:
+    """``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU index)."""
     _check(
-        device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
-        f"'device' must be auto, cpu, cuda or cuda:N, got '{device}'",
+        re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", device) is not None,
+        f"'device' must be auto, cpu, cuda or cuda:N (N a GPU index), got "
+        f"'{shown(device, quoted=False)}'",
     )
 
 
@@ -767,10 +906,10 @@ def validate_attack(
 def _validate_known(known: list[int], unknown: str, info) -> None:
     _check(
         all(0 <= c < info.num_classes for c in known),
-        f"'data.known' entries must be class ids in 0..{info.num_classes - 1}, got {known}",
+        f"'data.known' entries must be class ids in 0..{info.num_classes - 1}, got {shown(known)}",
     )
-    _check(len(set(known)) == len(known), f"'data.known' has duplicates: {known}")
-    _check(len(known) >= 2, f"'data.known' needs at least 2 classes, got {known}")
+    _check(len(set(known)) == len(known), f"'data.known' has duplicates: {shown(known)}")
+    _check(len(known) >= 2, f"'data.known' needs at least 2 classes, got {shown(known)}")
     _check(
         bool(unknown) or len(known) < info.num_classes,
         "'data.known' names every class; leave some unknown or set data.unknown",
@@ -827,16 +966,19 @@ def validate(config: Config) -> None:
     for form in forms:
         if form not in DENOISERS:
             raise unknown_name("denoising form in 'model.denoise'", form, DENOISERS)
-    _check(len(set(forms)) == len(forms), f"'model.denoise' repeats a form: {m.denoise}")
+    _check(
+        len(set(forms)) == len(forms),
+        f"'model.denoise' repeats a form: {shown(m.denoise, quoted=False)}",
+    )
     _check(m.width >= 2, f"'model.width' must be >= 2, got {m.width}")
     _check(m.latent_dim >= 1, f"'model.latent_dim' must be >= 1, got {m.latent_dim}")
     _check(
         all(0 <= p <= 4 for p in m.denoise_places),
-        f"'model.denoise_places' entries must be in 0..4, got {m.denoise_places}",
+        f"'model.denoise_places' entries must be in 0..4, got {shown(m.denoise_places)}",
     )
     _check(
         len(set(m.denoise_places)) == len(m.denoise_places),
-        f"'model.denoise_places' has duplicates: {m.denoise_places}",
+        f"'model.denoise_places' has duplicates: {shown(m.denoise_places)}",
     )
 
     t = config.train
@@ -904,7 +1046,7 @@ def validate(config: Config) -> None:
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))
     _check(
         all(0 <= eps <= 255 for eps in e.eps_sweep),
-        f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {e.eps_sweep}",
+        f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {shown(e.eps_sweep)}",
     )
     for name in e.pairings:
         if name not in PAIRINGS:
@@ -912,7 +1054,7 @@ def validate(config: Config) -> None:
     _check(
         "both" in e.pairings,
         f"'eval.pairings' must include both (the paper's pairing and the headline numbers), "
-        f"got {e.pairings}",
+        f"got {shown(e.pairings)}",
     )
 
 

@@ -7,7 +7,10 @@ into one line on stderr and exit status 2, the Python API lets it propagate.
 from __future__ import annotations
 
 import difflib
+import math
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class OsadError(Exception):
@@ -58,15 +61,35 @@ class TrainingInterrupted(Exception):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``; case is
+    ignored (``CIFAR10`` suggests ``cifar10``)."""
+    by_folded = {str(choice).casefold(): str(choice) for choice in choices}
+    close = difflib.get_close_matches(str(name).casefold(), list(by_folded), n=1, cutoff=0.5)
+    return f" (did you mean '{by_folded[close[0]]}'?)" if close else ""
+
+
+SHOWN_CHARS = 80
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 8, 8
+_REPR.maxstring = _REPR.maxother = SHOWN_CHARS
+
+
+def shown(value: Any, quoted: bool = True) -> str:
+    """``value`` as an error message echoes it: its repr (``quoted=False``: its str,
+    for a string), at most :data:`SHOWN_CHARS` characters, cut with ``...``.
+
+    Reads at most a few elements of a container, so a huge value (an expanded YAML
+    alias, a 4,000-digit integer) costs nothing to show."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = _REPR.repr(value) if quoted or not isinstance(value, str) else value
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     """A ConfigError for a name that is not among ``choices``, with a suggestion."""
     choices = sorted(choices)
     return ConfigError(
-        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: "
-        + ", ".join(choices)
+        f"unknown {kind} '{shown(name, quoted=False)}'{did_you_mean(name, choices)}; "
+        "choose one of: " + ", ".join(choices)
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from osad.config import ConfigSource, _check, build_config, validate_device
+from osad.errors import shown
 
 
 @dataclass
@@ -100,7 +101,7 @@ def make_fas_config(file: ConfigSource = None, overrides: Sequence[str] = ()) ->
 
 def _positive_widths(widths: list[int], key: str) -> None:
     _check(len(widths) >= 1, f"'{key}' must list at least one width")
-    _check(all(w >= 1 for w in widths), f"'{key}' entries must be >= 1, got {widths}")
+    _check(all(w >= 1 for w in widths), f"'{key}' entries must be >= 1, got {shown(widths)}")
 
 
 def validate_fas(config: FasConfig) -> None:
@@ -119,7 +120,9 @@ def validate_fas(config: FasConfig) -> None:
     for name in [*d.sources, d.target]:
         if name not in collection.domains:
             raise unknown_name(f"{d.name} domain", name, collection.domains)
-    _check(len(set(d.sources)) == len(d.sources), f"'data.sources' has duplicates: {d.sources}")
+    _check(
+        len(set(d.sources)) == len(d.sources), f"'data.sources' has duplicates: {shown(d.sources)}"
+    )
     _check(
         d.target not in d.sources,
         f"'data.target' {d.target} is also a source; hold out a domain that is not trained on",
@@ -127,7 +130,7 @@ def validate_fas(config: FasConfig) -> None:
     needed = 1 if not META_METHODS[config.method].meta else 2
     _check(
         len(d.sources) >= needed,
-        f"method {config.method} needs at least {needed} source domains, got {d.sources}",
+        f"method {config.method} needs at least {needed} source domains, got {shown(d.sources)}",
     )
     _check(0 < d.val_fraction < 1, f"'data.val_fraction' must be in (0, 1), got {d.val_fraction}")
 

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from osad.checkpoint import (
@@ -27,7 +26,7 @@ from osad.checkpoint import (
     read_weights,
     save_model,
 )
-from osad.config import Config, check_perf_device, load_saved_config, save_config
+from osad.config import Config, check_perf_device, load_saved_config, parse_yaml, save_config
 from osad.data import OpenSetData, load_openset
 from osad.data.fas import load_fas
 from osad.distributed import agree, process_device, rank0_first, world
@@ -135,9 +134,9 @@ def _resume_target(path: str | Path, data_root: str | None) -> tuple[RunDir, Pat
 def load_run_config(run: RunDir) -> Config | FasConfig:
     """The configuration a run was trained with (its format version must be ours)."""
     try:
-        data = yaml.safe_load(run.config.read_text())
-    except yaml.YAMLError:
-        raise RunDirError(f"{run.config} is not valid YAML") from None
+        data = parse_yaml(run.config.read_bytes(), str(run.config))
+    except ConfigError as exc:
+        raise RunDirError(str(exc)) from None
     if not isinstance(data, dict):
         raise RunDirError(f"{run.config} does not hold a configuration mapping")
     return load_saved_config(data, source=str(run.config))
