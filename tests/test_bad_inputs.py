@@ -18,7 +18,7 @@ from osad.config import make_config, save_config
 from osad.errors import CheckpointError, ConfigError, InputError, OsadError
 from osad.openset import MSP
 from osad.train import train
-from tests.conftest import RESUMABLE, tiny_net
+from tests.conftest import RESUMABLE, TINY, tiny_net
 
 # ---------------------------------------------------------------------------
 # CLI flags and config values, through `osad`
@@ -163,3 +163,93 @@ def test_training_data_out_of_range_is_refused_before_training(digits_split0):
     data = replace(digits_split0, train_images=digits_split0.train_images * 16)
     with pytest.raises(InputError, match=r"data\.train_images must have values in"):
         train(make_config(overrides=list(RESUMABLE)), data, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# Refused commands leave nothing behind; a run's config.yaml is read strictly
+
+
+REFUSED_TRAININGS = [
+    (["seed=99999999999999999999999"], "'seed' must be in 0..4294967295"),
+    (["device=cuda:abc"], "'device' must be auto, cpu, cuda or cuda:N"),
+    (
+        ["data.test_fraction=0.001"],
+        "'data.test_fraction' 0.001 holds out 2 of the 1797 images for 10 classes; "
+        "it must be in [0.0056, 0.9944]",
+    ),
+    (["data.val_fraction=0.001"], "'data.val_fraction' 0.001 holds out 1 of the"),
+    (["model.width=100000"], "model.width=100000, model.latent_dim=16 give a model of"),
+    (["train.attack.norm=l2", "train.attack.eps=.inf"], "'train.attack.eps' must be a finite"),
+    (["train.attack.alpha=.inf"], "'train.attack.alpha' must be a finite number"),
+    (["method=osdn-caml", "train.mutual_temperature=.inf"], "'train.mutual_temperature' must"),
+    (["--config", "{bomb}"], "holds more than 10000 values"),
+    (["task=fas", "train.inner_lr=.nan"], "'train.inner_lr' must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("args,message", REFUSED_TRAININGS)
+def test_refused_training_leaves_no_run_directory(args, message, tmp_path, capsys):
+    from tests.test_config import ALIAS_BOMB
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB)
+    out = tmp_path / "D"
+    args = [a.format(bomb=bomb) for a in args]
+    tiny = () if "task=fas" in args else TINY
+    for command in ("train", "run"):
+        assert main([command, "--out", str(out), "--no-progress", *tiny, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("osad: error: "), err[:2000]
+        assert message in err
+        assert not out.exists()
+
+
+def _run_with_config(tmp_path, content: bytes, finished: bool = True):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(content)
+    if finished:
+        (run / "model.safetensors").write_bytes(b"")
+    return run
+
+
+def _saved_config_text(tmp_path) -> bytes:
+    save_config(make_config(), tmp_path / "saved.yaml")
+    return (tmp_path / "saved.yaml").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("bomb", "holds more than 10000 values with its aliases expanded"),
+        ("saved+seed: 3\n", "key 'seed' appears twice"),
+        ("? [a, b]\n: 1\n", "a key must be a plain name"),
+        (b"method: \xff plain\n", "is not UTF-8 text (byte 0xff at offset 8)"),
+    ],
+)
+def test_a_run_config_yaml_is_read_by_the_strict_loader(content, message, tmp_path, capsys):
+    import time
+
+    from tests.test_config import ALIAS_BOMB
+
+    if content == "bomb":
+        content = ALIAS_BOMB.encode()
+    elif isinstance(content, str):
+        content = _saved_config_text(tmp_path) + content.removeprefix("saved+").encode()
+    for argv in (["test"], ["check"], ["train", "--resume"]):
+        run = _run_with_config(tmp_path, content, finished=argv[0] != "train")
+        start = time.perf_counter()
+        assert main([*argv, str(run)]) == 2
+        assert time.perf_counter() - start < 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and len(err) < 300, err[:2000]
+        assert f"{run / 'config.yaml'}" in err and message in err
+        shutil.rmtree(run)
+
+
+def test_a_non_finite_number_in_a_run_config_yaml_is_refused(tmp_path, capsys):
+    text = _saved_config_text(tmp_path).replace(b"lr: 0.001", b"lr: .inf")
+    assert b"lr: .inf" in text
+    run = _run_with_config(tmp_path, text)
+    assert main(["test", str(run)]) == 2
+    assert "'train.lr' must be a finite number" in capsys.readouterr().err

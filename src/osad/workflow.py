@@ -41,7 +41,7 @@ from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import deterministic_mode, resolve_device
 from osad.train import TrainResult, build_model_for, train
-from osad.train.loop import check_parallel_support
+from osad.train.loop import check_model_fits, check_parallel_support
 from osad.train.meta import train_meta
 from osad.train.methods import PEER_METHOD
 
@@ -51,7 +51,8 @@ def train_run(
 ) -> RunDir:
     """Train ``config`` into a new run directory ``out`` (config, checkpoints, weights, history).
 
-    The data are loaded first, so a missing dataset leaves no run directory behind.
+    Everything that can refuse the run (the configuration, the data, the model's size)
+    is checked before the run directory is created, so a refusal leaves nothing behind.
     """
     fas = isinstance(config, FasConfig)
     _check_single_process(fas)
@@ -62,6 +63,8 @@ def train_run(
     data = rank0_first(
         lambda: load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     )
+    if not fas:
+        check_model_fits(config, data, resolve_device(config.device))
     run = agree(lambda: _create_run(config, out, force))
     trainer = train_meta if fas else train
     result = trainer(config, data, run=run, progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,37 @@ def conform(images: Tensor, channels: int, size: int, dtype: torch.dtype) -> Ten
     return images.mul(255.0).round_().clamp_(0, 255).to(dtype)
 
 
+def stratified_split(
+    idx: np.ndarray,
+    labels: np.ndarray,
+    fraction: float,
+    seed: int,
+    key: str,
+    what: str,
+    fix: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``idx`` split into (rest, ``fraction`` of it) with every class of ``labels`` on
+    both sides (scikit-learn's stratified split, seeded); a
+    :class:`~osad.errors.DataError` naming the config ``key`` and the fractions that
+    work when a side would miss a class. ``what`` names the images in the message,
+    ``fix`` ends it."""
+    classes, counts = np.unique(labels, return_counts=True)
+    n, c = len(idx), len(classes)
+    side = math.ceil(fraction * n)  # scikit-learn's size of the `fraction` side
+    if counts.min(initial=n) < 2:
+        raise DataError(
+            f"'{key}': class {classes[counts.argmin()]} has a single image among the {n} {what}; "
+            f"a split that keeps every class on both sides needs two of each{fix}"
+        )
+    if not c <= side <= n - c:
+        low, high = math.ceil(c / n * 1e4) / 1e4, math.floor((n - c) / n * 1e4) / 1e4
+        raise DataError(
+            f"'{key}' {fraction:g} holds out {side} of the {n} {what} for {c} classes; it "
+            f"must be in [{low:g}, {high:g}] to keep every class on both sides{fix}"
+        )
+    return train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+
+
 def partition(
     raw: RawDataset, *, test_fraction: float, partition_seed: int
 ) -> tuple[ClassImages, ClassImages]:
@@ -162,8 +194,8 @@ def partition(
         return raw.train, raw.test
     pool = raw.train
     idx = np.arange(len(pool.labels))
-    train_idx, test_idx = train_test_split(
-        idx, test_size=test_fraction, stratify=pool.labels.numpy(), random_state=partition_seed
+    train_idx, test_idx = stratified_split(
+        idx, pool.labels.numpy(), test_fraction, partition_seed, "data.test_fraction", "images"
     )
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     return (
@@ -200,19 +232,15 @@ def build_openset(
 
     known_idx = (remap[train.labels] >= 0).nonzero(as_tuple=True)[0].numpy()
     if val_fraction > 0:
-        try:
-            fit_idx, val_idx = train_test_split(
-                known_idx,
-                test_size=val_fraction,
-                stratify=train.labels[known_idx].numpy(),
-                random_state=partition_seed,
-            )
-        except ValueError:
-            raise DataError(
-                f"{info.name}: {len(known_idx)} known training images are too few for a "
-                f"stratified validation split of {val_fraction} over {len(known)} classes; "
-                "lower data.val_fraction (0 disables validation)"
-            ) from None
+        fit_idx, val_idx = stratified_split(
+            known_idx,
+            train.labels[known_idx].numpy(),
+            val_fraction,
+            partition_seed,
+            "data.val_fraction",
+            f"known training images of {info.name}",
+            " (or 0: no validation)",
+        )
         fit_idx, val_idx = np.sort(fit_idx), np.sort(val_idx)
     else:
         fit_idx, val_idx = known_idx, known_idx[:0]

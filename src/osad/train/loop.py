@@ -41,7 +41,7 @@ from osad.distributed import (
 from osad.errors import CheckpointError, ConfigError, InputError, OsadError, TrainingInterrupted
 from osad.eval.protocol import outputs_under_attack
 from osad.inputs import check_images, inputs_checked
-from osad.models import create_model
+from osad.models import check_fits, create_model
 from osad.perf import autocast, prepare_model
 from osad.rundir import RunDir
 from osad.runtime import (
@@ -78,16 +78,24 @@ def build_model_for(
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model ``config`` trains on ``data`` (with ``method``'s parts if given), with
     its registry recipe."""
-    name, kwargs = model_spec(
-        config,
-        data.num_classes,
-        data.channels,
-        data.image_size,
-        data.mean,
-        data.std,
-        method=method,
-    )
+    name, kwargs = _spec_for(config, data, method)
     return create_model(name, **kwargs), name, kwargs
+
+
+def _spec_for(
+    config: Config, data: OpenSetData, method: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    return model_spec(
+        config, data.num_classes, data.channels, data.image_size, data.mean, data.std, method=method
+    )
+
+
+def check_model_fits(config: Config, data: OpenSetData, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model ``config`` builds for ``data``
+    whose training state does not fit in ``device``'s memory (:func:`osad.models.check_fits`)."""
+    m = config.model
+    settings = f"model.arch={m.arch}, model.width={m.width}, model.latent_dim={m.latent_dim}"
+    check_fits(*_spec_for(config, data), device, settings)
 
 
 def check_parallel_support(config: Config) -> None:
