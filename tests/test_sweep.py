@@ -263,3 +263,27 @@ def test_paired_differences_use_only_the_splits_both_methods_finished():
     assert pgd["closed_set_accuracy"]["ahead"] == 1
     assert pgd["auroc"]["msp"]["mean"] == pytest.approx(0.0)
     assert set(pgd["auroc"]) == {"msp"}  # openmax only in a's run of split 0
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("? [a, b]\n: 1\n", "a key must be a plain name"),
+        ("splits: [0]\nmethods: {plain: {}}\nsettings: {train: {lr: 1e-3}}\n", None),
+        ("splits: [0]\nmethods: {plain: {}}\nsettings: {train: {lr: .inf}}\n", "finite number"),
+        ("splits: [0]\nmethods: {plain: {overrides: [" + "x" * 10**5 + "]}}\n", "malformed"),
+        ("splits: [0]\nmethods:\n  ? " + "m" * 10**5 + "\n  : 3\n", "must be a mapping"),
+        ("splits: [0]\n? " + "x" * 10**5 + "\n: 1\n", "unknown key"),
+    ],
+)
+def test_sweep_files_go_through_the_strict_loader(tmp_path, text, message):
+    from osad.errors import ConfigError
+
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    if message is None:
+        assert load_sweep(path).run_config(load_sweep(path).methods[0], 0).train.lr == 1e-3
+        return
+    with pytest.raises(ConfigError, match=message) as info:
+        load_sweep(path)
+    assert len(str(info.value)) < 300, str(info.value)[:400]

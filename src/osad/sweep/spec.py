@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from osad.config import Config, _merge_tree, load_yaml, make_config
-from osad.errors import ConfigError, did_you_mean
+from osad.errors import ConfigError, did_you_mean, shown
 
 _SWEEP_KEYS = (
     "description",
@@ -84,7 +84,8 @@ class Sweep:
                 return method
         labels = [m.label for m in self.methods]
         raise ConfigError(
-            f"sweep {self.name} has no method '{label}'{did_you_mean(label, labels)}; "
+            f"sweep {self.name} has no method '{shown(label, quoted=False)}'"
+            f"{did_you_mean(label, labels)}; "
             f"it has {', '.join(labels)}"
         )
 
@@ -119,14 +120,17 @@ class Sweep:
 def _check_keys(tree: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in tree:
         if key not in allowed:
-            raise ConfigError(f"unknown key '{key}' in {where}{did_you_mean(str(key), allowed)}")
+            raise ConfigError(
+                f"unknown key '{shown(key, quoted=False)}' in {where}"
+                f"{did_you_mean(str(key), allowed)}"
+            )
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"'{where}' must be a list of key=value strings, got {value!r}")
+        raise ConfigError(f"'{where}' must be a list of key=value strings, got {shown(value)}")
     return tuple(value)
 
 
@@ -134,7 +138,7 @@ def _config_path(value: Any, folder: Path, where: str) -> Path | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigError(f"'{where}' must be a config file name, got {value!r}")
+        raise ConfigError(f"'{where}' must be a config file name, got {shown(value)}")
     path = folder / value
     if not path.is_file():
         raise ConfigError(f"'{where}' names {path}, which does not exist")
@@ -181,7 +185,8 @@ def _comparisons(value: Any, sweep: Sweep, where: str) -> tuple[tuple[str, str],
         isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1] for pair in value
     ):
         raise ConfigError(
-            f"'compare' in {where} must be a list of [method, other method] pairs, got {value!r}"
+            f"'compare' in {where} must be a list of [method, other method] pairs, "
+            f"got {shown(value)}"
         )
     for pair in value:
         for label in pair:
@@ -212,7 +217,10 @@ def load_sweep(path: str | Path) -> Sweep:
     for label, entry in methods_tree.items():
         entry = {} if entry is None else entry
         if not isinstance(entry, dict):
-            raise ConfigError(f"method '{label}' in {where} must be a mapping (config, overrides)")
+            raise ConfigError(
+                f"method '{shown(label, quoted=False)}' in {where} must be a mapping "
+                "(config, overrides)"
+            )
         _check_keys(entry, _METHOD_KEYS, f"method '{label}' of {where}")
         methods.append(
             SweepMethod(
