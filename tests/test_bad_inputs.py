@@ -183,6 +183,7 @@ REFUSED_TRAININGS = [
     (["train.attack.alpha=.inf"], "'train.attack.alpha' must be a finite number"),
     (["method=osdn-caml", "train.mutual_temperature=.inf"], "'train.mutual_temperature' must"),
     (["--config", "{bomb}"], "holds more than 10000 values"),
+    (["train.batch_size=1"], "train.batch_size=1 is the global batch"),
     (["task=fas", "train.inner_lr=.nan"], "'train.inner_lr' must be a finite number"),
 ]
 

@@ -41,7 +41,7 @@ from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import deterministic_mode, resolve_device
 from osad.train import TrainResult, build_model_for, train
-from osad.train.loop import check_model_fits, check_parallel_support
+from osad.train.loop import check_parallel_support, check_training
 from osad.train.meta import train_meta
 from osad.train.methods import PEER_METHOD
 
@@ -64,7 +64,7 @@ def train_run(
         lambda: load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     )
     if not fas:
-        check_model_fits(config, data, resolve_device(config.device))
+        check_training(config, data, process_device(resolve_device(config.device)))
     run = agree(lambda: _create_run(config, out, force))
     trainer = train_meta if fas else train
     result = trainer(config, data, run=run, progress=progress)

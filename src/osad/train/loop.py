@@ -90,9 +90,19 @@ def _spec_for(
     )
 
 
-def check_model_fits(config: Config, data: OpenSetData, device: torch.device) -> None:
-    """Refuse, before anything is allocated, a model ``config`` builds for ``data``
-    whose training state does not fit in ``device``'s memory (:func:`osad.models.check_fits`)."""
+def check_training(config: Config, data: OpenSetData, device: torch.device) -> None:
+    """Refuse what :func:`train` would refuse about ``config`` and ``data`` before it
+    starts: images out of range, a batch too small to split, mutual learning where it
+    cannot run, and a model whose float32 training state does not fit in ``device``'s
+    memory (counted without allocating, :func:`osad.models.check_fits`). Callers run it
+    before creating a run directory, so that a refusal leaves nothing behind."""
+    for part in ("train_images", "val_images"):
+        images = getattr(data, part)
+        if images.dtype != torch.uint8 and len(images):
+            check_images(images, name=f"data.{part}")
+    t = config.train
+    check_parallel_support(config)
+    check_split(t.batch_size, t.grad_accumulation, world().size)
     m = config.model
     settings = f"model.arch={m.arch}, model.width={m.width}, model.latent_dim={m.latent_dim}"
     check_fits(*_spec_for(config, data), device, settings)
@@ -315,16 +325,11 @@ def train(
     """
     if resume_from is not None and run is None:
         raise InputError("resume_from needs the run directory it belongs to (run=...)")
-    for part in ("train_images", "val_images"):
-        images = getattr(data, part)
-        if images.dtype != torch.uint8 and len(images):
-            check_images(images, name=f"data.{part}")
+    device = process_device(resolve_device(config.device))
+    check_training(config, data, device)
     with deterministic_mode(config.deterministic), inputs_checked():
         seed_everything(config.seed)
-        device = process_device(resolve_device(config.device))
         t = config.train
-        check_parallel_support(config)
-        check_split(t.batch_size, t.grad_accumulation, world().size)
         model, name, kwargs = build_model_for(config, data)
         model.to(device)
         if t.sync_batchnorm and world().distributed:
