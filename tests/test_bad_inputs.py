@@ -253,4 +253,5 @@ def test_a_non_finite_number_in_a_run_config_yaml_is_refused(tmp_path, capsys):
     assert b"lr: .inf" in text
     run = _run_with_config(tmp_path, text)
     assert main(["test", str(run)]) == 2
-    assert "'train.lr' must be a finite number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{run / 'config.yaml'}: 'train.lr' must be a finite number" in err

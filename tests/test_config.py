@@ -232,6 +232,8 @@ BAD_YAML = [
     (b"method: \xff\xfe plain\n", "is not UTF-8 text (byte 0xff at offset 8)"),
     (b"seed: " + b"9" * 5000 + b"\n", "holds a value osad cannot read"),
     (b"eval: " + b"[" * 20_000 + b"]" * 20_000 + b"\n", "more than 32 levels deep"),
+    (b"eval: [" + b"1, " * 20_000 + b"]\n", "holds more than 10000 values"),
+    (b"# " + b"x" * (1 << 20) + b"\n", "holds 1048579 bytes, more than the 1048576"),
 ]
 
 

@@ -515,15 +515,22 @@ class _StrictLoader(yaml.SafeLoader):
     }
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        # Counted while composing, so a long document stops early; aliases are
+        # counted expanded by construct_document.
         self._depth += 1
+        self._nodes += 1
         try:
-            if self._depth > MAX_YAML_DEPTH:
+            if self._depth > MAX_YAML_DEPTH or self._nodes > MAX_YAML_NODES:
+                deep = self._depth > MAX_YAML_DEPTH
                 raise yaml.composer.ComposerError(
                     None,
                     None,
-                    f"it nests lists or mappings more than {MAX_YAML_DEPTH} levels deep",
+                    f"it nests lists or mappings more than {MAX_YAML_DEPTH} levels deep"
+                    if deep
+                    else f"it holds more than {MAX_YAML_NODES} values",
                     self.peek_event().start_mark,
                 )
             return super().compose_node(parent, index)
@@ -625,6 +632,21 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
         ) from None
 
 
+# The largest YAML file osad reads: a configuration or sweep file holds a few KB.
+MAX_YAML_BYTES = 1 << 20
+
+
+def read_yaml(path: Path, source: str) -> Any:
+    """:func:`parse_yaml` of the file ``path``, refused unread if larger than
+    :data:`MAX_YAML_BYTES`."""
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{source} holds {size} bytes, more than the {MAX_YAML_BYTES} a configuration may"
+        )
+    return parse_yaml(path.read_bytes(), source)
+
+
 def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file into a mapping, with one-line errors.
 
@@ -635,7 +657,7 @@ def load_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str
     if not path.is_file():
         by = f" (extended by {_extended_by[-1]})" if _extended_by else ""
         raise ConfigError(f"config file not found: {path}{by}")
-    data = parse_yaml(path.read_bytes(), f"config file {path}")
+    data = read_yaml(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from osad.checkpoint import (
     read_weights,
     save_model,
 )
-from osad.config import Config, check_perf_device, load_saved_config, parse_yaml, save_config
+from osad.config import Config, check_perf_device, load_saved_config, read_yaml, save_config
 from osad.data import OpenSetData, load_openset
 from osad.data.fas import load_fas
 from osad.distributed import agree, process_device, rank0_first, world
@@ -137,12 +137,17 @@ def _resume_target(path: str | Path, data_root: str | None) -> tuple[RunDir, Pat
 def load_run_config(run: RunDir) -> Config | FasConfig:
     """The configuration a run was trained with (its format version must be ours)."""
     try:
-        data = parse_yaml(run.config.read_bytes(), str(run.config))
+        data = read_yaml(run.config, str(run.config))
     except ConfigError as exc:
         raise RunDirError(str(exc)) from None
     if not isinstance(data, dict):
         raise RunDirError(f"{run.config} does not hold a configuration mapping")
-    return load_saved_config(data, source=str(run.config))
+    try:
+        return load_saved_config(data, source=str(run.config))
+    except ConfigError as exc:
+        if str(run.config) in str(exc):
+            raise
+        raise ConfigError(f"{run.config}: {exc}") from None
 
 
 def load_run_model(
