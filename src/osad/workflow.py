@@ -42,7 +42,7 @@ from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import deterministic_mode, resolve_device
 from osad.train import TrainResult, build_model_for, train
 from osad.train.loop import check_parallel_support, check_training
-from osad.train.meta import train_meta
+from osad.train.meta import check_meta_training, train_meta
 from osad.train.methods import PEER_METHOD
 
 
@@ -63,8 +63,11 @@ def train_run(
     data = rank0_first(
         lambda: load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     )
-    if not fas:
-        check_training(config, data, process_device(resolve_device(config.device)))
+    device = process_device(resolve_device(config.device))
+    if fas:
+        check_meta_training(config, device)
+    else:
+        check_training(config, data, device)
     run = agree(lambda: _create_run(config, out, force))
     trainer = train_meta if fas else train
     result = trainer(config, data, run=run, progress=progress)

@@ -44,10 +44,11 @@ from tqdm.auto import tqdm
 from osad.data.augment import to_float
 from osad.data.fas import FasData
 from osad.data.fas_frames import ATTACK, REAL, FasFrames
+from osad.errors import shown
 from osad.eval.fas import frame_scores
 from osad.eval.metrics import auroc, eer
 from osad.fas_config import FasConfig
-from osad.models import create_model
+from osad.models import check_fits, create_model
 from osad.models.fas import FasNet
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
@@ -230,6 +231,19 @@ def _validation_record(model: FasNet, data: FasData, batch_size: int) -> dict[st
     return {"val_auc": auroc(scores, labels == REAL), "val_eer": eer(scores, labels)[0]}
 
 
+def check_meta_training(config: FasConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated or a run directory created, a network whose
+    float32 training state does not fit in ``device``'s memory
+    (:func:`osad.models.check_fits`)."""
+    m = config.model
+    settings = (
+        f"model.stem_width={m.stem_width}, model.blocks={shown(m.blocks)}, "
+        f"model.depth_widths={shown(m.depth_widths)}, "
+        f"model.learner_widths={shown(m.learner_widths)}"
+    )
+    check_fits(*fas_model_spec(config), device, settings)
+
+
 def train_meta(
     config: FasConfig, data: FasData, run: RunDir | None = None, progress: bool = True
 ) -> TrainResult:
@@ -240,8 +254,9 @@ def train_meta(
     (with ``run`` given). The final model is returned in eval mode; the target
     domain is never looked at.
     """
-    seed_everything(config.seed)
     device = resolve_device(config.device)
+    check_meta_training(config, device)
+    seed_everything(config.seed)
     method = META_METHODS[config.method]
     name, kwargs = fas_model_spec(config)
     model = create_model(name, **kwargs).to(device)
