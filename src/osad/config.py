@@ -626,6 +626,8 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
         why = f": {shown(problem, quoted=False)}" if problem else ""
         raise ConfigError(f"{source} is not valid YAML{where}{why}") from None
+    except RecursionError:  # aliases nested in aliases beyond Python's stack
+        raise ConfigError(f"{source} nests its aliases too deeply") from None
     except ValueError as exc:  # an integer of more digits than Python converts
         raise ConfigError(
             f"{source} holds a value osad cannot read: {shown(str(exc), quoted=False)}"
