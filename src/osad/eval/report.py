@@ -43,6 +43,7 @@ def condition_dict(condition: ConditionResult) -> dict[str, Any]:
         **_pairing_dict(condition.headline),
         "attack": condition.attack if condition.attack is not None else {"name": "none"},
         "scorer_fit": condition.scorer_fit,
+        "nonfinite_gradients": condition.nonfinite_gradients,
         "pairings": {
             name: _pairing_dict(p) for name, p in condition.pairings.items() if name != "both"
         },
