@@ -42,5 +42,9 @@ def wider_cnn() -> SmallCNN:
     return SmallCNN(width=12)
 
 
+def ten_class_cnn() -> SmallCNN:
+    return SmallCNN(classes=10)
+
+
 def not_a_model() -> int:
     return 3

@@ -283,7 +283,9 @@ def wrong_weights(tmp_path):
     save_file(SmallCNN(width=12).state_dict(), str(wider))
     pickled = tmp_path / "model.pt"
     torch.save(SmallCNN().state_dict(), pickled)
-    return {"wider": wider, "pickle": pickled}
+    ten = tmp_path / "ten.safetensors"
+    save_file(SmallCNN(classes=10).state_dict(), str(ten))
+    return {"wider": wider, "pickle": pickled, "ten": ten}
 
 
 @pytest.mark.parametrize(
@@ -297,6 +299,7 @@ def wrong_weights(tmp_path):
         ),
         ("small_cnn", "pickle", [], "is a pickle (torch.save) file, which osad never loads"),
         ("small_cnn", "missing", [], "not found"),
+        ("ten_class_cnn", "ten", [], "model outputs 10 logits but the data have 6 known"),
         ("nope", "trained", [], "has no function 'nope'"),
         ("not_a_model", "trained", [], "returned a int, not a torch.nn.Module"),
         (None, "trained", [], "--model must be module:function or path/to/file.py:function"),
@@ -346,3 +349,26 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert result.conditions == ["clean", "pgd", "adaptive"]
     assert result.accuracy("clean") > 0.8
     assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_weights_files_are_verified(tmp_path):
+    from osad.checkpoint import save_model
+    from osad.errors import CheckpointError
+    from osad.modelio import load_weights_file
+
+    model = SmallCNN()
+    path = tmp_path / "osad.safetensors"
+    save_model(path, model, "small-cnn", {})  # an osad weights file carries a digest
+    loaded = SmallCNN(classes=6)
+    digest = load_weights_file(loaded, path)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    state = loaded.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in model.state_dict().items())
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one tensor byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_weights_file(SmallCNN(), path)
+    path.write_bytes(b"not a weights file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_weights_file(SmallCNN(), path)

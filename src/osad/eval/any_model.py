@@ -44,7 +44,7 @@ from osad.errors import DataError, InputError, RunDirError, unknown_name
 from osad.eval.figures import write_figures
 from osad.eval.options import ADAPTIVE_ATTACKS, at_eps, select_evaluation
 from osad.eval.protocol import ConditionResult, EvalResult, evaluate
-from osad.eval.report import metrics_dict, write_results
+from osad.eval.report import metrics_dict, results_table, write_results
 from osad.inputs import check_images, check_labels
 from osad.openset import SCORERS
 
@@ -330,8 +330,6 @@ def evaluate_on_data(
     result = evaluate(model, data, config, progress=progress)
     metrics = metrics_dict(result, config, evaluated=provenance)
     if out is None:
-        from osad.eval.report import results_table
-
         return ModelEvaluation(result, metrics, results_table(result), None)
 
     def write(folder: Path) -> str:
