@@ -95,3 +95,119 @@ def test_a_recorded_root_that_is_the_default_one_needs_no_flag(foreign_run, tmp_
     config = load_run_config(run)
     confirm_data_source(config, run, str(tmp_path / "mine"), False)
     assert config.data.root == str(tmp_path / "mine") and not config.data.verify
+
+
+# ---------------------------------------------------------------------------
+# Names read from a run directory stay inside it.
+
+
+def _store(root):
+    from osad.checkpoint import CheckpointStore
+    from osad.rundir import RunDir
+
+    store = CheckpointStore(RunDir(root), keep=3)
+    store.save(1, {"a.bin": b"inside" * 10})
+    return store
+
+
+def _list_in_manifest(checkpoint, name, data):
+    """Make ``manifest.json`` list ``name`` with the size and sha256 of ``data``: a
+    consistent manifest, as someone crafting the run directory would write it."""
+    import hashlib
+    import json
+
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    entry = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["files"] = {name: entry}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _outside_names(checkpoint, outside):
+    import os
+
+    return {
+        "relative": os.path.relpath(outside, checkpoint),
+        "absolute": str(outside),
+        "dot-dot": "..",
+        "nested": "sub/a.bin",
+    }
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute", "dot-dot", "nested", "symlink"])
+def test_a_manifest_entry_cannot_reach_outside_the_checkpoint(tmp_path, kind):
+    """Refused whether the outside file exists, matches the manifest or not: the
+    message is the same, so it tells nothing about files outside the run."""
+    from osad.errors import OsadError
+
+    store = _store(tmp_path / "run")
+    checkpoint = store.latest()
+    messages = set()
+    for exists in (True, False):
+        outside = tmp_path / f"secret-{exists}"
+        if exists:
+            outside.write_bytes(b"outside")
+        name = _outside_names(checkpoint, outside).get(kind, "link.bin")
+        if kind == "symlink":
+            (checkpoint / name).unlink(missing_ok=True)
+            (checkpoint / name).symlink_to(outside)
+        _list_in_manifest(checkpoint, name, b"outside")
+        with pytest.raises(OsadError) as info:
+            store.read(checkpoint)
+        message = str(info.value)
+        assert "\n" not in message and "not a file name inside" in message
+        messages.add(message.replace(str(exists), "X"))
+    assert len(messages) == 1
+
+
+def test_a_manifest_naming_etc_hostname_with_its_sha256_is_refused(tmp_path):
+    from pathlib import Path
+
+    from osad.errors import OsadError
+
+    hostname = Path("/etc/hostname")
+    if not hostname.is_file():
+        pytest.skip("no /etc/hostname on this machine")
+    store = _store(tmp_path / "run")
+    checkpoint = store.latest()
+    name = "../../../" * 20 + "etc/hostname"
+    _list_in_manifest(checkpoint, name, hostname.read_bytes())
+    with pytest.raises(OsadError, match="not a file name inside"):
+        store.read(checkpoint)
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute", "symlinked checkpoint", "symlinked"])
+def test_latest_cannot_point_outside_the_run(tmp_path, kind):
+    from osad.errors import OsadError
+
+    other = _store(tmp_path / "other").latest()
+    store = _store(tmp_path / "run")
+    pointer = store.run.latest_checkpoint
+    if kind == "relative":
+        pointer.write_text(f"../../other/checkpoints/{other.name}\n")
+    elif kind == "absolute":
+        pointer.write_text(f"{other}\n")
+    elif kind == "symlinked checkpoint":
+        (store.run.checkpoints / "step-00000007").symlink_to(other)
+        pointer.write_text("step-00000007\n")
+    else:  # the pointer file itself leads out
+        pointer.unlink()
+        pointer.symlink_to(tmp_path / "other" / "checkpoints" / "latest")
+    with pytest.raises(OsadError, match="not a file name inside"):
+        store.latest()
+
+
+def test_resume_refuses_a_latest_pointer_into_another_run(finished_run, tmp_path, capsys):
+    """``osad train --resume RUN`` whose ``latest`` names another run's checkpoint:
+    one line, exit 2, nothing trained."""
+    other, run = tmp_path / "other", tmp_path / "run"
+    shutil.copytree(finished_run, other)
+    shutil.copytree(finished_run, run)
+    (run / "model.safetensors").unlink()
+    history = (run / "history.jsonl").read_text()
+    name = (other / "checkpoints" / "latest").read_text().strip()
+    (run / "checkpoints" / "latest").write_text(f"../../other/checkpoints/{name}\n")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a file name inside" in err
+    assert not (run / "model.safetensors").exists()
+    assert (run / "history.jsonl").read_text() == history

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from osad import __version__, storage
 from osad.errors import CheckpointError, StorageError
 from osad.models import create_model
-from osad.rundir import RunDir
+from osad.rundir import RunDir, plain_name_inside
 
 MANIFEST = "manifest.json"
 
@@ -205,7 +205,14 @@ class CheckpointStore:
         pointer = self.run.latest_checkpoint
         if not pointer.is_file():
             return None
-        target = self.run.checkpoints / pointer.read_text().strip()
+        plain_name_inside(self.run.checkpoints, pointer.name, str(pointer))
+        try:
+            name = pointer.read_bytes()[:256].decode().strip()
+        except (OSError, UnicodeDecodeError):
+            raise CheckpointError(
+                f"{pointer} is unreadable: it must hold a checkpoint name"
+            ) from None
+        target = plain_name_inside(self.run.checkpoints, name, str(pointer))
         if RunDir.checkpoint_step(target) is None or not target.is_dir():
             raise CheckpointError(f"{pointer} names a checkpoint that does not exist: {target}")
         return target
@@ -263,12 +270,17 @@ class CheckpointStore:
 
     def read(self, path: Path) -> dict[str, bytes]:
         """The files of checkpoint ``path``, each verified against the manifest."""
+        plain_name_inside(self.run.checkpoints, path.name, f"checkpoint {path}")
         if not path.is_dir():
             raise CheckpointError(f"checkpoint not found: {path}")
+        manifest_path = plain_name_inside(path, MANIFEST, f"checkpoint {path}")
         try:
-            manifest = json.loads((path / MANIFEST).read_text())
+            manifest = json.loads(manifest_path.read_text())
             listed = {
-                name: (int(entry["bytes"]), str(entry["sha256"]))
+                plain_name_inside(path, name, str(manifest_path)): (
+                    int(entry["bytes"]),
+                    str(entry["sha256"]),
+                )
                 for name, entry in manifest["files"].items()
             }
         except FileNotFoundError:
@@ -279,8 +291,8 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {path} {problem}") from None
         storage.check_format(manifest.get("format_version"), f"checkpoint {path}", CheckpointError)
         files = {}
-        for name, (size, digest) in listed.items():
-            file = path / name
+        for file, (size, digest) in listed.items():
+            name = file.name
             if not file.is_file():
                 raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
             data = file.read_bytes()
