@@ -211,3 +211,171 @@ def test_resume_refuses_a_latest_pointer_into_another_run(finished_run, tmp_path
     assert err.count("\n") == 1 and "not a file name inside" in err
     assert not (run / "model.safetensors").exists()
     assert (run / "history.jsonl").read_text() == history
+
+
+# ---------------------------------------------------------------------------
+# Structured files read back are validated: state.json, the weights recipe, metrics.json.
+
+
+def _resumable_copy(finished_run, tmp_path):
+    """A copy of ``finished_run`` that has not saved its weights yet: resumable."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "model.safetensors").unlink()
+    return run
+
+
+def _rewrite_checkpoint_file(checkpoint, name, data):
+    """Replace one file of a checkpoint and make the manifest consistent again."""
+    import hashlib
+    import json
+
+    (checkpoint / name).write_bytes(data)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    entry = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["files"][name] = entry
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+STATE_FAULTS = {
+    "without context": (lambda d: d.pop("context"), "'context' must be an object"),
+    "negative epoch": (lambda d: d.update(epoch=-3), "'epoch' must be at least 1"),
+    "epoch past the end": (
+        lambda d: d.update(epoch=9, history=[{}] * 8),
+        "'epoch' must be at most 3",
+    ),
+    "batch past the end": (
+        lambda d: d.update(epoch=2, batch=7, history=[{}]),
+        "'batch' must be at most 6",
+    ),
+    "history as a string": (lambda d: d.update(history="x" * 10**4), "'history' must be a list"),
+    "history too short": (lambda d: d.update(history=[]), "'history' must hold one record"),
+    "garbage python rng": (
+        lambda d: d["rng"].update(python="garbage"),
+        "'rng.python' must be a list",
+    ),
+    "garbage numpy rng": (
+        lambda d: d["rng"]["numpy"].__setitem__(1, [1, 2]),
+        "'rng.numpy[1]' must hold 624",
+    ),
+    "rng word out of range": (
+        lambda d: d["rng"]["numpy"][1].__setitem__(0, -1),
+        "'rng.numpy[1]' must be at least 0",
+    ),
+    "unknown generator kind": (
+        lambda d: d["rng"]["numpy"].__setitem__(0, "PCG64"),
+        "random generator state that cannot be restored",
+    ),
+    "meter with another key": (
+        lambda d: d["meter"].update(extra=1),
+        "'meter.extra' is not a known key",
+    ),
+    "optimizer state keyed by name": (
+        lambda d: d["optimizer"]["state"].update(w={}),
+        "must be keyed by parameter index",
+    ),
+    "a list at top level": (lambda d: [d], "must hold a JSON object, got a list"),
+}
+
+
+@pytest.mark.parametrize("fault", list(STATE_FAULTS))
+def test_a_crafted_state_json_is_refused_naming_the_key(finished_run, tmp_path, capsys, fault):
+    import json
+
+    edit, message = STATE_FAULTS[fault]
+    run = _resumable_copy(finished_run, tmp_path)
+    checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    document = json.loads((checkpoint / "state.json").read_text())
+    edited = edit(document)
+    document = edited if isinstance(edited, list) else document
+    _rewrite_checkpoint_file(checkpoint, "state.json", json.dumps(document).encode())
+    history = (run / "history.jsonl").read_text()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "state.json" in err and message in err, err
+    assert len(err) < 1000  # no unbounded value echoed
+    assert (run / "history.jsonl").read_text() == history
+    assert not (run / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", ["out of range", "repeated", "too short", "float"])
+def test_a_crafted_epoch_permutation_is_refused(finished_run, tmp_path, capsys, damage):
+    import torch
+
+    from osad.checkpoint import parse_tensors, tensors_bytes
+
+    run = _resumable_copy(finished_run, tmp_path)
+    checkpoint = run / "checkpoints" / "step-00000010"  # mid-epoch: has a permutation
+    tensors, _ = parse_tensors((checkpoint / "state.safetensors").read_bytes(), "x")
+    order = tensors["epoch.permutation"]
+    order = {
+        "out of range": order + 10**6,
+        "repeated": torch.zeros_like(order),
+        "too short": order[:-1],
+        "float": order.double(),
+    }[damage]
+    tensors["epoch.permutation"] = order
+    _rewrite_checkpoint_file(checkpoint, "state.safetensors", tensors_bytes(tensors, {}))
+    assert main(["train", "--resume", str(checkpoint), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'epoch.permutation' must be a permutation" in err
+    assert (run / "checkpoints" / "step-00000012").is_dir()  # nothing discarded
+
+
+def _with_recipe(weights, kwargs_text):
+    """Rewrite a weights file with the recipe ``kwargs_text``, digest made consistent."""
+    from osad.checkpoint import parse_tensors, tensors_bytes
+
+    tensors, metadata = parse_tensors(weights.read_bytes(), "x")
+    metadata = {k: v for k, v in metadata.items() if k in ("model_name",)}
+    weights.write_bytes(tensors_bytes(tensors, {**metadata, "model_kwargs": kwargs_text}))
+
+
+def _recipe_faults(recipe):
+    import json
+
+    return {
+        "unknown keyword": (json.dumps({**recipe, "colour": "red"}), "unexpected keyword"),
+        "not JSON": ("{width: 2", "'model_kwargs' is not JSON"),
+        "a list": ("[1, 2]", "must be a JSON object"),
+        "width of a TB model": (
+            json.dumps({**recipe, "width": 100000}),
+            "parameters, over the limit",
+        ),
+        "negative width": (json.dumps({**recipe, "width": -2}), "cannot build"),
+    }
+
+
+@pytest.mark.parametrize(
+    "fault", ["unknown keyword", "not JSON", "a list", "width of a TB model", "negative width"]
+)
+def test_a_crafted_weights_recipe_is_refused_before_building(finished_run, tmp_path, fault):
+    """``load_model`` (osad check, anti-spoofing runs, the API) builds the model the
+    recipe names: a keyword the constructor lacks, a recipe that is not a JSON object
+    or one whose model would take terabytes is refused without allocating it."""
+    from osad.checkpoint import load_model, read_recipe
+    from osad.errors import CheckpointError
+
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(finished_run / "model.safetensors", weights)
+    text, message = _recipe_faults(read_recipe(weights)[1])[fault]
+    _with_recipe(weights, text)
+    with pytest.raises(CheckpointError) as info:
+        load_model(weights)
+    assert "\n" not in str(info.value) and "model.safetensors" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_osad_check_refuses_a_crafted_recipe_with_one_line(finished_run, tmp_path, capsys):
+    import json
+
+    from osad.checkpoint import read_recipe
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    recipe = read_recipe(run / "model.safetensors")[1]
+    _with_recipe(run / "model.safetensors", json.dumps({**recipe, "width": 100000}))
+    assert main(["check", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "over the limit" in err
+    assert not (run / "check.json").exists()

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from osad import __version__, storage
 from osad.errors import CheckpointError, StorageError
-from osad.models import create_model
+from osad.models import check_recipe, create_model
 from osad.rundir import RunDir, plain_name_inside
 
 MANIFEST = "manifest.json"
@@ -106,10 +106,19 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], tuple[str, dict[s
 
 
 def parse_weights(data: bytes, source: str) -> tuple[dict[str, Tensor], tuple[str, dict[str, Any]]]:
+    """(state dict, recipe) of a weights file's bytes, the recipe a JSON object (see
+    :func:`load_model` for one that is built)."""
     tensors, metadata = parse_tensors(data, source)
     if "model_name" not in metadata or "model_kwargs" not in metadata:
         raise CheckpointError(f"{source} does not say which model it holds")
-    return tensors, (metadata["model_name"], json.loads(metadata["model_kwargs"]))
+    name = metadata["model_name"]
+    try:
+        kwargs = json.loads(metadata["model_kwargs"])
+    except ValueError:
+        raise CheckpointError(f"{source}: its recipe 'model_kwargs' is not JSON") from None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: its recipe 'model_kwargs' must be a JSON object")
+    return tensors, (name, kwargs)
 
 
 def read_recipe(path: str | Path) -> tuple[str, dict[str, Any]]:
@@ -170,8 +179,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model stored at ``path`` and load its weights; returns it in eval mode."""
+    """Rebuild the model stored at ``path`` and load its weights; returns it in eval mode.
+
+    The recipe is checked first (:func:`osad.models.check_recipe`): one that names an
+    unknown model or keyword, or would build an absurdly large model, is refused
+    without allocating it."""
     state, (name, kwargs) = read_weights(path)
+    check_recipe(name, kwargs, f"weights file {path}: its recipe", CheckpointError)
     model = create_model(name, **kwargs)
     load_state_checked(model, state, f"weights file {path}")
     return model.to(device).eval()
