@@ -79,6 +79,22 @@ def test_a_run_config_cannot_turn_checksums_off(foreign_run, capsys):
     assert not (foreign_run / "eval").exists()
 
 
+def test_resume_takes_the_data_settings_from_the_command_line_too(
+    finished_run, tmp_path, crafted_root, capsys
+):
+    root, marker = crafted_root
+    run = tmp_path / "unfinished"
+    shutil.copytree(finished_run, run)
+    (run / "model.safetensors").unlink()
+    _rewrite_config(run, name="cifar10", root=str(root), verify=False)
+    history = (run / "history.jsonl").read_text()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records data.root=" in err
+    assert (run / "history.jsonl").read_text() == history
+
+
 def test_a_recorded_root_that_is_the_default_one_needs_no_flag(foreign_run, tmp_path, monkeypatch):
     """$OSAD_DATA_ROOT written out in config.yaml names the folder the default
     resolution picks anyway: nothing to confirm."""
