@@ -41,6 +41,19 @@ _DATA_ROOT_HELP = (
 )
 
 
+# A run's config.yaml does not choose its data root or turn checksums off: the commands
+# that read an existing run take both from the command line (see docs/datasets.md).
+_NO_VERIFY_HELP = (
+    "read the datasets without checking their official checksums "
+    "(needed for a run recorded with data.verify=false)"
+)
+
+
+def _add_run_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    p.add_argument("--no-verify", action="store_true", help=_NO_VERIFY_HELP)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -77,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(or from RUN_DIR/checkpoints/step-N)",
     )
     _add_train_options(tr)
+    tr.add_argument("--no-verify", action="store_true", help=f"with --resume: {_NO_VERIFY_HELP}")
 
     te = sub.add_parser("test", help="evaluate a trained run (writes RUN_DIR/eval/)")
     te.add_argument("run_dir", help="run directory made by 'osad train'")
-    te.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    _add_run_data_options(te)
     te.add_argument("--force", action="store_true", help="overwrite existing results")
     te.add_argument("--no-progress", action="store_true", help="hide progress bars")
     te.add_argument(
@@ -112,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
     ch = sub.add_parser("check", help="sanity checks against gradient masking (exit 1 on a fail)")
     ch.add_argument("run_dir", help="run directory made by 'osad train'")
-    ch.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    _add_run_data_options(ch)
     ch.add_argument(
         "--images", type=int, default=1000, help="test images to check on (default 1000)"
     )
@@ -330,6 +344,7 @@ def _command(args: argparse.Namespace) -> int:
             force=args.force,
             progress=progress,
             data_root=args.data_root,
+            verify=not args.no_verify,
             model=args.model,
             attacks=args.attacks,
             scores=args.scores,
@@ -346,12 +361,16 @@ def _command(args: argparse.Namespace) -> int:
                 "it takes no --config, key=value overrides or --force"
             )
         start = time.perf_counter()
-        run, checkpoint = resume_run(args.resume, progress=progress, data_root=args.data_root)
+        run, checkpoint = resume_run(
+            args.resume, progress=progress, data_root=args.data_root, verify=not args.no_verify
+        )
         say(
             f"resumed from {checkpoint} and finished training {run.root} "
             f"({time.perf_counter() - start:.0f} s); evaluate it with: osad test {run.root}"
         )
         return 0
+    if getattr(args, "no_verify", False):
+        raise _UsageError("--no-verify goes with --resume; a new run takes data.verify=false")
     config = make_task_config(args.config, args.overrides)
     if args.data_root:
         config.data.root = args.data_root
@@ -361,7 +380,11 @@ def _command(args: argparse.Namespace) -> int:
     run = train_run(config, out, force=args.force, progress=progress)
     say(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
     if args.command == "run":
-        table = test_run(run.root, progress=progress)
+        # The configuration is this command's own: its data settings are confirmed.
+        verify = getattr(config.data, "verify", True)
+        table = test_run(
+            run.root, progress=progress, data_root=config.data.root or None, verify=verify
+        )
         say(table)
         say(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
     return 0
@@ -373,7 +396,7 @@ def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
 
     settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
     start = time.perf_counter()
-    results = check_run(args.run_dir, settings, data_root=args.data_root)
+    results = check_run(args.run_dir, settings, data_root=args.data_root, verify=not args.no_verify)
     for result in results:
         say(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
     failed = [r.name for r in results if not r.passed]
