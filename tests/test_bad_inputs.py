@@ -178,7 +178,7 @@ REFUSED_TRAININGS = [
         "it must be in [0.0056, 0.9944]",
     ),
     (["data.val_fraction=0.001"], "'data.val_fraction' 0.001 holds out 1 of the"),
-    (["model.width=100000"], "model.width=100000, model.latent_dim=16 give a model of"),
+    (["model.width=100000"], "model.width=100000, model.latent_dim=16) describes a model"),
     (["train.attack.norm=l2", "train.attack.eps=.inf"], "'train.attack.eps' must be a finite"),
     (["train.attack.alpha=.inf"], "'train.attack.alpha' must be a finite number"),
     (["method=osdn-caml", "train.mutual_temperature=.inf"], "'train.mutual_temperature' must"),

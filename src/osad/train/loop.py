@@ -56,7 +56,7 @@ from osad.train.methods import METHODS, PEER_METHOD, model_spec
 from osad.train.mutual import ApplyStep, MutualLearning
 from osad.train.objectives import TrainObjective
 from osad.train.parallel import DataParallelStep, StepTotals, check_split, usable_batch
-from osad.train.state import Network, TrainState, data_fingerprint
+from osad.train.state import Network, Schedule, TrainState, data_fingerprint
 
 
 class NonFiniteLossError(OsadError):
@@ -105,7 +105,7 @@ def check_training(config: Config, data: OpenSetData, device: torch.device) -> N
     check_split(t.batch_size, t.grad_accumulation, world().size)
     m = config.model
     settings = f"model.arch={m.arch}, model.width={m.width}, model.latent_dim={m.latent_dim}"
-    check_fits(*_spec_for(config, data), device, settings)
+    check_fits(*_spec_for(config, data), device, f"the configuration ({settings})")
 
 
 def check_parallel_support(config: Config) -> None:
@@ -361,6 +361,7 @@ def train(
             context=context,
             peer=peer,
             complete_config=lambda saved: resolved_dict(make_config(saved)),
+            schedule=Schedule(t.epochs, len(data.train_labels), t.batch_size),
         )
         checkpoints = _Checkpoints(run, config.checkpoint, config.train.epochs) if run else None
         if checkpoints is not None and resume_from is not None:

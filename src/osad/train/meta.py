@@ -241,7 +241,7 @@ def check_meta_training(config: FasConfig, device: torch.device) -> None:
         f"model.depth_widths={shown(m.depth_widths)}, "
         f"model.learner_widths={shown(m.learner_widths)}"
     )
-    check_fits(*fas_model_spec(config), device, settings)
+    check_fits(*fas_model_spec(config), device, f"the configuration ({settings})")
 
 
 def train_meta(
