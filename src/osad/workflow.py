@@ -28,10 +28,17 @@ from osad.checkpoint import (
     save_model,
 )
 from osad.config import Config, check_perf_device, load_saved_config, save_config
-from osad.data import OpenSetData, load_openset
+from osad.data import (
+    FOLDER,
+    OpenSetData,
+    folder_root,
+    load_openset,
+    source_name,
+    unknown_source_name,
+)
 from osad.data.fas import load_fas
 from osad.distributed import agree, process_device, rank0_first, world
-from osad.errors import CheckpointError, ConfigError, RunDirError
+from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.eval.figures import write_figures
@@ -41,6 +48,7 @@ from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import deterministic_mode, resolve_device
+from osad.storage import write_atomic
 from osad.train import TrainResult, build_model_for, train
 from osad.train.loop import check_parallel_support
 from osad.train.meta import train_meta
@@ -60,10 +68,14 @@ def train_run(
         check_parallel_support(config)
         # Refuse CUDA-only switches before anything is written.
         check_perf_device(config.perf, str(resolve_device(config.device)))
+    if not fas and config.data.name == FOLDER:
+        config.data.root = str(folder_root(config.data))  # osad test may run elsewhere
     data = rank0_first(
         lambda: load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     )
     run = agree(lambda: _create_run(config, out, force))
+    if not fas:
+        agree(lambda: write_atomic(run.data_record, json.dumps(data.source, indent=2) + "\n"))
     trainer = train_meta if fas else train
     result = trainer(config, data, run=run, progress=progress)
     agree(lambda: save_trained(run, result))
@@ -203,6 +215,7 @@ def test_run(
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
     config = select_evaluation(config, **selection)
     data = rank0_first(lambda: load_openset(config.data))
+    check_same_source(run, data)
     with deterministic_mode(config.deterministic):
         network = load_run_model(run, config, data, device, model)
         network = prepare_model(network, config.perf, device)
@@ -236,7 +249,27 @@ def run_title(config: Config, model: str = "main") -> str:
     d = config.data
     classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
     method = f"{config.method} peer network" if model == "peer" else config.method
-    return f"{method} on {d.name} {classes}"
+    unknown = f", unknowns from {unknown_source_name(d)}" if d.unknown else ""
+    return f"{method} on {source_name(d)} {classes}{unknown}"
+
+
+# What must not change between training and testing: the images and their format.
+_SAME_SOURCE_KEYS = ("classes", "image_size", "channels", "files_sha256", "mean", "std")
+
+
+def check_same_source(run: RunDir, data: OpenSetData) -> None:
+    """Refuse to test a run on images other than it was trained on (an image folder whose
+    classes, files or format changed since training; recorded in ``data.json``)."""
+    if not run.data_record.is_file():
+        return  # trained before data.json existed
+    recorded = json.loads(run.data_record.read_text())
+    for key in _SAME_SOURCE_KEYS:
+        if recorded.get(key) != data.source.get(key):
+            raise DataError(
+                f"{data.source.get('path', data.name)} is not the data {run.root} was trained "
+                f"on: its {key} changed since training ({run.data_record} records "
+                f"{recorded.get(key)!r}, now {data.source.get(key)!r})"
+            )
 
 
 def check_run(
