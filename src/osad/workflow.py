@@ -37,7 +37,7 @@ from osad.data import (
     unknown_source_name,
 )
 from osad.data.fas import load_fas
-from osad.distributed import agree, process_device, rank0_first, world
+from osad.distributed import agree, is_main, process_device, rank0_first, world
 from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
@@ -273,10 +273,14 @@ def check_same_source(run: RunDir, data: OpenSetData) -> None:
 
 
 def check_run(
-    run_dir: str | Path, settings: CheckSettings | None = None, *, data_root: str | None = None
+    run_dir: str | Path,
+    settings: CheckSettings | None = None,
+    *,
+    data_root: str | None = None,
+    progress: bool = True,
 ) -> list[CheckResult]:
     """Run the gradient-masking sanity checks on a trained open-set run and save them
-    to ``RUN_DIR/check.json``."""
+    to ``RUN_DIR/check.json``; ``progress`` shows bars with an ETA on stderr."""
     run = RunDir.open(run_dir)
     config = load_run_config(run)
     if isinstance(config, FasConfig):
@@ -285,7 +289,8 @@ def check_run(
         config.data.root = data_root
     model = load_model(run.model, process_device(resolve_device(config.device)))
     settings = settings or CheckSettings()
-    results = run_checks(model, rank0_first(lambda: load_openset(config.data)), config, settings)
+    data = rank0_first(lambda: load_openset(config.data))
+    results = run_checks(model, data, config, settings, progress=progress and is_main())
     document = {
         "passed": all(r.passed for r in results),
         "settings": asdict(settings),
