@@ -32,6 +32,7 @@ from osad.data import (
     FOLDER,
     OpenSetData,
     folder_root,
+    is_folder_path,
     load_openset,
     source_name,
     unknown_source_name,
@@ -68,8 +69,11 @@ def train_run(
         check_parallel_support(config)
         # Refuse CUDA-only switches before anything is written.
         check_perf_device(config.perf, str(resolve_device(config.device)))
-    if not fas and config.data.name == FOLDER:
-        config.data.root = str(folder_root(config.data))  # osad test may run elsewhere
+    if not fas:  # folders by absolute path: osad test may run from another directory
+        if config.data.name == FOLDER:
+            config.data.root = str(folder_root(config.data))
+        if is_folder_path(config.data.unknown):
+            config.data.unknown = str(Path(config.data.unknown).expanduser().resolve())
     data = rank0_first(
         lambda: load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     )
@@ -290,6 +294,7 @@ def check_run(
     model = load_model(run.model, process_device(resolve_device(config.device)))
     settings = settings or CheckSettings()
     data = rank0_first(lambda: load_openset(config.data))
+    check_same_source(run, data)
     results = run_checks(model, data, config, settings, progress=progress and is_main())
     document = {
         "passed": all(r.passed for r in results),

@@ -159,3 +159,18 @@ def test_a_folder_dataset_needs_its_folder(tmp_path):
     _image(0, 0).save(flat / "a.png")
     with pytest.raises(DataError, match="no class subfolders"):
         _load("data.name=folder", f"data.root={flat}")
+
+
+def test_folder_unknowns_are_named_and_found_from_another_directory(
+    folder, tmp_path, monkeypatch, one_thread
+):
+    run = tmp_path / "run"
+    monkeypatch.chdir(folder.parent)
+    asked = ["data.unknown=./animals", "data.image_size=8", "data.channels=1"]
+    assert main(["train", "--out", str(run), "--no-progress", *asked, *TINY]) == 0
+    assert f"unknown: {folder.resolve()}\n" in (run / "config.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", str(run), "--no-progress"]) == 0
+    title = (run / "eval" / "results.md").read_text().splitlines()[0]
+    assert title == "# osdn on digits split 0, unknowns from folder:animals"
+    assert json.loads((run / "data.json").read_text())["unknown"] == "folder:animals"
