@@ -18,7 +18,7 @@ TINY = (
     "train.attack.steps=1",
     "eval.attacks.pgd.steps=1",
     "eval.scores=[msp]",
-    "eval.figures=false",
+    "eval.eps_sweep=[0,16]",
 )
 # A tqdm bar with a total: "desc:  50%|#####     | 1/2 [00:01<00:01, ...]" (elapsed<ETA).
 BAR = re.compile(r"\| *\d+/\d+ \[\d\d:\d\d<")
@@ -44,6 +44,7 @@ def test_no_progress_hides_every_bar_and_bars_show_otherwise(tmp_path, capsys):
     # Per condition (with an ETA over the conditions) and per attack pass.
     assert re.search(r"evaluate: .*\d+/3 \[\d\d:\d\d<", tested)
     assert "pgd: PGD linf" in tested and "pgd test" in tested
+    assert re.search(r"eps sweep figure: .*\d+/2 \[\d\d:\d\d<", tested)
     checked = _stderr(capsys, check, verdicts)
     assert re.search(r"check: .*\d+/12 \[\d\d:\d\d<", checked)
     assert "Square" in checked and "score" in checked

@@ -228,7 +228,7 @@ def test_run(
         table = agree(lambda: write_results(result, config, out, run_title(config, model)))
         if config.eval.figures:
             # Every process computes the figures' attacks (sharded); rank 0 saves them.
-            write_figures(result, network, data, config, run.figures_of(model))
+            write_figures(result, network, data, config, run.figures_of(model), progress)
     return table
 
 
