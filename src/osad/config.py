@@ -806,6 +806,11 @@ def validate(config: Config) -> None:
     validate_device(config.device)
 
     d = config.data
+    _check(
+        not is_folder_path(d.name),
+        f"'data.name' is a dataset, not a path; for the image folder {d.name} set "
+        f"data.name=folder data.root={d.name}",
+    )
     # An image folder is described by its files, checked when it is read.
     info = None if d.name == FOLDER else dataset_info(d.name)
     if info is None:

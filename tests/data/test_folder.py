@@ -15,7 +15,7 @@ from PIL import Image
 from osad.cli import main
 from osad.config import make_config
 from osad.data import load_openset
-from osad.errors import DataError
+from osad.errors import ConfigError, DataError
 
 CLASSES = ("ant", "bee", "cat", "dog", "eel", "fox")
 PER_CLASS = 12
@@ -152,6 +152,8 @@ def test_unknowns_of_another_format_are_refused_unless_conversion_is_asked(folde
 
 
 def test_a_folder_dataset_needs_its_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"set data\.name=folder data\.root=/data/animals"):
+        _load("data.name=/data/animals")
     with pytest.raises(DataError, match=r"data\.root=PATH"):
         _load("data.name=folder")
     flat = tmp_path / "flat"
