@@ -260,6 +260,13 @@ def test_stale_runs_are_named_left_out_of_the_summary_and_re_evaluated(
         recorded = json.loads((out / method / "split0" / "eval" / "metrics.json").read_text())
         assert recorded["conditions"]["pgd"]["attack"]["steps"] == 2
     assert "STALE" not in (out / "results.md").read_text()
+    # A condition beyond the preset's (an attack added by hand) is neither stale nor tabulated.
+    metrics = json.loads(metrics_path.read_text())
+    metrics["conditions"]["extra"] = {**metrics["conditions"]["pgd"], "closed_set_accuracy": 0.0}
+    metrics_path.write_text(json.dumps(metrics))
+    assert _sweep(changed, out, "--summary-only") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == 2 and "extra" not in summary["conditions"]
 
 
 @pytest.mark.parametrize(

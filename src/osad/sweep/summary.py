@@ -20,7 +20,7 @@ from typing import Any
 from osad.config import AttackConfig
 from osad.eval.metrics import mean_std
 from osad.eval.report import markdown_table, score_label
-from osad.sweep.runner import is_finished, plan, stale_conditions
+from osad.sweep.runner import expected_attacks, is_finished, plan, stale_conditions
 from osad.sweep.spec import Sweep
 
 # The pseudo-condition holding, per run and score, the lowest value over the attacks.
@@ -72,7 +72,8 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         if not is_finished(item.run):
             missing.append({"method": item.method.label, "split": item.split})
             continue
-        mismatches = stale_conditions(item.run, sweep.run_config(item.method, item.split))
+        config = sweep.run_config(item.method, item.split)
+        mismatches = stale_conditions(item.run, config)
         if mismatches:
             found = {m.condition: {"found": m.found, "preset": m.expected} for m in mismatches}
             stale.append({"method": item.method.label, "split": item.split, "conditions": found})
@@ -81,13 +82,17 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         entry = methods.setdefault(item.method.label, {"splits": [], "values": {}})
         entry["splits"].append(item.split)
         run = per_run.setdefault((item.method.label, item.split), {})
-        for name, condition in metrics["conditions"].items():
+        # Only the preset's conditions: one a run has beyond them (an attack added by
+        # hand, or dropped from the preset since) is in no other run's results.
+        preset = expected_attacks(config)
+        kept = {n: c for n, c in metrics["conditions"].items() if n in preset}
+        for name, condition in kept.items():
             conditions.setdefault(name, attack_text(condition["attack"]))
             run[name] = condition
             for score in condition["auroc"]:
                 if score not in scores:
                     scores.append(score)
-        attacked = [c for name, c in metrics["conditions"].items() if name != "clean"]
+        attacked = [c for name, c in kept.items() if name != "clean"]
         if attacked:
             run[WORST] = worst_case(attacked)
         for name, condition in run.items():
