@@ -34,6 +34,7 @@ from osad.data import (
     folder_root,
     is_folder_path,
     load_openset,
+    resolve_data_root,
     source_name,
     unknown_source_name,
 )
@@ -110,28 +111,34 @@ def _check_single_process(fas: bool) -> None:
 
 
 def resume_run(
-    path: str | Path, *, progress: bool = True, data_root: str | None = None
+    path: str | Path,
+    *,
+    progress: bool = True,
+    data_root: str | None = None,
+    verify: bool = True,
 ) -> tuple[RunDir, Path]:
     """Continue an unfinished run from its latest checkpoint, or from ``path`` when it
     is one of the run's checkpoint directories; returns the run and that checkpoint.
 
-    ``data_root`` points at the datasets when they moved since training started.
+    ``data_root`` and ``verify`` say where the data are and whether to check them
+    (see :func:`confirm_data_source`: the run directory does not choose them).
     Under torchrun the run may continue on another number of processes than it
     started with (see docs/distributed.md).
     """
-    run, checkpoint, config = agree(lambda: _resume_target(path, data_root))
+    run, checkpoint, config = agree(lambda: _resume_target(path, data_root, verify))
     data = rank0_first(lambda: load_openset(config.data))
     result = train(config, data, run=run, progress=progress, resume_from=checkpoint)
     agree(lambda: save_trained(run, result))
     return run, checkpoint
 
 
-def _resume_target(path: str | Path, data_root: str | None) -> tuple[RunDir, Path, Config]:
+def _resume_target(
+    path: str | Path, data_root: str | None, verify: bool
+) -> tuple[RunDir, Path, Config]:
     """The run, checkpoint and configuration ``osad train --resume path`` continues."""
     run, checkpoint = RunDir.open_for_resume(path)
     config = load_run_config(run)
-    if data_root:
-        config.data.root = data_root
+    confirm_data_source(config, run, data_root, verify)
     if isinstance(config, FasConfig):
         raise RunDirError(
             f"{run.root} is an anti-spoofing run, which does not checkpoint mid-training; "
@@ -157,6 +164,42 @@ def load_run_config(run: RunDir) -> Config | FasConfig:
     if not isinstance(data, dict):
         raise RunDirError(f"{run.config} does not hold a configuration mapping")
     return load_saved_config(data, source=str(run.config))
+
+
+def confirm_data_source(
+    config: Config | FasConfig, run: RunDir, data_root: str | None, verify: bool
+) -> None:
+    """Point a run's ``config`` at the data the command line chose, in place.
+
+    A run directory may come from someone else, so its ``config.yaml`` does not
+    choose where data are read from or turn their checksums off: ``data_root``
+    (``--data-root``) replaces the recorded ``data.root``; without it, a recorded
+    root other than the default one (``$OSAD_DATA_ROOT`` or the cache) is refused.
+    ``verify=False`` (``--no-verify``) turns the checksums off; a run recorded
+    with ``data.verify: false`` is refused without it. Raises ConfigError.
+    """
+    recorded = config.data.root
+    if data_root:
+        config.data.root = data_root
+    elif recorded and _resolved_root(config, recorded) != _resolved_root(config, ""):
+        raise ConfigError(
+            f"{run.config} records data.root={recorded[:200]!r}; a run directory does not "
+            "choose where data are read from: pass --data-root with the folder to use"
+        )
+    if isinstance(config, Config):
+        if not config.data.verify and verify:
+            raise ConfigError(
+                f"{run.config} records data.verify=false; a run directory does not turn the "
+                "dataset checksums off: pass --no-verify to read the data unverified"
+            )
+        config.data.verify = verify
+
+
+def _resolved_root(config: Config | FasConfig, root: str) -> Path:
+    """The folder a data root names: see :func:`osad.data.resolve_data_root` (open-set)
+    and :func:`osad.data.fas.load_frame_lists` (anti-spoofing, relative to the cwd)."""
+    folder = Path(root or ".") if isinstance(config, FasConfig) else resolve_data_root(root)
+    return folder.expanduser().resolve()
 
 
 def load_run_model(
@@ -190,6 +233,7 @@ def test_run(
     force: bool = False,
     progress: bool = True,
     data_root: str | None = None,
+    verify: bool = True,
     model: str = "main",
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
@@ -197,7 +241,8 @@ def test_run(
 ) -> str:
     """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
 
-    ``data_root`` points at the datasets when they moved since training.
+    ``data_root`` and ``verify`` say where the data are and whether to check them
+    (see :func:`confirm_data_source`: the run directory does not choose them).
     ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
     with the same protocol, into ``eval-peer/``. ``attacks``, ``scores`` and
     ``pairings`` narrow or extend the run's evaluation (see
@@ -205,8 +250,7 @@ def test_run(
     """
     run, config = agree(lambda: _test_target(run_dir, model, force))
     _check_single_process(isinstance(config, FasConfig))
-    if data_root:
-        config.data.root = data_root
+    confirm_data_source(config, run, data_root, verify)
     device = process_device(resolve_device(config.device))
     selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
     if isinstance(config, FasConfig):
@@ -281,16 +325,17 @@ def check_run(
     settings: CheckSettings | None = None,
     *,
     data_root: str | None = None,
+    verify: bool = True,
     progress: bool = True,
 ) -> list[CheckResult]:
     """Run the gradient-masking sanity checks on a trained open-set run and save them
-    to ``RUN_DIR/check.json``; ``progress`` shows bars with an ETA on stderr."""
+    to ``RUN_DIR/check.json``; ``data_root`` and ``verify`` as in :func:`test_run`;
+    ``progress`` shows bars with an ETA on stderr."""
     run = RunDir.open(run_dir)
     config = load_run_config(run)
     if isinstance(config, FasConfig):
         raise ConfigError("osad check applies to open-set runs, not face anti-spoofing")
-    if data_root:
-        config.data.root = data_root
+    confirm_data_source(config, run, data_root, verify)
     model = load_model(run.model, process_device(resolve_device(config.device)))
     settings = settings or CheckSettings()
     data = rank0_first(lambda: load_openset(config.data))

@@ -43,15 +43,30 @@ def condition_dict(condition: ConditionResult) -> dict[str, Any]:
         **_pairing_dict(condition.headline),
         "attack": condition.attack if condition.attack is not None else {"name": "none"},
         "scorer_fit": condition.scorer_fit,
+        "nonfinite_gradients": condition.nonfinite_gradients,
         "pairings": {
             name: _pairing_dict(p) for name, p in condition.pairings.items() if name != "both"
         },
     }
 
 
-def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
-    """The ``metrics.json`` document (schema: docs/evaluation.md)."""
-    return {
+# The config sections that set an evaluation (the rest describe training and data).
+EVALUATION_SECTIONS = ("seed", "eval", "perf")
+
+
+def metrics_dict(
+    result: EvalResult, config: Config, evaluated: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``metrics.json`` document (schema: docs/evaluation.md).
+
+    ``evaluated``: what was evaluated, for a model and data from outside a run
+    (``osad evaluate``); the document then records it and, of ``config``, only the
+    evaluation settings, never the training or data sections of a config that
+    did not produce the model."""
+    settings = config.to_dict()
+    if evaluated is not None:
+        settings = {k: v for k, v in settings.items() if k in EVALUATION_SECTIONS}
+    document = {
         "osad_version": __version__,
         "seed": config.seed,
         # The printed figures depend on the floating-point summation order, which
@@ -62,8 +77,11 @@ def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
             "test_known": int((result.test_labels >= 0).sum()),
             "test_unknown": int((result.test_labels < 0).sum()),
         },
-        "config": config.to_dict(),
+        "config": settings,
     }
+    if evaluated is not None:
+        document["evaluated"] = evaluated
+    return document
 
 
 def _attack_text(attack: dict[str, Any] | None) -> str:
@@ -161,10 +179,17 @@ def write_scores(result: EvalResult, config: Config, path: Path) -> None:
             g.attrs["attack"] = json.dumps(c.attack)
 
 
-def write_results(result: EvalResult, config: Config, eval_dir: Path, title: str) -> str:
-    """Write metrics.json, scores.h5 and results.md into ``eval_dir``; return the table."""
+def write_results(
+    result: EvalResult,
+    config: Config,
+    eval_dir: Path,
+    title: str,
+    evaluated: dict[str, Any] | None = None,
+) -> str:
+    """Write metrics.json, scores.h5 and results.md into ``eval_dir``; return the table.
+    ``evaluated``: see :func:`metrics_dict`."""
     eval_dir.mkdir(parents=True, exist_ok=True)
-    metrics = metrics_dict(result, config)
+    metrics = metrics_dict(result, config, evaluated)
     (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_scores(result, config, eval_dir / "scores.h5")
     table = results_table(result)
