@@ -205,6 +205,70 @@ def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_
         assert now["auroc"]["openmax"] == condition["auroc"]["openmax"]
 
 
+def test_stale_runs_are_named_left_out_of_the_summary_and_re_evaluated(
+    finished_sweep, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    shutil.copytree(finished_sweep[1], out)
+    weights = {
+        m: (out / m / "split0" / "model.safetensors").stat().st_mtime_ns for m in ("plain", "osdn")
+    }
+    # The preset's PGD changes; only plain is re-run, so osdn's results are stale.
+    changed = _write(tmp_path, MINIATURE.replace("pgd.steps=1", "pgd.steps=2"))
+    assert _sweep(changed, out, "--methods", "plain") == 0
+    capsys.readouterr()
+    assert _sweep(changed, out, "--summary-only") == 0
+    table = capsys.readouterr().out
+    assert "1 of 2 runs finished" in table and "figure " not in table  # osdn's is stale
+    assert (
+        "**STALE**, left out: evaluated under other settings than the preset: osdn split 0 "
+        "(pgd: PGD linf eps 32/255, step 8/255, 1 steps, the preset: PGD linf eps 32/255, "
+        "step 8/255, 2 steps)" in table
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["plain"]
+    assert summary["stale"] == [
+        {
+            "method": "osdn",
+            "split": 0,
+            "conditions": {
+                "pgd": {
+                    "found": "PGD linf eps 32/255, step 8/255, 1 steps",
+                    "preset": "PGD linf eps 32/255, step 8/255, 2 steps",
+                }
+            },
+        }
+    ]
+    # Results recorded under other settings than config.yaml says (hand-edited, or an
+    # evaluation with other settings) are stale too.
+    metrics_path = out / "plain" / "split0" / "eval" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["conditions"]["pgd"]["attack"]["steps"] = 5
+    metrics_path.write_text(json.dumps(metrics))
+    assert _sweep(changed, out, "--summary-only") == 0
+    assert "0 of 2 runs finished" in capsys.readouterr().out
+    # Running the sweep again re-evaluates both, without training.
+    assert _sweep(changed, out) == 0
+    assert [r["actions"] for r in _log(out)][-2:] == [
+        ["stale results", "evaluated"],
+        ["eval changed", "evaluated"],
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == 2 and summary["stale"] == []
+    for method, mtime in weights.items():
+        assert (out / method / "split0" / "model.safetensors").stat().st_mtime_ns == mtime
+        recorded = json.loads((out / method / "split0" / "eval" / "metrics.json").read_text())
+        assert recorded["conditions"]["pgd"]["attack"]["steps"] == 2
+    assert "STALE" not in (out / "results.md").read_text()
+    # A condition beyond the preset's (an attack added by hand) is neither stale nor tabulated.
+    metrics = json.loads(metrics_path.read_text())
+    metrics["conditions"]["extra"] = {**metrics["conditions"]["pgd"], "closed_set_accuracy": 0.0}
+    metrics_path.write_text(json.dumps(metrics))
+    assert _sweep(changed, out, "--summary-only") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == 2 and "extra" not in summary["conditions"]
+
+
 @pytest.mark.parametrize(
     ("text", "args", "message"),
     [

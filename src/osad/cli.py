@@ -62,13 +62,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-root", help=_DATA_ROOT_HELP)
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_progress_option(p)
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
         help="config overrides, e.g. train.epochs=3 method=pgd-at (task=fas: anti-spoofing)",
     )
+
+
+def _add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (stderr)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("run_dir", help="run directory made by 'osad train'")
     _add_run_data_options(te)
     te.add_argument("--force", action="store_true", help="overwrite existing results")
-    te.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_progress_option(te)
     te.add_argument(
         "--model",
         choices=RUN_MODELS,
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="one table over runs: mean +- std per method/config")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
+    _add_progress_option(rp)  # accepted by every command; reading metrics shows no bar
     ch = sub.add_parser("check", help="sanity checks against gradient masking (exit 1 on a fail)")
     ch.add_argument("run_dir", help="run directory made by 'osad train'")
     _add_run_data_options(ch)
@@ -134,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument(
         "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
     )
+    _add_progress_option(ch)
 
     sw = sub.add_parser(
         "sweep",
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: tabulate the runs already finished under --out",
     )
     sw.add_argument("--data-root", help=_DATA_ROOT_HELP)
-    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress_option(sw)
     return parser
 
 
@@ -218,7 +224,7 @@ def _add_evaluate_parser(sub) -> None:
     ev.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
     ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     ev.add_argument("--no-figures", action="store_true", help="write no figures")
-    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_progress_option(ev)
 
 
 def _evaluate(args: argparse.Namespace, say: Callable[..., None]) -> int:
@@ -396,7 +402,13 @@ def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
 
     settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
     start = time.perf_counter()
-    results = check_run(args.run_dir, settings, data_root=args.data_root, verify=not args.no_verify)
+    results = check_run(
+        args.run_dir,
+        settings,
+        data_root=args.data_root,
+        verify=not args.no_verify,
+        progress=not args.no_progress,
+    )
     for result in results:
         say(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
     failed = [r.name for r in results if not r.passed]

@@ -193,13 +193,16 @@ class DataConfig:
 
     name: str = "digits"
     split: int = 0
-    # Explicit known classes (original ids) instead of the split's; the rest are unknown.
-    known: list[int] = field(default_factory=list)
+    # Explicit known classes (original ids; for data.name=folder also class names)
+    # instead of the split's; the rest are unknown.
+    known: list[int | str] = field(default_factory=list)
     # "" = the split's held-out classes; a dataset name or an image-folder path =
     # out-of-distribution unknowns (that dataset's test set, or every image of the folder).
     unknown: str = ""
     # 0 keeps the native resolution; any other value resizes (bilinear) to a square.
     image_size: int = 0
+    # 0 keeps the native channels; 1 (gray) or 3 (RGB) converts every image to them.
+    channels: int = 0
     # Only for datasets without an official test set (digits).
     test_fraction: float = 0.3
     val_fraction: float = 0.1
@@ -369,8 +372,9 @@ def _type_name(tp: Any) -> str:
     if origin is dict:
         return "a mapping"
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_type_name(inner)} or null"
+        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        null = ["null"] if type(None) in typing.get_args(tp) else []
+        return " or ".join(names + null)
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -407,8 +411,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         # Optional fields: null means "the default of whatever the field belongs to".
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(value, inner, key)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(inner) < len(typing.get_args(tp)):
+            return None
+        for option in inner:  # e.g. int | str: the first type the value has
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
     # bool is an int subclass: refuse it where a number is expected, and refuse
     # strings such as "False" where a bool is expected (a trap of the reference code).
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -927,9 +938,9 @@ def validate_attack(
         )
 
 
-def _validate_known(known: list[int], unknown: str, info) -> None:
+def _validate_known(known: list[int | str], unknown: str, info) -> None:
     _check(
-        all(0 <= c < info.num_classes for c in known),
+        all(isinstance(c, int) and 0 <= c < info.num_classes for c in known),
         f"'data.known' entries must be class ids in 0..{info.num_classes - 1}, got {shown(known)}",
     )
     _check(len(set(known)) == len(known), f"'data.known' has duplicates: {shown(known)}")
@@ -942,7 +953,7 @@ def _validate_known(known: list[int], unknown: str, info) -> None:
 
 def validate(config: Config) -> None:
     """Check names against the registries and every value against its range."""
-    from osad.data import DATASETS, dataset_info, is_folder_path
+    from osad.data import DATASETS, FOLDER, dataset_info, is_folder_path
     from osad.errors import unknown_name
     from osad.models import DENOISERS, ENCODERS
     from osad.models.denoise import denoise_forms
@@ -958,8 +969,20 @@ def validate(config: Config) -> None:
     validate_device(config.device)
 
     d = config.data
-    info = dataset_info(d.name)
-    if d.known:
+    _check(
+        not is_folder_path(d.name),
+        f"'data.name' is a dataset, not a path; for the image folder {d.name} set "
+        f"data.name=folder data.root={d.name}",
+    )
+    # An image folder is described by its files, checked when it is read.
+    info = None if d.name == FOLDER else dataset_info(d.name)
+    if info is None:
+        _check(
+            d.split == 0,
+            f"'data.split' must be 0 for data.name=folder (one default split), got {d.split}; "
+            "choose other known classes with data.known",
+        )
+    elif d.known:
         _validate_known(d.known, d.unknown, info)
     else:
         _check(
@@ -977,6 +1000,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{error}, or a path to an image folder (containing '/')")
         _check(other.name != d.name, f"'data.unknown' must be another dataset than {d.name}")
     _check(d.image_size >= 0, f"'data.image_size' must be >= 0 (0 = native), got {d.image_size}")
+    _check(
+        d.channels in (0, 1, 3),
+        f"'data.channels' must be 0 (native), 1 (gray) or 3 (RGB), got {d.channels}",
+    )
     _check(
         0 < d.test_fraction < 1, f"'data.test_fraction' must be in (0, 1), got {d.test_fraction}"
     )
@@ -1028,8 +1055,11 @@ def validate(config: Config) -> None:
         f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "
         f"needs a gradient attack: {', '.join(TRAIN_ATTACK_NAMES)}",
     )
-    num_known = len(d.known) if d.known else len(info.known_splits[d.split])
-    side = d.image_size or info.image_size
+    if info is None:  # an image folder: its classes and size are known once it is read
+        num_known, side = len(d.known) or None, d.image_size or None
+    else:
+        num_known = len(d.known) if d.known else len(info.known_splits[d.split])
+        side = d.image_size or info.image_size
     validate_attack(t.attack, "train.attack", num_known, side)
     _check(
         t.attack.target == "classifier",

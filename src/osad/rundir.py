@@ -2,6 +2,7 @@
 
 RUN_DIR/
   config.yaml          resolved configuration (with its format version)
+  data.json            where the training images came from (osad.data.load_openset's source)
   model.safetensors    trained weights and the recipe that rebuilds the model
   peer.safetensors     the peer network of mutual learning (osdn-caml runs only)
   history.jsonl        one JSON line of training metrics per epoch
@@ -137,10 +138,15 @@ class RunDir:
     def check(self) -> Path:
         return self.root / "check.json"
 
+    @property
+    def data_record(self) -> Path:
+        return self.root / "data.json"
+
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes."""
         return (
             self.config,
+            self.data_record,
             self.model,
             self.peer_model,
             self.history,

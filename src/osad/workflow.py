@@ -27,10 +27,19 @@ from osad.checkpoint import (
     save_model,
 )
 from osad.config import Config, check_perf_device, load_saved_config, read_yaml, save_config
-from osad.data import OpenSetData, load_openset, resolve_data_root
+from osad.data import (
+    FOLDER,
+    OpenSetData,
+    folder_root,
+    is_folder_path,
+    load_openset,
+    resolve_data_root,
+    source_name,
+    unknown_source_name,
+)
 from osad.data.fas import load_fas
-from osad.distributed import agree, process_device, rank0_first, world
-from osad.errors import CheckpointError, ConfigError, RunDirError
+from osad.distributed import agree, is_main, process_device, rank0_first, world
+from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.eval.figures import write_figures
@@ -40,6 +49,7 @@ from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
 from osad.runtime import deterministic_mode, resolve_device
+from osad.storage import write_atomic
 from osad.train import TrainResult, build_model_for, train
 from osad.train.loop import check_parallel_support, check_training
 from osad.train.meta import check_meta_training, train_meta
@@ -60,6 +70,11 @@ def train_run(
         check_parallel_support(config)
         # Refuse CUDA-only switches before anything is written.
         check_perf_device(config.perf, str(resolve_device(config.device)))
+    if not fas:  # folders by absolute path: osad test may run from another directory
+        if config.data.name == FOLDER:
+            config.data.root = str(folder_root(config.data))
+        if is_folder_path(config.data.unknown):
+            config.data.unknown = str(Path(config.data.unknown).expanduser().resolve())
     data = rank0_first(
         lambda: load_fas(config.data, config.depth_size) if fas else load_openset(config.data)
     )
@@ -69,6 +84,8 @@ def train_run(
     else:
         check_training(config, data, device)
     run = agree(lambda: _create_run(config, out, force))
+    if not fas:
+        agree(lambda: write_atomic(run.data_record, json.dumps(data.source, indent=2) + "\n"))
     trainer = train_meta if fas else train
     result = trainer(config, data, run=run, progress=progress)
     agree(lambda: save_trained(run, result))
@@ -256,6 +273,7 @@ def test_run(
         return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
     config = select_evaluation(config, **selection)
     data = rank0_first(lambda: load_openset(config.data))
+    check_same_source(run, data)
     with deterministic_mode(config.deterministic):
         network = load_run_model(run, config, data, device, model)
         network = prepare_model(network, config.perf, device)
@@ -264,7 +282,7 @@ def test_run(
         table = agree(lambda: write_results(result, config, out, run_title(config, model)))
         if config.eval.figures:
             # Every process computes the figures' attacks (sharded); rank 0 saves them.
-            write_figures(result, network, data, config, run.figures_of(model))
+            write_figures(result, network, data, config, run.figures_of(model), progress)
     return table
 
 
@@ -289,7 +307,27 @@ def run_title(config: Config, model: str = "main") -> str:
     d = config.data
     classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
     method = f"{config.method} peer network" if model == "peer" else config.method
-    return f"{method} on {d.name} {classes}"
+    unknown = f", unknowns from {unknown_source_name(d)}" if d.unknown else ""
+    return f"{method} on {source_name(d)} {classes}{unknown}"
+
+
+# What must not change between training and testing: the images and their format.
+_SAME_SOURCE_KEYS = ("classes", "image_size", "channels", "files_sha256", "mean", "std")
+
+
+def check_same_source(run: RunDir, data: OpenSetData) -> None:
+    """Refuse to test a run on images other than it was trained on (an image folder whose
+    classes, files or format changed since training; recorded in ``data.json``)."""
+    if not run.data_record.is_file():
+        return  # trained before data.json existed
+    recorded = json.loads(run.data_record.read_text())
+    for key in _SAME_SOURCE_KEYS:
+        if recorded.get(key) != data.source.get(key):
+            raise DataError(
+                f"{data.source.get('path', data.name)} is not the data {run.root} was trained "
+                f"on: its {key} changed since training ({run.data_record} records "
+                f"{recorded.get(key)!r}, now {data.source.get(key)!r})"
+            )
 
 
 def check_run(
@@ -298,9 +336,11 @@ def check_run(
     *,
     data_root: str | None = None,
     verify: bool = True,
+    progress: bool = True,
 ) -> list[CheckResult]:
     """Run the gradient-masking sanity checks on a trained open-set run and save them
-    to ``RUN_DIR/check.json``; ``data_root`` and ``verify`` as in :func:`test_run`."""
+    to ``RUN_DIR/check.json``; ``data_root`` and ``verify`` as in :func:`test_run`;
+    ``progress`` shows bars with an ETA on stderr."""
     run = RunDir.open(run_dir)
     config = load_run_config(run)
     if isinstance(config, FasConfig):
@@ -308,7 +348,9 @@ def check_run(
     confirm_data_source(config, run, data_root, verify)
     model = load_model(run.model, process_device(resolve_device(config.device)))
     settings = settings or CheckSettings()
-    results = run_checks(model, rank0_first(lambda: load_openset(config.data)), config, settings)
+    data = rank0_first(lambda: load_openset(config.data))
+    check_same_source(run, data)
+    results = run_checks(model, data, config, settings, progress=progress and is_main())
     document = {
         "passed": all(r.passed for r in results),
         "settings": asdict(settings),

@@ -117,10 +117,16 @@ def test_unknowns_from_another_dataset(root):
     assert torch.equal(data.test_images[svhn, 0, 0, 0].long(), data.test_classes[svhn] - 10)
 
 
-def test_ood_images_are_converted_to_the_training_format(root):
-    mnist = _load(root, "data.name=mnist", "data.unknown=cifar10")
+def test_ood_images_are_converted_to_the_training_format_when_asked(root):
+    with pytest.raises(DataError, match=r"cifar10 holds 32x32 RGB images, the training data"):
+        _load(root, "data.name=mnist", "data.unknown=cifar10")
+    mnist = _load(
+        root, "data.name=mnist", "data.unknown=cifar10", "data.image_size=28", "data.channels=1"
+    )
     assert mnist.test_images.shape[1:] == (1, 28, 28) and mnist.test_images.dtype == torch.uint8
-    cifar = _load(root, "data.name=cifar10", "data.unknown=mnist")
+    cifar = _load(
+        root, "data.name=cifar10", "data.unknown=mnist", "data.image_size=32", "data.channels=3"
+    )
     assert cifar.test_images.shape[1:] == (3, 32, 32)
     gray = cifar.test_images[cifar.test_classes >= 10]
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
@@ -128,7 +134,10 @@ def test_ood_images_are_converted_to_the_training_format(root):
 
 def test_unknowns_from_an_image_folder(root):
     folder = root / "my-images"
-    data = _load(root, "data.name=digits", f"data.unknown={folder}")
+    with pytest.raises(DataError, match=r"holds 2 gray and 4 RGB images; set data\.channels"):
+        _load(root, "data.name=digits", f"data.unknown={folder}")
+    asked = ("data.image_size=8", "data.channels=1")
+    data = _load(root, "data.name=digits", f"data.unknown={folder}", *asked)
     assert data.unknown_classes == (10, 11)  # the folder's two classes
     unknown = data.test_images[data.test_labels < 0]
     assert unknown.shape == (6, 1, 8, 8) and unknown.dtype == torch.float32

@@ -1,7 +1,8 @@
 """Datasets and open-set splits.
 
 ``load_openset(config.data)`` returns an :class:`OpenSetData` for any dataset
-in :data:`DATASETS`; images are uint8 (as stored in the files) or float in
+in :data:`DATASETS`, or for an image folder (``data.name=folder``,
+:mod:`osad.data.folder`); images are uint8 (as stored in the files) or float in
 [0, 1], never normalised (normalisation is the model's first layer).
 
 The unknown test images are the held-out classes of the split, or, with
@@ -28,15 +29,24 @@ from osad.data.dataset import (
     partition,
 )
 from osad.data.files import ensure_files, resolve_data_root
-from osad.data.formats import read_image_folder
+from osad.data.folder import (
+    FOLDER,
+    ImageFormat,
+    channel_mean_std,
+    check_same_format,
+    known_classes,
+    read_folder,
+    read_unknown_folder,
+)
 from osad.data.splits import unknown_of
 from osad.errors import DataError, unknown_name
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a registered dataset, or a ConfigError with a suggestion."""
+    """The :class:`DatasetInfo` of a registered dataset, or a ConfigError with a suggestion
+    (``folder``, an image folder, is described by the folder itself)."""
     if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+        raise unknown_name("dataset", name, (*DATASETS, FOLDER))
     return DATASETS[name]
 
 
@@ -69,43 +79,120 @@ def split_classes(info: DatasetInfo, data_config) -> tuple[tuple[int, ...], tupl
     return info.split(data_config.split)
 
 
-def load_unknown_source(data_config, like: DatasetInfo, dtype: torch.dtype) -> ClassImages:
-    """The out-of-distribution unknowns named by ``data.unknown``, in ``like``'s format.
+def folder_root(data_config) -> Path:
+    """The image folder of ``data.name=folder``: ``data.root`` (or ``--data-root``), absolute."""
+    if not data_config.root:
+        raise DataError(
+            "data.name=folder reads the image folder that data.root=PATH (or --data-root "
+            "PATH) names; set it"
+        )
+    return Path(data_config.root).expanduser().resolve()
+
+
+def source_name(data_config) -> str:
+    """How titles name the training data: the dataset, or ``folder:<folder name>``."""
+    if data_config.name == FOLDER:
+        return f"{FOLDER}:{folder_root(data_config).name}"
+    return data_config.name
+
+
+def unknown_source_name(data_config) -> str:
+    """How titles name ``data.unknown``: the dataset, or ``folder:<folder name>``."""
+    name = data_config.unknown
+    return f"{FOLDER}:{Path(name).expanduser().resolve().name}" if is_folder_path(name) else name
+
+
+def target_format(info: DatasetInfo, data_config) -> ImageFormat:
+    """The format every image is given: the training data's, or the one the config asks."""
+    return ImageFormat(
+        data_config.channels or info.channels,
+        data_config.image_size or info.image_size,
+        f"the training data ({info.name})",
+    )
+
+
+def load_unknown_source(data_config, target: ImageFormat, dtype: torch.dtype) -> ClassImages:
+    """The out-of-distribution unknowns named by ``data.unknown``, in the ``target`` format.
 
     A dataset contributes its test set (its whole pool if it has no official
     test set); an image folder contributes every image, its subfolders naming
-    classes.
+    classes. Images of another size or channel count than ``target`` are
+    converted only where ``data.image_size`` / ``data.channels`` ask; otherwise a
+    DataError names what was found and the key to set.
     """
-    name = data_config.unknown
+    name, size, channels = data_config.unknown, data_config.image_size, data_config.channels
     if is_folder_path(name):
-        images = read_image_folder(Path(name).expanduser(), like.channels, like.image_size)
+        images = read_unknown_folder(Path(name).expanduser(), target, size, channels)
     else:
-        raw = load_raw(dataset_info(name), data_config, train_classes=())
+        info = dataset_info(name)
+        native = ImageFormat(
+            channels or info.channels, size or info.image_size, f"data.unknown {name}"
+        )
+        check_same_format(native, target)
+        raw = load_raw(info, data_config, train_classes=())
         images = raw.test if raw.test is not None else raw.train
-    return ClassImages(conform(images.images, like.channels, like.image_size, dtype), images.labels)
+    return ClassImages(conform(images.images, target.channels, target.size, dtype), images.labels)
+
+
+def _folder_dataset(data_config) -> tuple[DatasetInfo, RawDataset, dict]:
+    root = folder_root(data_config)
+    raw, record = read_folder(root, data_config.image_size, data_config.channels)
+    info = DatasetInfo(
+        name=f"{FOLDER}:{root.name}",
+        num_classes=len(record["classes"]),
+        channels=record["channels"],
+        image_size=record["image_size"],
+        mean=(),  # computed from the training images
+        std=(),
+        known_splits=(),
+        read=lambda _root: raw,
+        description=f"the image folder {root}",
+    )
+    return info, raw, record
 
 
 def load_openset(data_config) -> OpenSetData:
-    """Load the dataset named by a :class:`~osad.config.DataConfig` and build its split."""
-    info = dataset_info(data_config.name)
-    known, unknown = split_classes(info, data_config)
+    """Load the dataset named by a :class:`~osad.config.DataConfig` and build its split.
+
+    ``OpenSetData.source`` records where the images came from: for an image folder
+    its path, class names, format, partition and normalisation statistics.
+    """
+    if data_config.name == FOLDER:
+        info, raw, source = _folder_dataset(data_config)
+        known = known_classes(data_config.known, tuple(source["classes"]))
+        unknown = unknown_of(known, info.num_classes)
+    else:
+        info = dataset_info(data_config.name)
+        known, unknown = split_classes(info, data_config)
+        raw = load_raw(info, data_config, known)
+        source = {"source": "dataset", "name": info.name}
+    if raw.test is None:
+        source["partition"] = (
+            f"seeded stratified: test_fraction {data_config.test_fraction}, "
+            f"partition_seed {data_config.partition_seed}"
+        )
     train, test = partition(
-        load_raw(info, data_config, known),
-        test_fraction=data_config.test_fraction,
-        partition_seed=data_config.partition_seed,
+        raw, test_fraction=data_config.test_fraction, partition_seed=data_config.partition_seed
     )
+    target = target_format(info, data_config)
+    if target.channels != info.channels:  # data.channels asks for a conversion
+        train, test = (
+            ClassImages(conform(p.images, target.channels, 0, p.images.dtype), p.labels)
+            for p in (train, test)
+        )
     if data_config.unknown:
         # Other datasets' classes get ids after this one's; the split's own
         # held-out classes leave the test set.
-        extra = load_unknown_source(data_config, info, train.images.dtype)
+        extra = load_unknown_source(data_config, target, train.images.dtype)
         offset = info.num_classes
         test = ClassImages(
             torch.cat([test.images, extra.images]), torch.cat([test.labels, extra.labels + offset])
         )
         unknown = tuple(offset + int(c) for c in extra.labels.unique())
+        source["unknown"] = unknown_source_name(data_config)
     if not unknown:
         raise DataError(f"{data_config.name}: no unknown classes left for the test set")
-    return build_openset(
+    data = build_openset(
         info,
         train,
         test,
@@ -115,16 +202,25 @@ def load_openset(data_config) -> OpenSetData:
         partition_seed=data_config.partition_seed,
         image_size=data_config.image_size,
     )
+    if not info.mean or target.channels != info.channels:
+        # No published statistics for these images: those of the training images.
+        data.mean, data.std = channel_mean_std(data.train_images)
+        source["normalisation"] = "mean and std of the training images"
+    source.update(mean=list(data.mean), std=list(data.std))
+    data.source = source
+    return data
 
 
 __all__ = [
     "DATASETS",
+    "FOLDER",
     "ClassImages",
     "DatasetInfo",
     "OpenSetData",
     "RawDataset",
     "build_openset",
     "dataset_info",
+    "folder_root",
     "is_folder_path",
     "load_openset",
     "load_raw",
@@ -132,5 +228,7 @@ __all__ = [
     "resolve_data_root",
     "rotate_batch",
     "rotate_by",
+    "source_name",
     "to_float",
+    "unknown_source_name",
 ]

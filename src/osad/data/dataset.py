@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,8 @@ class OpenSetData:
     Training and validation hold known classes only, with labels remapped to
     ``0..K-1`` in the order of ``known_classes``. The test set holds known and
     unknown images; ``test_labels`` is the remapped label for known images and
-    -1 for unknown ones, ``test_classes`` the original class id.
+    -1 for unknown ones, ``test_classes`` the original class id. ``source``
+    records where the images came from (see :func:`osad.data.load_openset`).
     """
 
     name: str
@@ -94,6 +95,7 @@ class OpenSetData:
     test_images: Tensor
     test_labels: Tensor
     test_classes: Tensor
+    source: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

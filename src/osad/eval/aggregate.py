@@ -133,24 +133,65 @@ def _attack_text(attack: dict[str, Any]) -> str:
     return "none" if attack.get("name") == "none" else AttackConfig(**attack).describe()
 
 
-def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, str]:
-    attacks = {}
+@dataclass(frozen=True)
+class SettingsMismatch:
+    """One run whose condition was evaluated under other settings than the reference."""
+
+    path: Path
+    condition: str
+    found: str  # the run's attack, described; "absent" when the run lacks the condition
+    expected: str  # the reference attack, described
+    reference: str  # where the reference comes from: a run path, or the caller's name for it
+
+
+def _described(attack: dict[str, Any] | None) -> str:
+    return "absent" if attack is None else _attack_text(attack)
+
+
+def settings_mismatches(
+    runs: list[RunMetrics],
+    conditions: list[str],
+    expected: dict[str, dict[str, Any]] | None = None,
+    reference: str = "",
+) -> list[SettingsMismatch]:
+    """The (run, condition) pairs evaluated under other attack settings than the reference.
+
+    The reference of a condition is ``expected[condition]`` (an attack as metrics.json
+    records it; a condition missing from ``expected`` must be missing from the runs
+    too), named ``reference`` in the result; without ``expected``, the first run that
+    has the condition. This is the check ``osad report`` refuses on and the sweep
+    summary marks stale runs by.
+    """
+    mismatches = []
     for condition in conditions:
-        seen = {
-            json.dumps(r.metrics["conditions"][condition]["attack"], sort_keys=True): r
-            for r in runs
-        }
-        if len(seen) > 1:
-            first, second = list(seen.values())[:2]
-            raise ConfigError(
-                f"runs disagree on attack '{condition}': {first.path} has "
-                f"{_attack_text(first.metrics['conditions'][condition]['attack'])}, "
-                f"{second.path} has "
-                f"{_attack_text(second.metrics['conditions'][condition]['attack'])}; "
-                "report them separately"
-            )
-        attacks[condition] = _attack_text(runs[0].metrics["conditions"][condition]["attack"])
-    return attacks
+        if expected is not None:
+            wanted, source = expected.get(condition), reference
+        else:
+            first = next(r for r in runs if condition in r.metrics["conditions"])
+            wanted, source = first.metrics["conditions"][condition]["attack"], str(first.path)
+        for run in runs:
+            found = run.metrics["conditions"].get(condition)
+            attack = None if found is None else found["attack"]
+            if expected is None and attack is None:
+                continue
+            if json.dumps(attack, sort_keys=True) != json.dumps(wanted, sort_keys=True):
+                mismatches.append(
+                    SettingsMismatch(
+                        run.path, condition, _described(attack), _described(wanted), source
+                    )
+                )
+    return mismatches
+
+
+def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, str]:
+    mismatches = settings_mismatches(runs, conditions)
+    if mismatches:
+        m = mismatches[0]
+        raise ConfigError(
+            f"runs disagree on attack '{m.condition}': {m.reference} has {m.expected}, "
+            f"{m.path} has {m.found}; report them separately"
+        )
+    return {c: _attack_text(runs[0].metrics["conditions"][c]["attack"]) for c in conditions}
 
 
 def aggregate(paths: list[str | Path]) -> Report:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 from torch import nn
+from tqdm.auto import tqdm
 
 from osad.attacks import eval_mode
 from osad.config import Config
@@ -86,24 +87,37 @@ def save_histograms(result: EvalResult, figures_dir: Path) -> list[Path]:
     return paths
 
 
-def eps_sweep(model: nn.Module, data: OpenSetData, config: Config) -> dict[str, Any]:
+def eps_sweep(
+    model: nn.Module, data: OpenSetData, config: Config, progress: bool = False
+) -> dict[str, Any]:
     """Accuracy and AUROC per score at each eps of ``eval.eps_sweep`` (1/255 units) under
-    the paper's attack at that budget; scores fitted once on the clean training images."""
+    the paper's attack at that budget; scores fitted once on the clean training images.
+    ``progress``: a bar over the budgets (with an ETA) and one per attack pass."""
     device = next(model.parameters()).device
     data = data.to(device)
     bs, seed = config.eval.batch_size, config.seed
     scorers = make_scorers(config, model)
     keep_images = any(s.needs_images for s in scorers.values())
+    show = progress and is_main()
     train = outputs_under_attack(
-        model, data.train_images, data.train_labels, None, batch_size=bs, seed=seed
+        model,
+        data.train_images,
+        data.train_labels,
+        None,
+        batch_size=bs,
+        seed=seed,
+        desc="eps sweep: score fit",
+        progress=show,
     )
     for scorer in scorers.values():
         scorer.fit(train.logits, train.features, data.train_labels)
     base = paper_budget(config)
     known = data.test_known
     sweep: dict[str, Any] = {"attack": base.describe(), "eps": [], "accuracy": [], "auroc": {}}
-    for eps in config.eval.eps_sweep:
+    budgets = tqdm(config.eval.eps_sweep, desc="eps sweep figure", unit="eps", disable=not show)
+    for eps in budgets:
         attack = at_eps(base, eps) if eps > 0 else None
+        budgets.set_postfix_str(f"eps {eps:g}/255")
         test = outputs_under_attack(
             model,
             data.test_images,
@@ -112,6 +126,8 @@ def eps_sweep(model: nn.Module, data: OpenSetData, config: Config) -> dict[str, 
             batch_size=bs,
             seed=seed,
             keep_images=keep_images,
+            desc=f"eps {eps:g} test",
+            progress=show,
         )
         sweep["eps"].append(eps)
         sweep["accuracy"].append(closed_set_accuracy(test.logits[known], data.test_labels[known]))
@@ -187,12 +203,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_figures(
-    result: EvalResult, model: nn.Module, data: OpenSetData, config: Config, figures_dir: Path
+    result: EvalResult,
+    model: nn.Module,
+    data: OpenSetData,
+    config: Config,
+    figures_dir: Path,
+    progress: bool = False,
 ) -> list[Path]:
-    """Every figure of the module docstring; returns their paths."""
+    """Every figure of the module docstring; returns their paths. ``progress``: bars on
+    stderr for the attacks of the eps sweep."""
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = save_roc_curves(result, figures_dir) + save_histograms(result, figures_dir)
-    paths.append(save_eps_sweep(eps_sweep(model, data, config), figures_dir))
+    paths.append(save_eps_sweep(eps_sweep(model, data, config, progress), figures_dir))
     if getattr(model, "decoder", None) is not None:
         paths.append(save_reconstructions(model, data, config, figures_dir))
     return paths

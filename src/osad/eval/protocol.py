@@ -352,9 +352,10 @@ def evaluate(
     conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
     conditions += list(config.eval.attacks.items())
     results = []
-    for name, attack in tqdm(
-        conditions, desc="evaluate", disable=not (progress and is_main()), leave=False
-    ):
+    # One step per condition (ETA over the conditions); below it, a bar per attack pass.
+    bar = tqdm(conditions, desc="evaluate", unit="condition", disable=not (progress and is_main()))
+    for name, attack in bar:
+        bar.set_postfix_str(name if attack is None else f"{name}: {attack.describe()}")
         attacked_fit = attack is not None and attack.target == "classifier"
         attacked_fit = attacked_fit and config.eval.openmax_fit == "attacked"
         fit = fitted(name if attacked_fit else "clean", attack if attacked_fit else None)

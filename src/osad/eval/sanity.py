@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from osad.attacks import eval_mode, margin, model_outputs
 from osad.attacks.objectives import Objective, objective_values, score_objective
@@ -91,23 +92,37 @@ class Probe:
     scorer: Scorer
     batch_size: int
     seed: int
+    # One step per measurement and per check, with an ETA; a bar per attack pass below it.
+    bar: tqdm | None = None
 
     def measure(self, attack: AttackConfig | None) -> tuple[float, float]:
         """(accuracy under ``attack`` on the classifier, AUROC under ``attack`` on the score).
 
         Without an attack, both are the clean figures."""
+        what = "clean" if attack is None else attack.describe()
+        self.step(what)
         known = self.labels >= 0
-        classifier = self._outputs(attack, None)
+        classifier = self._outputs(attack, None, f"{what}, classifier")
         accuracy = closed_set_accuracy(classifier.logits[known], self.labels[known])
         if attack is None:
             detector = classifier
         else:
             score_attack = dataclasses.replace(attack, target="score")
-            detector = self._outputs(score_attack, adaptive_objective(self.scorer, score_attack))
+            objective = adaptive_objective(self.scorer, score_attack)
+            detector = self._outputs(score_attack, objective, f"{what}, score")
         scores = score_outputs(self.scorer, self.model, detector, self.batch_size)
         return accuracy, auroc(scores, ~known.cpu())
 
-    def _outputs(self, attack: AttackConfig | None, objective: Objective | None) -> Outputs:
+    def step(self, what: str) -> None:
+        """Count the previous step done and name the next one on the progress bar."""
+        if self.bar is not None:
+            if self.bar.n or self.bar.postfix:
+                self.bar.update(1)
+            self.bar.set_postfix_str(what)
+
+    def _outputs(
+        self, attack: AttackConfig | None, objective: Objective | None, desc: str
+    ) -> Outputs:
         return outputs_under_attack(
             self.model,
             self.images,
@@ -117,6 +132,8 @@ class Probe:
             seed=self.seed,
             objective=objective,
             keep_images=self.scorer.needs_images,
+            desc=desc,
+            progress=self.bar is not None,
         )
 
 
@@ -283,30 +300,51 @@ def run_checks(
     data: OpenSetData,
     config: Config,
     settings: CheckSettings | None = None,
+    *,
+    progress: bool = False,
 ) -> list[CheckResult]:
-    """Every check, in order; see the module docstring."""
+    """Every check, in order; see the module docstring. ``progress``: a bar on stderr
+    over the measurements (one per attack budget and check, with an ETA) and one per
+    attack pass."""
     s = settings or CheckSettings()
     s.validate()
     model = model.eval()
     data = data.to(next(model.parameters()).device)
-    train = outputs_under_attack(
-        model,
-        data.train_images,
-        data.train_labels,
-        None,
-        batch_size=config.eval.batch_size,
-        seed=config.seed,
-    )
-    probe = make_probe(model, data, config, s, train)
-    base = paper_budget(config).resolved()
-    baseline = probe.measure(base)
-    return [
-        check_eps_monotone(probe, base, s),
-        check_more_iterations(probe, base, baseline, s),
-        check_black_box(probe, base, baseline, s),
-        check_gradients(probe, s),
-        check_deterministic(probe, make_scorers(config, model), train, data.train_labels),
-    ]
+    # The clean fit pass, the baseline, each eps (and the unbounded one), the stronger
+    # and the black-box attacks, the gradient and the determinism checks.
+    steps = 1 + 1 + len(s.eps_multiples) + 1 + 2 + 2
+    with tqdm(
+        total=steps, desc="check", unit="step", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        bar = None if bar.disable else bar
+        if bar is not None:
+            bar.set_postfix_str("clean training images (score fit)")
+        train = outputs_under_attack(
+            model,
+            data.train_images,
+            data.train_labels,
+            None,
+            batch_size=config.eval.batch_size,
+            seed=config.seed,
+            desc="score fit",
+            progress=progress,
+        )
+        probe = make_probe(model, data, config, s, train)
+        probe.bar = bar
+        base = paper_budget(config).resolved()
+        baseline = probe.measure(base)
+        results = [
+            check_eps_monotone(probe, base, s),
+            check_more_iterations(probe, base, baseline, s),
+            check_black_box(probe, base, baseline, s),
+        ]
+        probe.step("gradients")
+        results.append(check_gradients(probe, s))
+        probe.step("deterministic")
+        scorers = make_scorers(config, model)
+        results.append(check_deterministic(probe, scorers, train, data.train_labels))
+        probe.step("done")
+    return results
 
 
 def _row(values: list[float], fmt: str = "{:.3f}") -> str:

@@ -25,7 +25,7 @@ from osad.eval.options import at_eps
 from osad.eval.report import score_label
 from osad.rundir import RunDir
 from osad.runtime import resolve_device
-from osad.sweep.runner import is_finished, run_dir
+from osad.sweep.runner import is_finished, run_dir, stale_conditions
 from osad.sweep.spec import FigureSpec, Sweep
 from osad.workflow import load_run_config, load_run_model
 
@@ -110,8 +110,8 @@ def budget_figure(curves: dict[str, dict[str, Any]], spec: FigureSpec, path: Pat
 
 def write_figures(sweep: Sweep, out: str | Path) -> list[Path]:
     """The preset's figures into ``SWEEP_DIR/figures``, once the runs they show are
-    finished; returns the files written (none while a run they need is missing or
-    left out of the sweep by ``--methods``/``--splits``)."""
+    finished; returns the files written (none while a run they need is missing, stale,
+    or left out of the sweep by ``--methods``/``--splits``)."""
     spec = sweep.figures
     out = Path(out)
     labels = [m.label for m in sweep.methods]
@@ -120,6 +120,9 @@ def write_figures(sweep: Sweep, out: str | Path) -> list[Path]:
     runs = {label: run_dir(out, sweep.method(label), spec.split) for label in spec.methods}
     if not all(is_finished(run) for run in runs.values()):
         return []
+    configs = {label: sweep.run_config(sweep.method(label), spec.split) for label in runs}
+    if any(stale_conditions(run, configs[label]) for label, run in runs.items()):
+        return []  # drawn again once osad sweep has re-evaluated the stale runs
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     roc = folder / f"roc-{spec.score}-split{spec.split}.png"

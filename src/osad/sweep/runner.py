@@ -12,8 +12,10 @@ run is evaluated, a run with a checkpoint continues from it
 checkpoint starts again. A run directory trained with another configuration
 than the sweep gives is refused, so a changed preset never mixes old and new
 runs; a run trained as the sweep says but evaluated under another ``eval``
-section (an attack or score added to the preset) is evaluated again, without
-training.
+section (an attack or score added to the preset), or whose ``eval/metrics.json``
+records other attack settings than the preset gives (a stale result, by the check
+``osad report`` makes, :func:`osad.eval.aggregate.settings_mismatches`), is
+evaluated again, without training.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 from osad.checkpoint import CheckpointStore, first_difference
 from osad.config import Config, resolved_dict, save_config
 from osad.errors import RunDirError, TrainingInterrupted
+from osad.eval.aggregate import SettingsMismatch, load_run, settings_mismatches
 from osad.rundir import RunDir
 from osad.sweep.spec import Sweep, SweepMethod
 from osad.workflow import load_run_config, resume_run, test_run, train_run
@@ -91,6 +94,20 @@ def same_evaluation(run: RunDir, expected: Config) -> bool:
     return first_difference(saved, _comparable(expected)["eval"]) is None
 
 
+def expected_attacks(config: Config) -> dict[str, dict]:
+    """Each condition ``config`` evaluates, with its attack as metrics.json records it."""
+    attacks = {name: asdict(attack.resolved()) for name, attack in config.eval.attacks.items()}
+    return {"clean": {"name": "none"}, **attacks}
+
+
+def stale_conditions(run: RunDir, expected: Config) -> list[SettingsMismatch]:
+    """The conditions of ``expected`` that a finished run's metrics.json lacks or records
+    under other attack settings (conditions ``expected`` does not name are not checked:
+    the summary leaves them out, and re-evaluating would drop them)."""
+    wanted = expected_attacks(expected)
+    return settings_mismatches([load_run(run.root)], list(wanted), wanted, "the preset")
+
+
 def check_same_training(run: RunDir, expected: Config) -> None:
     """Refuse a run directory saved with another configuration than ``expected``,
     apart from its ``eval`` section."""
@@ -111,7 +128,8 @@ def _advance(item: SweepRun, config: Config, progress: bool) -> tuple[str, ...]:
     actions: list[str] = []
     if run.config.is_file():
         check_same_training(run, config)
-    if is_finished(run) and same_evaluation(run, config):
+    stale = is_finished(run) and bool(stale_conditions(run, config))
+    if is_finished(run) and same_evaluation(run, config) and not stale:
         return ("skipped",)
     if not run.model.is_file():
         latest = None
@@ -133,6 +151,8 @@ def _advance(item: SweepRun, config: Config, progress: bool) -> tuple[str, ...]:
         # sweep's (after training, which checks its checkpoints against the saved one).
         save_config(config, run.config)
         actions.append("eval changed")
+    elif stale:
+        actions.append("stale results")
     # force: an evaluation interrupted before results.md may have left part of eval/.
     test_run(
         run.root,

@@ -3,8 +3,11 @@
 each run's worst case over its attacked conditions, and of the split-by-split
 differences between the method pairs the preset compares.
 
-Only finished runs enter; a method with fewer splits than the sweep has says so
-in its ``splits`` column, and the header names every missing run.
+Only finished runs evaluated under the preset's attack settings enter; a method
+with fewer splits than the sweep has says so in its ``splits`` column, and the
+header names every missing run and every stale one (evaluated under other
+settings, by the check ``osad report`` makes: it is left out of the tables until
+``osad sweep`` re-evaluates it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from osad.config import AttackConfig
 from osad.eval.metrics import mean_std
 from osad.eval.report import markdown_table, score_label
-from osad.sweep.runner import is_finished, plan
+from osad.sweep.runner import expected_attacks, is_finished, plan, stale_conditions
 from osad.sweep.spec import Sweep
 
 # The pseudo-condition holding, per run and score, the lowest value over the attacks.
@@ -62,23 +65,34 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
     scores: list[str] = []
     methods: dict[str, Any] = {}
     missing = []
+    stale = []
     # (method, split) -> condition -> {"closed_set_accuracy": x, "auroc": {score: x}}
     per_run: dict[tuple[str, int], dict[str, Any]] = {}
     for item in plan(sweep, out):
         if not is_finished(item.run):
             missing.append({"method": item.method.label, "split": item.split})
             continue
+        config = sweep.run_config(item.method, item.split)
+        mismatches = stale_conditions(item.run, config)
+        if mismatches:
+            found = {m.condition: {"found": m.found, "preset": m.expected} for m in mismatches}
+            stale.append({"method": item.method.label, "split": item.split, "conditions": found})
+            continue
         metrics = json.loads(item.run.metrics.read_text())
         entry = methods.setdefault(item.method.label, {"splits": [], "values": {}})
         entry["splits"].append(item.split)
         run = per_run.setdefault((item.method.label, item.split), {})
-        for name, condition in metrics["conditions"].items():
+        # Only the preset's conditions: one a run has beyond them (an attack added by
+        # hand, or dropped from the preset since) is in no other run's results.
+        preset = expected_attacks(config)
+        kept = {n: c for n, c in metrics["conditions"].items() if n in preset}
+        for name, condition in kept.items():
             conditions.setdefault(name, attack_text(condition["attack"]))
             run[name] = condition
             for score in condition["auroc"]:
                 if score not in scores:
                     scores.append(score)
-        attacked = [c for name, c in metrics["conditions"].items() if name != "clean"]
+        attacked = [c for name, c in kept.items() if name != "clean"]
         if attacked:
             run[WORST] = worst_case(attacked)
         for name, condition in run.items():
@@ -99,8 +113,9 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         "sweep": sweep.name,
         "splits": list(sweep.splits),
         "runs": len(sweep.methods) * len(sweep.splits),
-        "finished": len(sweep.methods) * len(sweep.splits) - len(missing),
+        "finished": len(sweep.methods) * len(sweep.splits) - len(missing) - len(stale),
         "missing": missing,
+        "stale": stale,
         "conditions": conditions,
         "scores": scores,
         "methods": {m.label: methods[m.label] for m in sweep.methods if m.label in methods},
@@ -238,6 +253,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary["missing"]:
         names = ", ".join(f"{m['method']} split {m['split']}" for m in summary["missing"])
         lines += ["", f"**PARTIAL**: not finished: {names}."]
+    if summary["stale"]:
+        names = "; ".join(
+            f"{s['method']} split {s['split']} ("
+            + ", ".join(
+                f"{name}: {c['found']}, the preset: {c['preset']}"
+                for name, c in s["conditions"].items()
+            )
+            + ")"
+            for s in summary["stale"]
+        )
+        lines += [
+            "",
+            f"**STALE**, left out: evaluated under other settings than the preset: {names}. "
+            "Run osad sweep again (without --summary-only) to re-evaluate them.",
+        ]
     header = ["method", "splits", "closed-set acc"]
     header += [f"AUROC {score_label(s)}" for s in summary["scores"]]
     for name, attack in summary["conditions"].items():
