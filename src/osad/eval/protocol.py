@@ -45,6 +45,7 @@ from osad.distributed import derive_seed, is_main, map_batches
 from osad.eval.metrics import acceptance_threshold, open_set_metrics
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
+from osad.storage import tensors_sha256
 
 
 @dataclass
@@ -262,6 +263,73 @@ def combine_pairings(
     return results
 
 
+def fits_attacked(config: Config, attack: AttackConfig) -> bool:
+    """Whether the scores of ``attack``'s condition are fitted on attacked training images
+    (a classifier attack under ``eval.openmax_fit: attacked``) rather than clean ones."""
+    return attack.target == "classifier" and config.eval.openmax_fit == "attacked"
+
+
+def data_provenance(data: OpenSetData, config: Config) -> dict[str, Any]:
+    """What data an evaluation ran on: the dataset, split, classes, sizes and a sha256
+    fingerprint of every image and label tensor (train, validation, test)."""
+    tensors = (
+        data.train_images,
+        data.train_labels,
+        data.val_images,
+        data.val_labels,
+        data.test_images,
+        data.test_labels,
+        data.test_classes,
+    )
+    return {
+        "dataset": data.name,
+        "split": config.data.split,
+        "unknown": config.data.unknown or "held-out classes",
+        "known_classes": list(data.known_classes),
+        "unknown_classes": list(data.unknown_classes),
+        "sizes": {
+            "train": len(data.train_images),
+            "val": len(data.val_images),
+            "test_known": int(data.test_known.sum()),
+            "test_unknown": int((~data.test_known).sum()),
+        },
+        "fingerprint": tensors_sha256(tensors),
+    }
+
+
+def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per condition :func:`evaluate` computes for ``config`` (``clean``, then each of
+    ``eval.attacks``), every setting its numbers depend on: the attack (resolved), the
+    scores, pairings, fit, batch size (attacks are seeded per batch), seed and precision,
+    and the sha256 of the model file and the data fingerprint from ``evaluated``
+    (``{"model": {"sha256": ...}, "data": {"fingerprint": ...}}``).
+
+    Two evaluations whose settings for a condition are equal give the same numbers for
+    it (on the same thread count), so an incremental ``osad test`` reuses it.
+    """
+    e = config.eval
+    shared = {
+        "scores": score_names(config),
+        "openmax_tail": e.openmax_tail,
+        "batch_size": e.batch_size,
+        "seed": config.seed,
+        "bf16": config.perf.bf16,
+        "model_sha256": evaluated["model"]["sha256"],
+        "data_fingerprint": evaluated["data"]["fingerprint"],
+    }
+    settings = {
+        "clean": {"attack": {"name": "none"}, "pairings": ["both"], "fit": "clean", **shared}
+    }
+    for name, attack in e.attacks.items():
+        settings[name] = {
+            "attack": asdict(attack.resolved()),
+            "pairings": list(e.pairings),
+            "fit": "attacked" if fits_attacked(config, attack) else "clean",
+            **shared,
+        }
+    return settings
+
+
 def evaluate(
     model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
 ) -> EvalResult:
@@ -341,8 +409,7 @@ def evaluate(
     for name, attack in tqdm(
         conditions, desc="evaluate", disable=not (progress and is_main()), leave=False
     ):
-        attacked_fit = attack is not None and attack.target == "classifier"
-        attacked_fit = attacked_fit and config.eval.openmax_fit == "attacked"
+        attacked_fit = attack is not None and fits_attacked(config, attack)
         fit = fitted(name if attacked_fit else "clean", attack if attacked_fit else None)
 
         def measure(score: str, scores: Tensor, logits: Tensor, fit=fit) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import torch
 
 from osad import __version__
 from osad.config import AttackConfig, Config
+from osad.errors import RunDirError
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
+from osad.storage import write_atomic
 
 SCORE_LABELS = {
     "msp": "MSP",
@@ -49,21 +53,35 @@ def condition_dict(condition: ConditionResult) -> dict[str, Any]:
     }
 
 
-def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
-    """The ``metrics.json`` document (schema: docs/evaluation.md)."""
-    return {
+def metrics_dict(
+    result: EvalResult,
+    config: Config,
+    settings: dict[str, dict[str, Any]] | None = None,
+    evaluated: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``metrics.json`` document (schema: docs/evaluation.md): ``settings`` per
+    condition name (what produced it, see :func:`osad.eval.protocol.condition_settings`)
+    and ``evaluated`` (the model file and data evaluated) when given."""
+    conditions = {c.name: condition_dict(c) for c in result.conditions}
+    for name, cond in conditions.items():
+        if settings and name in settings:
+            cond["settings"] = settings[name]
+    document = {
         "osad_version": __version__,
         "seed": config.seed,
         # The printed figures depend on the floating-point summation order, which
         # depends on the number of threads torch splits its operations over.
         "torch_threads": torch.get_num_threads(),
-        "conditions": {c.name: condition_dict(c) for c in result.conditions},
+        "conditions": conditions,
         "counts": {
             "test_known": int((result.test_labels >= 0).sum()),
             "test_unknown": int((result.test_labels < 0).sum()),
         },
         "config": config.to_dict(),
     }
+    if evaluated is not None:
+        document["evaluated"] = evaluated
+    return document
 
 
 def _attack_text(attack: dict[str, Any] | None) -> str:
@@ -141,10 +159,21 @@ def _write_pairing(group: h5py.Group, pairing: PairingResult) -> None:
             group.create_dataset(f"predicted_{name}", data=pairing.logits[name].argmax(1).numpy())
 
 
+def h5_bytes(build: Callable[[h5py.File], None]) -> bytes:
+    """The bytes of an HDF5 file filled by ``build``, made in memory: the file on disk is
+    then written by Python (:func:`osad.storage.write_atomic`), so a full disk is one
+    catchable error, never a crash inside the HDF5 library."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        build(f)
+    return buffer.getvalue()
+
+
 def write_scores(result: EvalResult, config: Config, path: Path) -> None:
     """``scores.h5``: one group per condition (the ``both`` pairing) and, inside it, one
     subgroup per extra pairing, each with every per-sample score."""
-    with h5py.File(path, "w") as f:
+
+    def build(f: h5py.File) -> None:
         f.attrs["osad_version"] = __version__
         f.attrs["seed"] = config.seed
         n = len(result.test_labels)
@@ -160,16 +189,66 @@ def write_scores(result: EvalResult, config: Config, path: Path) -> None:
                     _write_pairing(g.create_group(name), pairing)
             g.attrs["attack"] = json.dumps(c.attack)
 
+    write_atomic(path, h5_bytes(build))
 
-def write_results(result: EvalResult, config: Config, eval_dir: Path, title: str) -> str:
-    """Write metrics.json, scores.h5 and results.md into ``eval_dir``; return the table."""
+
+def _read_pairing(group: h5py.Group, metrics: dict[str, dict[str, float]]) -> PairingResult:
+    logits, scores = {}, {}
+    for name in metrics:
+        key = "logits" if "logits" in group else f"logits_{name}"
+        logits[name] = torch.from_numpy(group[key][:])
+        scores[name] = torch.from_numpy(group[f"score_{name}"][:])
+    return PairingResult(logits, scores, metrics)
+
+
+def read_conditions(eval_dir: Path, names: list[str]) -> tuple[list[ConditionResult], EvalResult]:
+    """The conditions ``names`` of the evaluation in ``eval_dir`` (its metrics.json and
+    scores.h5), as :func:`osad.eval.protocol.evaluate` computed them; also the whole
+    evaluation's test labels (in an :class:`EvalResult` without conditions).
+
+    Raises :class:`~osad.errors.RunDirError` naming the file that cannot be read.
+    """
+    metrics = json.loads((eval_dir / "metrics.json").read_text())["conditions"]
+    path = eval_dir / "scores.h5"
+    try:
+        with h5py.File(path, "r") as f:
+            conditions = []
+            for name in names:
+                cond, g = metrics[name], f[name]
+                pairings = {"both": _read_pairing(g, cond["metrics"])}
+                for pairing, values in cond["pairings"].items():
+                    pairings[pairing] = _read_pairing(g[pairing], values["metrics"])
+                attack = None if cond["attack"].get("name") == "none" else cond["attack"]
+                conditions.append(ConditionResult(name, attack, pairings, cond["scorer_fit"]))
+            first = f[next(iter(f))]
+            labels = torch.from_numpy(first["label"][:])
+            classes = torch.from_numpy(first["true_class"][:])
+    except (OSError, KeyError, TypeError, ValueError, StopIteration) as exc:
+        raise RunDirError(
+            f"{path} cannot be read back ({type(exc).__name__}); pass --force to recompute "
+            "the evaluation"
+        ) from None
+    return conditions, EvalResult([], labels, classes)
+
+
+def write_results(
+    result: EvalResult,
+    config: Config,
+    eval_dir: Path,
+    title: str,
+    settings: dict[str, dict[str, Any]] | None = None,
+    evaluated: dict[str, Any] | None = None,
+) -> str:
+    """Write scores.h5, results.md and, last, metrics.json into ``eval_dir``; return the
+    table. ``eval_dir`` is meant to be the staging folder of
+    :func:`osad.storage.replace_dir`: the files become visible together."""
     eval_dir.mkdir(parents=True, exist_ok=True)
-    metrics = metrics_dict(result, config)
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = metrics_dict(result, config, settings, evaluated)
     write_scores(result, config, eval_dir / "scores.h5")
     table = results_table(result)
     counts = metrics["counts"]
-    (eval_dir / "results.md").write_text(
+    write_atomic(
+        eval_dir / "results.md",
         f"# {title}\n\n{table}\n\n"
         f"{counts['test_known']} known and {counts['test_unknown']} unknown test images. "
         "Classifier attacks: known images attacked with their true label, unknown images with "
@@ -178,6 +257,7 @@ def write_results(result: EvalResult, config: Config, eval_dir: Path, title: str
         "over scores). AUROC with unknown as the positive class.\n\n"
         f"## Every metric per score\n\n{metric_tables(result)}\n\n"
         "Thresholded rates at the score accepting 95% of the clean known validation images "
-        "(docs/evaluation.md).\n"
+        "(docs/evaluation.md).\n",
     )
+    write_atomic(eval_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return table
