@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -259,3 +260,34 @@ def test_check_never_overwrites_without_force(evaluated, tmp_path, capsys):
     assert main(["check", str(run), "--images", "16"]) == 2
     assert "check.json already exists; pass --force" in capsys.readouterr().err
     assert (run / "check.json").read_text() == "{}\n"
+
+
+def test_full_disk_before_the_first_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    """TensorBoard writes from a thread: a failed write must not print its traceback."""
+    import errno
+
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RecordWriter, "write", full)
+    thread_errors = []  # what Python would print as a thread's traceback
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    with one_torch_thread():
+        assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("osad: error: cannot write ") and "tensorboard" in err
+    assert "No space left on device" in err and thread_errors == []
+
+
+def test_test_out_never_replaces_a_folder_that_is_not_an_evaluation(evaluated, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    argv = ["test", str(evaluated), "--attacks", "pgd", "--out", str(mine)]
+    for extra in ([], ["--force"]):
+        assert main([*argv, *extra]) == 2
+        assert "not an osad evaluation" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"

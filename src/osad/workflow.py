@@ -249,40 +249,44 @@ def test_run(
                 )
             return _test_fas(run, config, dest, force, device, progress)
         config = select_evaluation(evaluation_config(config, overrides), **selection)
-        data = rank0_first(lambda: load_openset(config.data))
-        weights = run.weights(model)
-        evaluated = {
-            "model": {"name": model, "file": weights.name, "sha256": sha256_file(weights)},
-            "data": data_provenance(data, config),
-        }
-        settings = json.loads(json.dumps(condition_settings(config, evaluated)))
-        reused, kept = agree(lambda: _reusable(dest, settings, force))
-        with deterministic_mode(config.deterministic):
-            if len(reused) == len(settings):  # everything asked for is there already
-                conditions, labels = read_conditions(dest, [*reused, *kept])
-                return results_table(EvalResult(conditions, *_labels(labels)))
-            network = load_run_model(run, config, data, device, model)
-            network = prepare_model(network, config.perf, device)
-            narrowed = select_evaluation(
-                config, attacks=[a for a in config.eval.attacks if a not in reused]
-            )
-            result = evaluate(network, data, narrowed, progress=progress)
-            result = _merged(result, dest, list(settings), reused, list(kept))
+        return _test_openset(run, config, model, dest, force, device, progress)
+
+
+def _test_openset(
+    run: RunDir,
+    config: Config,
+    model: str,
+    dest: Path,
+    force: bool,
+    device: torch.device,
+    progress: bool,
+) -> str:
+    """The incremental evaluation of :func:`test_run` (its caller holds the lock)."""
+    data = rank0_first(lambda: load_openset(config.data))
+    weights = run.weights(model)
+    evaluated = {
+        "model": {"name": model, "file": weights.name, "sha256": sha256_file(weights)},
+        "data": data_provenance(data, config),
+    }
+    settings = json.loads(json.dumps(condition_settings(config, evaluated)))
+    reused, kept = agree(lambda: _reusable(dest, settings, force))
+    if len(reused) == len(settings):  # everything asked for is stored already
+        return results_table(read_conditions(dest, [*reused, *kept]))
+    with deterministic_mode(config.deterministic):
+        network = load_run_model(run, config, data, device, model)
+        network = prepare_model(network, config.perf, device)
+        missing = [a for a in config.eval.attacks if a not in reused]
+        result = evaluate(network, data, select_evaluation(config, attacks=missing), progress)
+        result = _merged(result, dest, list(settings), reused, list(kept))
+        with ExitStack() as stack:
+            staged = agree(lambda: stack.enter_context(replace_dir(dest)))
+            title = run_title(config, model)
             stored = {**kept, **settings}
-            with ExitStack() as stack:
-                staged = agree(lambda: stack.enter_context(replace_dir(dest)))
-                title = run_title(config, model)
-                table = agree(
-                    lambda: write_results(result, config, staged, title, stored, evaluated)
-                )
-                if config.eval.figures:
-                    # Every process computes the figures' attacks (sharded); rank 0 saves them.
-                    write_figures(result, network, data, config, staged / "figures")
+            table = agree(lambda: write_results(result, config, staged, title, stored, evaluated))
+            if config.eval.figures:
+                # Every process computes the figures' attacks (sharded); rank 0 saves them.
+                write_figures(result, network, data, config, staged / "figures")
     return table
-
-
-def _labels(empty: EvalResult) -> tuple[Any, Any]:
-    return empty.test_labels, empty.test_classes
 
 
 def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
@@ -307,20 +311,28 @@ def _reusable(
 ) -> tuple[list[str], dict[str, Any]]:
     """(conditions of ``settings`` already in ``dest`` under identical settings, the other
     conditions stored there, kept, with their stored settings). Recovers what a killed
-    evaluation left; refuses a condition stored under other settings, or a ``dest`` that
-    is not an evaluation, unless ``force`` (then nothing is reused or kept)."""
+    evaluation left; refuses a ``dest`` holding files but no metrics.json (even with
+    ``force``), and a condition stored under other settings unless ``force`` (then
+    nothing is reused or kept)."""
     recover_dir(dest)
-    if force or not dest.is_dir() or not any(dest.iterdir()):
+    if not dest.is_dir() or not any(dest.iterdir()):
         return [], {}
     path = dest / "metrics.json"
+    if not path.is_file():  # --force replaces an evaluation, never any other folder
+        raise RunDirError(
+            f"{dest} holds files but no {path.name}, so it is not an osad evaluation; "
+            "choose another --out, or remove it yourself"
+        )
+    if force:
+        return [], {}
     try:
         stored = json.loads(path.read_text())["conditions"]
         if not isinstance(stored, dict) or not all(isinstance(c, dict) for c in stored.values()):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise RunDirError(
-            f"{dest} holds files but no readable {path.name}; pass --force to replace them, "
-            "or --out DIR to write elsewhere"
+            f"{path} cannot be read; pass --force to replace the evaluation, or --out DIR "
+            "to write elsewhere"
         ) from None
     reused = []
     for name, wanted in settings.items():
@@ -359,8 +371,8 @@ def _merged(
     the conditions asked for in ``order``, then the kept ones."""
     if not (reused or kept):
         return result
-    old, _ = read_conditions(dest, [n for n in (*reused, *kept) if n != "clean"])
-    by_name = {c.name: c for c in (*old, *result.conditions)}
+    old = read_conditions(dest, [n for n in (*reused, *kept) if n != "clean"])
+    by_name = {c.name: c for c in (*old.conditions, *result.conditions)}
     names = [*order, *(n for n in kept if n not in order)]
     return EvalResult([by_name[n] for n in names], result.test_labels, result.test_classes)
 

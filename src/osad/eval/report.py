@@ -201,10 +201,9 @@ def _read_pairing(group: h5py.Group, metrics: dict[str, dict[str, float]]) -> Pa
     return PairingResult(logits, scores, metrics)
 
 
-def read_conditions(eval_dir: Path, names: list[str]) -> tuple[list[ConditionResult], EvalResult]:
+def read_conditions(eval_dir: Path, names: list[str]) -> EvalResult:
     """The conditions ``names`` of the evaluation in ``eval_dir`` (its metrics.json and
-    scores.h5), as :func:`osad.eval.protocol.evaluate` computed them; also the whole
-    evaluation's test labels (in an :class:`EvalResult` without conditions).
+    scores.h5), as :func:`osad.eval.protocol.evaluate` computed them.
 
     Raises :class:`~osad.errors.RunDirError` naming the file that cannot be read.
     """
@@ -228,7 +227,7 @@ def read_conditions(eval_dir: Path, names: list[str]) -> tuple[list[ConditionRes
             f"{path} cannot be read back ({type(exc).__name__}); pass --force to recompute "
             "the evaluation"
         ) from None
-    return conditions, EvalResult([], labels, classes)
+    return EvalResult(conditions, labels, classes)
 
 
 def write_results(
