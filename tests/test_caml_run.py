@@ -53,7 +53,7 @@ def test_peer_is_tested_on_its_own(caml_run, capsys):
     assert set(peer["conditions"]) == set(osdn["conditions"]) == {"clean", "fgsm"}
     assert peer["conditions"]["clean"] != osdn["conditions"]["clean"]
     assert peer["evaluated"]["model"]["name"] == "peer"
-    assert peer["evaluated"]["model"]["file"] == "peer.safetensors"
+    assert peer["evaluated"]["model"]["weights"] == "peer.safetensors"
     # A second test of the peer reuses its results and writes nothing.
     before = (caml_run / "eval-peer" / "metrics.json").read_bytes()
     assert main(["test", str(caml_run), "--no-progress", "--model", "peer"]) == 0

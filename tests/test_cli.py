@@ -245,6 +245,8 @@ def test_paper_preset_starts_a_real_run(paper_run):
 
 
 def test_moved_data_needs_the_test_time_flag(paper_run, tmp_path, capsys):
+    """The run's config.yaml records the root and data.verify=false; osad test takes
+    neither from it (a run directory may be someone else's), only from its flags."""
     out, data_root = paper_run
     moved = tmp_path / "moved"
     shutil.copytree(data_root, moved)
@@ -252,10 +254,16 @@ def test_moved_data_needs_the_test_time_flag(paper_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["test", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"records data.root='{data_root}'" in err
+    argv = ["test", str(out), "--no-progress", "--no-verify", "--data-root"]
+    assert main([*argv, str(data_root)]) == 2
+    err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CIFAR-10 (python version) not found" in err
     assert str(data_root / "cifar-10-batches-py") in err
+    assert main(["test", str(out), "--no-progress", "--data-root", str(moved)]) == 2
+    assert "data.verify=false" in capsys.readouterr().err
     with one_torch_thread():
-        assert main(["test", str(out), "--no-progress", "--data-root", str(moved)]) == 0
+        assert main([*argv, str(moved)]) == 0
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["conditions"]) == {"clean", "fgsm", "pgd", "pgd20"}
 

@@ -208,12 +208,13 @@ def test_test_adds_conditions_and_keeps_the_earlier_ones(evaluated, tmp_path, ca
     evaluated_model = metrics["evaluated"]["model"]
     assert evaluated_model == {
         "name": "main",
-        "file": "model.safetensors",
-        "sha256": hashlib.sha256(weights).hexdigest(),
+        "weights": "model.safetensors",
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
-    assert settings["model_sha256"] == evaluated_model["sha256"]
+    assert settings["model_sha256"] == evaluated_model["weights_sha256"]
     data = metrics["evaluated"]["data"]
-    assert data["dataset"] == "digits" and data["split"] == 0
+    assert data["source"]["dataset"] == "digits" and data["source"]["split"] == 0
+    assert metrics["config"]["method"] == "osdn"  # the run's whole config
     assert data["sizes"]["test_known"] == metrics["counts"]["test_known"]
     assert len(data["fingerprint"]) == 64
 

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from osad import __version__, storage
 from osad.errors import CheckpointError, StorageError
-from osad.models import create_model
-from osad.rundir import RunDir
+from osad.models import check_recipe, create_model
+from osad.rundir import RunDir, plain_name_inside
 
 MANIFEST = "manifest.json"
 
@@ -106,10 +106,19 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], tuple[str, dict[s
 
 
 def parse_weights(data: bytes, source: str) -> tuple[dict[str, Tensor], tuple[str, dict[str, Any]]]:
+    """(state dict, recipe) of a weights file's bytes, the recipe a JSON object (see
+    :func:`load_model` for one that is built)."""
     tensors, metadata = parse_tensors(data, source)
     if "model_name" not in metadata or "model_kwargs" not in metadata:
         raise CheckpointError(f"{source} does not say which model it holds")
-    return tensors, (metadata["model_name"], json.loads(metadata["model_kwargs"]))
+    name = metadata["model_name"]
+    try:
+        kwargs = json.loads(metadata["model_kwargs"])
+    except ValueError:
+        raise CheckpointError(f"{source}: its recipe 'model_kwargs' is not JSON") from None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: its recipe 'model_kwargs' must be a JSON object")
+    return tensors, (name, kwargs)
 
 
 def read_recipe(path: str | Path) -> tuple[str, dict[str, Any]]:
@@ -170,8 +179,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model stored at ``path`` and load its weights; returns it in eval mode."""
+    """Rebuild the model stored at ``path`` and load its weights; returns it in eval mode.
+
+    The recipe is checked first (:func:`osad.models.check_recipe`): one that names an
+    unknown model or keyword, or would build an absurdly large model, is refused
+    without allocating it."""
     state, (name, kwargs) = read_weights(path)
+    check_recipe(name, kwargs, f"weights file {path}: its recipe", CheckpointError)
     model = create_model(name, **kwargs)
     load_state_checked(model, state, f"weights file {path}")
     return model.to(device).eval()
@@ -205,7 +219,14 @@ class CheckpointStore:
         pointer = self.run.latest_checkpoint
         if not pointer.is_file():
             return None
-        target = self.run.checkpoints / pointer.read_text().strip()
+        plain_name_inside(self.run.checkpoints, pointer.name, str(pointer))
+        try:
+            name = pointer.read_bytes()[:256].decode().strip()
+        except (OSError, UnicodeDecodeError):
+            raise CheckpointError(
+                f"{pointer} is unreadable: it must hold a checkpoint name"
+            ) from None
+        target = plain_name_inside(self.run.checkpoints, name, str(pointer))
         if RunDir.checkpoint_step(target) is None or not target.is_dir():
             raise CheckpointError(f"{pointer} names a checkpoint that does not exist: {target}")
         return target
@@ -263,12 +284,17 @@ class CheckpointStore:
 
     def read(self, path: Path) -> dict[str, bytes]:
         """The files of checkpoint ``path``, each verified against the manifest."""
+        plain_name_inside(self.run.checkpoints, path.name, f"checkpoint {path}")
         if not path.is_dir():
             raise CheckpointError(f"checkpoint not found: {path}")
+        manifest_path = plain_name_inside(path, MANIFEST, f"checkpoint {path}")
         try:
-            manifest = json.loads((path / MANIFEST).read_text())
+            manifest = json.loads(manifest_path.read_text())
             listed = {
-                name: (int(entry["bytes"]), str(entry["sha256"]))
+                plain_name_inside(path, name, str(manifest_path)): (
+                    int(entry["bytes"]),
+                    str(entry["sha256"]),
+                )
                 for name, entry in manifest["files"].items()
             }
         except FileNotFoundError:
@@ -279,8 +305,8 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {path} {problem}") from None
         storage.check_format(manifest.get("format_version"), f"checkpoint {path}", CheckpointError)
         files = {}
-        for name, (size, digest) in listed.items():
-            file = path / name
+        for file, (size, digest) in listed.items():
+            name = file.name
             if not file.is_file():
                 raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
             data = file.read_bytes()

@@ -1,5 +1,5 @@
-"""Command line: ``osad run``, ``osad train``, ``osad test``, ``osad check``,
-``osad report``, ``osad sweep``.
+"""Command line: ``osad run``, ``osad train``, ``osad test``, ``osad evaluate``,
+``osad check``, ``osad report``, ``osad sweep``.
 
 Every user error prints one line ``osad: error: ...`` to stderr and exits
 with status 2, without a traceback; so does a failed write (a full disk). A
@@ -41,6 +41,19 @@ _DATA_ROOT_HELP = (
 )
 
 
+# A run's config.yaml does not choose its data root or turn checksums off: the commands
+# that read an existing run take both from the command line (see docs/datasets.md).
+_NO_VERIFY_HELP = (
+    "read the datasets without checking their official checksums "
+    "(needed for a run recorded with data.verify=false)"
+)
+
+
+def _add_run_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    p.add_argument("--no-verify", action="store_true", help=_NO_VERIFY_HELP)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -77,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(or from RUN_DIR/checkpoints/step-N)",
     )
     _add_train_options(tr)
+    tr.add_argument("--no-verify", action="store_true", help=f"with --resume: {_NO_VERIFY_HELP}")
 
     te = sub.add_parser("test", help="evaluate a trained run (writes RUN_DIR/eval/)")
     te.add_argument("run_dir", help="run directory made by 'osad train'")
-    te.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    _add_run_data_options(te)
     te.add_argument(
         "--force",
         action="store_true",
@@ -119,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="key=value",
         help="evaluation overrides (eval.* keys only), e.g. eval.attacks.pgd.steps=50",
     )
+    _add_evaluate_parser(sub)
     rp = sub.add_parser("report", help="one table over runs: mean +- std per method/config")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
     rp.add_argument("--force", action="store_true", help="replace an existing report")
     ch = sub.add_parser("check", help="sanity checks against gradient masking (exit 1 on a fail)")
     ch.add_argument("run_dir", help="run directory made by 'osad train'")
-    ch.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    _add_run_data_options(ch)
     ch.add_argument(
         "--images", type=int, default=1000, help="test images to check on (default 1000)"
     )
@@ -156,6 +171,108 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data-root", help=_DATA_ROOT_HELP)
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _add_evaluate_parser(sub) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate any model (a Python factory and a safetensors weights file) on an "
+        "open-set split, as osad test does",
+    )
+    ev.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="factory returning the nn.Module (images in [0, 1] -> logits of the known "
+        "classes, or (logits, features)): module:function or path/to/file.py:function",
+    )
+    ev.add_argument(
+        "--weights",
+        required=True,
+        help="safetensors file of the model's state_dict (pickle files are refused)",
+    )
+    ev.add_argument("--data", required=True, help="dataset osad reads, e.g. digits, cifar10")
+    ev.add_argument("--split", type=int, default=0, help="the dataset's open-set split (default 0)")
+    ev.add_argument(
+        "--known",
+        type=_indices,
+        help="comma list of known class ids instead of a split (the rest are unknown)",
+    )
+    ev.add_argument(
+        "--unknown",
+        help="unknown test images from another dataset or an image folder (path with '/')",
+    )
+    ev.add_argument("--data-root", help=_DATA_ROOT_HELP)
+    ev.add_argument(
+        "--eps",
+        type=float,
+        required=True,
+        help="attack budget in 1/255 units for both norms (8 = 8/255 in linf)",
+    )
+    ev.add_argument("--norm", default="linf", help="linf (default) or l2")
+    ev.add_argument(
+        "--attacks",
+        type=_names,
+        help="comma list of fgsm, pgd, adaptive, joint (default: pgd,adaptive)",
+    )
+    ev.add_argument("--version", help="attack ensemble version (not in this osad yet)")
+    ev.add_argument(
+        "--scores",
+        type=_names,
+        help="comma list of open-set scores, or all (default: every score the model supports)",
+    )
+    ev.add_argument("--pairings", type=_names, help="extra pairings: known, unknown, or all")
+    ev.add_argument(
+        "--out", required=True, help="folder for metrics.json, scores.h5, results.md, figures/"
+    )
+    ev.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty --out folder (only once the new results are written)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
+    ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ev.add_argument("--no-figures", action="store_true", help="write no figures")
+    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _evaluate(args: argparse.Namespace, say: Callable[..., None]) -> int:
+    from osad.config import make_config
+    from osad.distributed import world
+    from osad.errors import ConfigError
+    from osad.eval.any_model import evaluate_factory
+
+    if world().distributed:
+        raise ConfigError("osad evaluate runs in one process; run it without torchrun")
+    overrides = [f"data.name={args.data}", f"data.split={args.split}"]
+    if args.known:
+        overrides.append(f"data.known=[{','.join(map(str, args.known))}]")
+    if args.unknown:
+        overrides.append(f"data.unknown={args.unknown}")
+    data = make_config(overrides=overrides).data
+    if args.data_root:
+        data.root = args.data_root
+    start = time.perf_counter()
+    evaluation = evaluate_factory(
+        args.model,
+        args.weights,
+        data,
+        device=args.device,
+        eps=args.eps,
+        norm=args.norm,
+        attacks=args.attacks,
+        version=args.version,
+        scores=args.scores,
+        pairings=args.pairings,
+        seed=args.seed,
+        figures=not args.no_figures,
+        out=args.out,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    say(evaluation.table)
+    say(f"\nresults in {evaluation.out} ({time.perf_counter() - start:.0f} s)")
+    return 0
 
 
 def _names(text: str) -> list[str]:
@@ -232,6 +349,8 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "evaluate":
+        return _evaluate(args, say)
     progress = not args.no_progress
     if args.command == "test":
         start = time.perf_counter()
@@ -240,6 +359,7 @@ def _command(args: argparse.Namespace) -> int:
             force=args.force,
             progress=progress,
             data_root=args.data_root,
+            verify=not args.no_verify,
             model=args.model,
             attacks=args.attacks,
             scores=args.scores,
@@ -258,12 +378,16 @@ def _command(args: argparse.Namespace) -> int:
                 "it takes no --config, key=value overrides or --force"
             )
         start = time.perf_counter()
-        run, checkpoint = resume_run(args.resume, progress=progress, data_root=args.data_root)
+        run, checkpoint = resume_run(
+            args.resume, progress=progress, data_root=args.data_root, verify=not args.no_verify
+        )
         say(
             f"resumed from {checkpoint} and finished training {run.root} "
             f"({time.perf_counter() - start:.0f} s); evaluate it with: osad test {run.root}"
         )
         return 0
+    if getattr(args, "no_verify", False):
+        raise _UsageError("--no-verify goes with --resume; a new run takes data.verify=false")
     config = make_task_config(args.config, args.overrides)
     if args.data_root:
         config.data.root = args.data_root
@@ -273,7 +397,11 @@ def _command(args: argparse.Namespace) -> int:
     run = train_run(config, out, force=args.force, progress=progress)
     say(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
     if args.command == "run":
-        table = test_run(run.root, progress=progress)
+        # The configuration is this command's own: its data settings are confirmed.
+        verify = getattr(config.data, "verify", True)
+        table = test_run(
+            run.root, progress=progress, data_root=config.data.root or None, verify=verify
+        )
         say(table)
         say(f"\nresults in {run.eval_dir} (total {time.perf_counter() - start:.0f} s)")
     return 0
@@ -285,7 +413,13 @@ def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
 
     settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
     start = time.perf_counter()
-    results = check_run(args.run_dir, settings, data_root=args.data_root, force=args.force)
+    results = check_run(
+        args.run_dir,
+        settings,
+        data_root=args.data_root,
+        verify=not args.no_verify,
+        force=args.force,
+    )
     for result in results:
         say(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.summary}")
     failed = [r.name for r in results if not r.passed]

@@ -36,6 +36,32 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 RUN_MODELS = ("main", "peer")
 
 
+def plain_name_inside(folder: Path, name: object, source: str) -> Path:
+    """``folder / name`` for a name read from a file of a run directory (a checkpoint
+    manifest entry, the ``latest`` pointer), which may come from someone else.
+
+    ``name`` must be one plain path component that resolves inside ``folder``: no
+    ``..``, no absolute path, no separator, no symbolic link leading out. Raises
+    :class:`RunDirError` naming ``source`` and saying nothing about the place the
+    name points to (whether it exists, what it holds).
+    """
+    if (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    ):
+        path = folder / name
+        try:
+            if path.resolve().parent == folder.resolve():
+                return path
+        except (OSError, RuntimeError):  # a symlink loop
+            pass
+    raise RunDirError(
+        f"{source} names {str(name)[:100]!r}, which is not a file name inside {folder}; "
+        "a run directory may only refer to its own files"
+    )
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path

@@ -39,15 +39,16 @@ from osad.config import (
     resolved_dict,
     save_config,
 )
-from osad.data import OpenSetData, load_openset
+from osad.data import OpenSetData, load_openset, resolve_data_root
 from osad.data.fas import load_fas
 from osad.distributed import agree, process_device, rank0_first, world
 from osad.errors import CheckpointError, ConfigError, RunDirError
 from osad.eval import evaluate, write_results
+from osad.eval.any_model import data_counts, data_source
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
-from osad.eval.protocol import EvalResult, condition_settings, data_provenance
+from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
 from osad.eval.sanity import CheckResult, CheckSettings, run_checks
 from osad.fas_config import FasConfig
@@ -55,7 +56,7 @@ from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
 from osad.runlock import run_lock
 from osad.runtime import deterministic_mode, resolve_device
-from osad.storage import recover_dir, replace_dir, sha256_file, write_atomic
+from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256, write_atomic
 from osad.train import TrainResult, build_model_for, train
 from osad.train.loop import check_parallel_support
 from osad.train.meta import train_meta
@@ -119,29 +120,35 @@ def _check_single_process(fas: bool) -> None:
 
 
 def resume_run(
-    path: str | Path, *, progress: bool = True, data_root: str | None = None
+    path: str | Path,
+    *,
+    progress: bool = True,
+    data_root: str | None = None,
+    verify: bool = True,
 ) -> tuple[RunDir, Path]:
     """Continue an unfinished run from its latest checkpoint, or from ``path`` when it
     is one of the run's checkpoint directories; returns the run and that checkpoint.
 
-    ``data_root`` points at the datasets when they moved since training started.
+    ``data_root`` and ``verify`` say where the data are and whether to check them
+    (see :func:`confirm_data_source`: the run directory does not choose them).
     Under torchrun the run may continue on another number of processes than it
     started with (see docs/distributed.md).
     """
     with _writing(agree(lambda: RunDir.open_for_resume(path)[0].root)):
-        run, checkpoint, config = agree(lambda: _resume_target(path, data_root))
+        run, checkpoint, config = agree(lambda: _resume_target(path, data_root, verify))
         data = rank0_first(lambda: load_openset(config.data))
         result = train(config, data, run=run, progress=progress, resume_from=checkpoint)
         agree(lambda: save_trained(run, result))
     return run, checkpoint
 
 
-def _resume_target(path: str | Path, data_root: str | None) -> tuple[RunDir, Path, Config]:
+def _resume_target(
+    path: str | Path, data_root: str | None, verify: bool
+) -> tuple[RunDir, Path, Config]:
     """The run, checkpoint and configuration ``osad train --resume path`` continues."""
     run, checkpoint = RunDir.open_for_resume(path)
     config = load_run_config(run)
-    if data_root:
-        config.data.root = data_root
+    confirm_data_source(config, run, data_root, verify)
     if isinstance(config, FasConfig):
         raise RunDirError(
             f"{run.root} is an anti-spoofing run, which does not checkpoint mid-training; "
@@ -167,6 +174,42 @@ def load_run_config(run: RunDir) -> Config | FasConfig:
     if not isinstance(data, dict):
         raise RunDirError(f"{run.config} does not hold a configuration mapping")
     return load_saved_config(data, source=str(run.config))
+
+
+def confirm_data_source(
+    config: Config | FasConfig, run: RunDir, data_root: str | None, verify: bool
+) -> None:
+    """Point a run's ``config`` at the data the command line chose, in place.
+
+    A run directory may come from someone else, so its ``config.yaml`` does not
+    choose where data are read from or turn their checksums off: ``data_root``
+    (``--data-root``) replaces the recorded ``data.root``; without it, a recorded
+    root other than the default one (``$OSAD_DATA_ROOT`` or the cache) is refused.
+    ``verify=False`` (``--no-verify``) turns the checksums off; a run recorded
+    with ``data.verify: false`` is refused without it. Raises ConfigError.
+    """
+    recorded = config.data.root
+    if data_root:
+        config.data.root = data_root
+    elif recorded and _resolved_root(config, recorded) != _resolved_root(config, ""):
+        raise ConfigError(
+            f"{run.config} records data.root={recorded[:200]!r}; a run directory does not "
+            "choose where data are read from: pass --data-root with the folder to use"
+        )
+    if isinstance(config, Config):
+        if not config.data.verify and verify:
+            raise ConfigError(
+                f"{run.config} records data.verify=false; a run directory does not turn the "
+                "dataset checksums off: pass --no-verify to read the data unverified"
+            )
+        config.data.verify = verify
+
+
+def _resolved_root(config: Config | FasConfig, root: str) -> Path:
+    """The folder a data root names: see :func:`osad.data.resolve_data_root` (open-set)
+    and :func:`osad.data.fas.load_frame_lists` (anti-spoofing, relative to the cwd)."""
+    folder = Path(root or ".") if isinstance(config, FasConfig) else resolve_data_root(root)
+    return folder.expanduser().resolve()
 
 
 def load_run_model(
@@ -200,6 +243,7 @@ def test_run(
     force: bool = False,
     progress: bool = True,
     data_root: str | None = None,
+    verify: bool = True,
     model: str = "main",
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
@@ -209,7 +253,8 @@ def test_run(
 ) -> str:
     """Evaluate a trained run into ``eval/`` (or ``out``) and return the Markdown result table.
 
-    ``data_root`` points at the datasets when they moved since training.
+    ``data_root`` and ``verify`` say where the data are and whether to check them
+    (see :func:`confirm_data_source`: the run directory does not choose them).
     ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
     with the same protocol, into ``eval-peer/``. ``overrides`` (``key=value``, the
     ``eval.*`` keys only) change the run's evaluation settings; ``attacks``, ``scores``
@@ -236,8 +281,7 @@ def test_run(
         config = agree(lambda: _test_target(run, model))
         dest = Path(out) if out is not None else run.eval_dir_of(model)
         _check_single_process(isinstance(config, FasConfig))
-        if data_root:
-            config.data.root = data_root
+        confirm_data_source(config, run, data_root, verify)
         device = process_device(resolve_device(config.device))
         selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
         if isinstance(config, FasConfig):
@@ -263,11 +307,7 @@ def _test_openset(
 ) -> str:
     """The incremental evaluation of :func:`test_run` (its caller holds the lock)."""
     data = rank0_first(lambda: load_openset(config.data))
-    weights = run.weights(model)
-    evaluated = {
-        "model": {"name": model, "file": weights.name, "sha256": sha256_file(weights)},
-        "data": data_provenance(data, config),
-    }
+    evaluated = _provenance(run, model, config, data)
     settings = json.loads(json.dumps(condition_settings(config, evaluated)))
     reused, kept = agree(lambda: _reusable(dest, settings, force))
     if len(reused) == len(settings):  # everything asked for is stored already
@@ -282,11 +322,41 @@ def _test_openset(
             staged = agree(lambda: stack.enter_context(replace_dir(dest)))
             title = run_title(config, model)
             stored = {**kept, **settings}
-            table = agree(lambda: write_results(result, config, staged, title, stored, evaluated))
+            table = agree(
+                lambda: write_results(
+                    result, config, staged, title, evaluated, stored, run_config=True
+                )
+            )
             if config.eval.figures:
                 # Every process computes the figures' attacks (sharded); rank 0 saves them.
                 write_figures(result, network, data, config, staged / "figures")
     return table
+
+
+def _provenance(run: RunDir, model: str, config: Config, data: OpenSetData) -> dict[str, Any]:
+    """What ``osad test`` evaluates, for metrics.json's ``evaluated``: the weights file
+    (which network of the run, its sha256) and the data (osad's dataset, split and
+    classes, sizes, and a sha256 fingerprint of every image and label tensor)."""
+    weights = run.weights(model)
+    tensors = (
+        data.train_images,
+        data.train_labels,
+        data.val_images,
+        data.val_labels,
+        data.test_images,
+        data.test_labels,
+        data.test_classes,
+    )
+    return {
+        "model": {"name": model, "weights": weights.name, "weights_sha256": sha256_file(weights)},
+        "data": {
+            "source": data_source(config.data),
+            "known_classes": list(data.known_classes),
+            "unknown_classes": list(data.unknown_classes),
+            **data_counts(data),
+            "fingerprint": tensors_sha256(tensors),
+        },
+    }
 
 
 def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
@@ -411,11 +481,12 @@ def check_run(
     settings: CheckSettings | None = None,
     *,
     data_root: str | None = None,
+    verify: bool = True,
     force: bool = False,
 ) -> list[CheckResult]:
     """Run the gradient-masking sanity checks on a trained open-set run and save them
     to ``RUN_DIR/check.json`` (an existing one is replaced only with ``force``, and only
-    once the new one is complete)."""
+    once the new one is complete); ``data_root`` and ``verify`` as in :func:`test_run`."""
     run = RunDir.open(run_dir)
     with _writing(run.root):
         if run.check.exists() and not force:
@@ -423,8 +494,7 @@ def check_run(
         config = load_run_config(run)
         if isinstance(config, FasConfig):
             raise ConfigError("osad check applies to open-set runs, not face anti-spoofing")
-        if data_root:
-            config.data.root = data_root
+        confirm_data_source(config, run, data_root, verify)
         model = load_model(run.model, process_device(resolve_device(config.device)))
         settings = settings or CheckSettings()
         data = rank0_first(lambda: load_openset(config.data))

@@ -133,6 +133,25 @@ def _damage_cifar_labels(root):
     return path
 
 
+def _cifar_labels_as_strings(root):
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    labels = pickle.loads(path.read_bytes(), encoding="latin1")["labels"]
+    _rewrite_cifar_batch(path, labels=[str(y) for y in labels])
+    return path
+
+
+def _cifar_labels_as_mapping(root):
+    path = root / "cifar-10-batches-py" / "test_batch"
+    _rewrite_cifar_batch(path, labels={"cat": 3})
+    return path
+
+
+def _cifar_without_images(root):
+    path = root / "cifar-10-batches-py" / "data_batch_4"
+    _rewrite_cifar_batch(path, data=np.zeros((0, 3072), np.uint8), labels=[])
+    return path
+
+
 def _truncate_idx_gz(root):
     path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
     miniature.truncate(path, 0.6)
@@ -171,6 +190,9 @@ DAMAGE = {
     "cifar batch truncated": ("cifar10", miniature.write_cifar10, lambda r: _truncate(r, "c10")),
     "cifar data of wrong shape": ("cifar10", miniature.write_cifar10, _damage_cifar_shape),
     "cifar labels out of range": ("cifar10", miniature.write_cifar10, _damage_cifar_labels),
+    "cifar labels as strings": ("cifar10", miniature.write_cifar10, _cifar_labels_as_strings),
+    "cifar labels as a mapping": ("cifar10", miniature.write_cifar10, _cifar_labels_as_mapping),
+    "cifar batch without images": ("cifar10", miniature.write_cifar10, _cifar_without_images),
     "svhn mat truncated": ("svhn", miniature.write_svhn, lambda r: _truncate(r, "svhn")),
     "idx gzip truncated": ("mnist", miniature.write_idx, _truncate_idx_gz),
     "idx payload short": ("mnist", miniature.write_idx, _shorten_idx_payload),
@@ -231,3 +253,72 @@ def test_files_that_are_not_the_official_ones_are_refused(tmp_path):
     config = make_config(overrides=["data.name=cifar10", f"data.root={tmp_path}"])
     with pytest.raises(DataError, match="data_batch_1 fails its checksum"):
         load_openset(config.data)
+
+
+# ---------------------------------------------------------------------------
+# Crafted pickles: a batch file is data, never code.
+
+
+class _Call:
+    """Pickles as a call of ``function(*args)``, the way a crafted file runs code."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def _crafted_payloads(marker):
+    import builtins
+    import os
+
+    return {
+        "os.system": _Call(os.system, f"touch {marker}"),
+        "builtins.exec": _Call(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+    }
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "top level"])
+@pytest.mark.parametrize("payload", ["os.system", "builtins.exec"])
+def test_a_crafted_batch_runs_no_code(tmp_path, where, payload):
+    """The payload would create ``marker`` when unpickled; the reader refuses the file
+    naming it and the global, and the marker never appears."""
+    folder = miniature.write_cifar10(tmp_path)
+    marker = tmp_path / "executed"
+    call = _crafted_payloads(marker)[payload]
+    path = folder / "data_batch_3"
+    batch = pickle.loads(path.read_bytes(), encoding="latin1")
+    document = call if where == "top level" else {**batch, where: call}
+    path.write_bytes(pickle.dumps(document, protocol=2))
+    config = make_config(
+        overrides=["data.name=cifar10", f"data.root={tmp_path}", "data.verify=false"]
+    )
+    with pytest.raises(DataError) as info:
+        load_openset(config.data)
+    assert not marker.exists()
+    message = str(info.value)
+    assert "\n" not in message and "data_batch_3" in message
+    # Protocol 2 names builtins as Python 2's __builtin__.
+    refused = "posix.system" if payload == "os.system" else "__builtin__.exec"
+    assert f"references {refused}," in message
+
+
+@pytest.mark.parametrize("protocol,numpy_major", [(2, 1), (3, 1), (2, 2), (3, 2), (4, 2), (5, 2)])
+def test_batches_of_every_pickle_protocol_and_numpy_major_load(tmp_path, protocol, numpy_major):
+    """The official files (CIFAR: Python 2 cPickle, protocol 2; ImageNet64: Python 3,
+    protocol 3; both with numpy 1 names) and re-pickled copies (numpy 2 names,
+    protocols up to 5) load through the restricted reader."""
+    from osad.data.formats import read_pickled_batches
+
+    folder = miniature.write_cifar10(tmp_path)
+    path = folder / "test_batch"
+    batch = pickle.loads(path.read_bytes(), encoding="latin1")
+    data = pickle.dumps(batch, protocol=protocol)
+    if numpy_major == 1:  # the module names numpy 1 writes (text GLOBALs up to protocol 3)
+        data = data.replace(b"numpy._core.", b"numpy.core.")
+        assert b"numpy.core.multiarray" in data
+    path.write_bytes(data)
+    got = read_pickled_batches([path], "labels", 10)
+    assert torch.equal(got.images.reshape(len(got.images), -1), torch.from_numpy(batch["data"]))
+    assert got.labels.tolist() == batch["labels"]

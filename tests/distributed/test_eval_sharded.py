@@ -33,6 +33,7 @@ def _evaluate_in_rank(rank: int, model, data, config, expected) -> None:
                 torch.testing.assert_close(have.scores[name], wanted.scores[name], rtol=0, atol=0)
             assert have.metrics == wanted.metrics
         assert got.scorer_fit == want.scorer_fit
+        assert got.nonfinite_gradients == want.nonfinite_gradients
 
 
 def test_two_process_evaluation_equals_one_process(digits_split0):

@@ -112,3 +112,57 @@ def test_report_never_overwrites_without_force(tmp_path, capsys):
     assert (out / "report.md").read_text() == "earlier report\n"
     assert main(["report", run, "--out", str(out), "--force"]) == 0
     assert "osdn on digits" in (out / "report.md").read_text()
+
+
+def _write(text):
+    return lambda path, document: path.write_text(text(document))
+
+
+def _edit(change):
+    """Apply ``change`` to the planted document and write it back."""
+
+    def damage(path, document):
+        change(document)
+        path.write_text(json.dumps(document))
+
+    return damage
+
+
+METRICS_FAULTS = {
+    "truncated": (_write(lambda d: json.dumps(d)[:100]), "is not valid JSON"),
+    "empty object": (_write(lambda d: "{}"), "'config' is missing"),
+    "a list": (_write(lambda d: "[]"), "must hold a JSON object, got a list"),
+    "accuracy as text": (
+        _edit(lambda d: d["conditions"]["pgd"].update(closed_set_accuracy="0.8")),
+        "'conditions.pgd.closed_set_accuracy' must be a number, got a string",
+    ),
+    "accuracy above one": (
+        _edit(lambda d: d["conditions"]["pgd"].update(closed_set_accuracy=80)),
+        "'conditions.pgd.closed_set_accuracy' must be at most 1",
+    ),
+    "auroc as a list": (
+        _edit(lambda d: d["conditions"]["clean"].update(auroc=[0.9])),
+        "'conditions.clean.auroc' must be an object",
+    ),
+    "no clean condition": (
+        _edit(lambda d: d["conditions"].pop("clean")),
+        "'conditions.clean' is missing",
+    ),
+    "unknown attack key": (
+        _edit(lambda d: d["conditions"]["pgd"]["attack"].update(colour="red")),
+        "'conditions.pgd.attack' does not describe an attack",
+    ),
+    "config without data": (_edit(lambda d: d["config"].pop("data")), "'config.data' is missing"),
+}
+
+
+@pytest.mark.parametrize("fault", list(METRICS_FAULTS))
+def test_report_refuses_a_damaged_metrics_file_naming_the_key(tmp_path, capsys, fault):
+    damage, message = METRICS_FAULTS[fault]
+    run = plant(tmp_path, "a", accuracy=0.8, auroc=0.7)
+    path = tmp_path / "a" / "eval" / "metrics.json"
+    damage(path, json.loads(path.read_text()))
+    assert main(["report", run, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.json" in err and message in err, err
+    assert not (tmp_path / "out").exists()

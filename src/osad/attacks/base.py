@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from osad.attacks.engine import check_budget
+from osad.attacks.engine import check_budget, count_nonfinite
 from osad.attacks.objectives import Objective, get_objective
 
 
@@ -36,13 +36,21 @@ class Attack(ABC):
         # An explicit objective (e.g. a detector score) replaces the named loss.
         self.objective = get_objective(loss) if objective is None else objective
         self.generator = generator
+        self.nonfinite: torch.Tensor | None = None  # set by each call, see __call__
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, targeted: bool = False) -> Tensor:
         """Attack ``x`` with labels ``y`` (``None``: the model's prediction on ``x``).
 
         ``targeted=True`` minimises the objective instead, with ``y`` the target.
+        Samples whose objective value or input gradient was not finite are counted in
+        one :class:`~osad.attacks.engine.NonFiniteWarning` and flagged in
+        ``self.nonfinite`` ((B,) bool, CPU).
         """
-        return self.perturb(x, y, targeted=targeted)
+        with count_nonfinite() as record:
+            x_adv = self.perturb(x, y, targeted=targeted)
+        # Per sample: a non-finite objective value or input gradient was met (warned).
+        self.nonfinite = record.report(self, len(x))
+        return x_adv
 
     @abstractmethod
     def perturb(self, x: Tensor, y: Tensor | None, *, targeted: bool) -> Tensor: ...

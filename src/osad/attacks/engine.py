@@ -11,14 +11,20 @@ in the same [0, 1] units (``eps=8/255``). Every attack built on this module
 * keeps the sample inside the ``eps``-ball and the [0, 1] box (:func:`project`);
 * returns, per sample, the best point over all iterates and restarts
   (:class:`BestPoint`): a point where the objective reports success beats one
-  where it does not, and among equals the higher objective wins.
+  where it does not, and among equals the higher objective wins;
+* notes every sample whose objective value or input gradient was not finite
+  (:func:`count_nonfinite`): no attack can follow such a sample, so its figure
+  would overstate robustness; a named attack warns and keeps the flags.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -161,6 +167,59 @@ class Evaluation:
     success: Tensor
 
 
+class NonFiniteWarning(UserWarning):
+    """An attack met a non-finite objective value or input gradient on some samples."""
+
+
+@dataclass
+class NonFinite:
+    """The samples of one attack call whose objective value or input gradient was not
+    finite: one (B,) bool flag tensor per :class:`Oracle` the call made."""
+
+    flags: list[Tensor] = field(default_factory=list)
+
+    def samples(self, batch: int) -> Tensor:
+        """(B,) bool: whether sample i met a non-finite value or gradient."""
+        found = torch.zeros(batch, dtype=torch.bool)
+        for flags in self.flags:
+            found = found | flags.cpu()
+        return found
+
+    def report(self, attack: object, batch: int) -> Tensor:
+        """:meth:`samples`, with one :class:`NonFiniteWarning` naming ``attack`` and the
+        count when there are any."""
+        found = self.samples(batch)
+        if found.any():
+            warn_nonfinite(attack, int(found.sum()), batch)
+        return found
+
+
+def warn_nonfinite(attack: object, count: int, total: int) -> None:
+    """One warning line: ``attack`` met non-finite values or gradients on ``count`` samples."""
+    warnings.warn(
+        f"{attack}: the objective or its input gradient was not finite for {count} of "
+        f"{total} samples; the attack cannot follow them, so their figures overstate "
+        "robustness (see docs/evaluation.md, non-finite gradients)",
+        NonFiniteWarning,
+        stacklevel=3,
+    )
+
+
+_NONFINITE: ContextVar[NonFinite | None] = ContextVar("osad_nonfinite", default=None)
+
+
+@contextlib.contextmanager
+def count_nonfinite() -> Iterator[NonFinite]:
+    """Collect, for the attacks run inside, which samples met a non-finite objective
+    value or input gradient (every :class:`Oracle` made inside reports to it)."""
+    record = NonFinite()
+    token = _NONFINITE.set(record)
+    try:
+        yield record
+    finally:
+        _NONFINITE.reset(token)
+
+
 class Oracle:
     """The attacked model and objective for one batch of labels.
 
@@ -178,14 +237,33 @@ class Oracle:
         self.labels = labels
         self.sign = -1.0 if targeted else 1.0
         self.targeted = targeted
+        # Per sample of the whole batch: a non-finite value or gradient was met
+        # (shared with subsets, whose ``rows`` say where their samples sit).
+        self.nonfinite = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+        self.rows: Tensor | None = None
+        record = _NONFINITE.get()
+        if record is not None:
+            record.flags.append(self.nonfinite)
 
     def subset(self, index: Tensor) -> Oracle:
         """The same oracle for the samples at ``index``."""
-        return Oracle(self.model, self.objective, self.labels[index], self.targeted)
+        child = copy.copy(self)  # shares the flags of the whole batch
+        child.labels = self.labels[index]
+        child.rows = index if self.rows is None else self.rows[index]
+        return child
+
+    def _note_nonfinite(self, values: Tensor) -> None:
+        """Flag the samples whose ``values`` (shape (b, ...)) are not all finite."""
+        bad = ~torch.isfinite(values.detach()).flatten(1).all(dim=1)
+        if self.rows is None:
+            self.nonfinite |= bad
+        else:
+            self.nonfinite[self.rows] |= bad
 
     def _evaluate(self, x_adv: Tensor) -> tuple[Tensor, Tensor]:
         logits, features = model_outputs(self.model, x_adv)
         value = self.sign * objective_values(self.objective, logits, features, self.labels, x_adv)
+        self._note_nonfinite(value.unsqueeze(1))
         success = None
         if not self.targeted:
             with torch.no_grad():
@@ -211,6 +289,7 @@ class Oracle:
         x_adv = x_adv.detach().requires_grad_(True)
         value, success = self._evaluate(x_adv)
         (grad,) = torch.autograd.grad(value.sum(), x_adv)
+        self._note_nonfinite(grad)
         return Evaluation(value.detach(), success), grad
 
 

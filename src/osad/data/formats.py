@@ -8,6 +8,7 @@ problem, so a truncated or corrupt file is never half-loaded.
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
 import pickle
 from collections.abc import Collection, Sequence
@@ -43,6 +44,76 @@ def _check_labels(labels: np.ndarray, num_classes: int, source: Path) -> None:
 # {"data": (N, 3 * size * size) uint8, labels}
 
 
+def _numpy_core(module: str) -> object:
+    """``numpy._core.<module>`` (numpy 2), or ``numpy.core.<module>`` (numpy 1)."""
+    try:
+        return importlib.import_module(f"numpy._core.{module}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{module}")
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2, latin-1 only."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _batch_globals() -> dict[tuple[str, str], object]:
+    """Every global an official batch file references, under the names of both numpy
+    majors: ndarray and dtype reconstruction (``_reconstruct`` up to pickle protocol 4,
+    ``_frombuffer`` at protocol 5), and latin-1 bytes of protocol 2 pickles made by
+    Python 3. Each one only builds arrays, dtypes or bytes; nothing else is admitted."""
+    multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
+    admitted: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        admitted[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        admitted[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return admitted
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :func:`_batch_globals`: a crafted file cannot
+    name a function (``os.system``, ``builtins.exec``, ...) for the load to call."""
+
+    _admitted = _batch_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        found = self._admitted.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(f"{module}.{name}"[:100])
+        return found
+
+
+def load_pickled_batch(path: Path) -> object:
+    """Unpickle one CIFAR / downsampled-ImageNet batch file without running its code.
+
+    Python 2 strings are decoded as latin-1, as in the official files. Raises
+    :class:`DataError` naming ``path`` for an unreadable file, and naming the
+    global for one that references anything but numpy arrays and dtypes.
+    """
+    try:
+        with path.open("rb") as f:  # streamed: a training batch of ImageNet64 is 1.5 GB
+            return _BatchUnpickler(f, encoding="latin1").load()
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror})") from None
+    except _RefusedGlobal as exc:
+        raise DataError(
+            f"{path} is not a dataset batch: it references {exc}, which no official batch "
+            "holds (only numpy arrays, lists, str, int and bytes); refusing to unpickle it"
+        ) from None
+    except Exception as exc:  # any unpickling failure means a damaged file
+        raise DataError(f"{path} is not a readable pickled batch ({exc!r})"[:300]) from None
+
+
 def read_pickled_batches(
     paths: Sequence[Path],
     label_key: str,
@@ -58,24 +129,31 @@ def read_pickled_batches(
     order (CIFAR, and the downsampled ImageNet of Chrabaszcz et al. 2017, whose
     labels start at ``first_label`` 1). ``classes`` keeps only the images of
     those (0-based) classes, batch by batch, so a dataset larger than memory
-    can be read for a few of its classes.
+    can be read for a few of its classes. Files are read by
+    :func:`load_pickled_batch`, which never runs code a file names.
     """
     images, labels = [], []
     for path in paths:
-        try:
-            with path.open("rb") as f:
-                batch = pickle.load(f, encoding="latin1")
-        except Exception as exc:  # any unpickling failure means a damaged file
-            raise DataError(f"{path} is not a readable pickled batch ({exc!r})") from None
+        batch = load_pickled_batch(path)
         if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
             raise DataError(f"{path} is not a batch: expected keys 'data' and '{label_key}'")
-        data = np.asarray(batch["data"])
-        y = np.asarray(batch[label_key]).astype(np.int64) - first_label
+        data = batch["data"]
         row = 3 * size * size
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
-            raise DataError(
-                f"{path}: 'data' must be uint8 of shape (N, {row}), got {data.dtype} {data.shape}"
+        if (
+            not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8
+            or data.ndim != 2
+            or data.shape[1] != row
+        ):
+            got = (
+                f"{data.dtype} {data.shape}"
+                if isinstance(data, np.ndarray)
+                else type(data).__name__
             )
+            raise DataError(f"{path}: 'data' must be uint8 of shape (N, {row}), got {got}")
+        if data.shape[0] == 0:
+            raise DataError(f"{path} holds no images: 'data' has shape {data.shape}")
+        y = _integer_labels(batch[label_key], f"{path}: '{label_key}'") - first_label
         if y.shape != (data.shape[0],):
             raise DataError(f"{path}: {data.shape[0]} images but {y.size} labels")
         if y.size and (y.min() < 0 or y.max() >= num_classes):
@@ -89,6 +167,17 @@ def read_pickled_batches(
         images.append(data.reshape(-1, 3, size, size))
         labels.append(y)
     return _images_and_labels(np.concatenate(images), np.concatenate(labels))
+
+
+def _integer_labels(labels: object, source: str) -> np.ndarray:
+    """``labels`` (a list or 1-D array of integers) as int64, or a DataError."""
+    array = np.asarray(labels) if isinstance(labels, list | np.ndarray) else None
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        what = (
+            f"{array.dtype} of shape {array.shape}" if array is not None else type(labels).__name__
+        )
+        raise DataError(f"{source} must be a list of integer class ids, got {what}")
+    return array.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from osad.config import AttackConfig
-from osad.errors import ConfigError, RunDirError
+from osad.documents import DocumentCheck, kind_of
+from osad.errors import ConfigError, OsadError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
 from osad.eval.report import markdown_table, score_label
 from osad.rundir import RunDir
@@ -66,7 +67,9 @@ class Report:
 
 
 def load_run(path: str | Path) -> RunMetrics:
-    """The ``eval/metrics.json`` of run ``path``."""
+    """The ``eval/metrics.json`` of run ``path``, checked by :func:`check_metrics`; an
+    incomplete ``eval/`` (a file missing, or left by an interrupted ``osad test``) is
+    refused."""
     run = RunDir(Path(path))
     metrics_path = run.metrics
     leftover = interrupted_dir(run.eval_dir)
@@ -82,7 +85,45 @@ def load_run(path: str | Path) -> RunMetrics:
                 f"{run.eval_dir} is incomplete: {needed.name} is missing; run "
                 f"'osad test {path} --force' again"
             )
-    return RunMetrics(Path(path), json.loads(metrics_path.read_text()))
+    try:
+        document = json.loads(metrics_path.read_bytes())
+    except ValueError:
+        raise RunDirError(
+            f"{metrics_path} is not valid JSON (truncated?); evaluate the run again with "
+            f"'osad test {path} --force'"
+        ) from None
+    return RunMetrics(Path(path), check_metrics(document, str(metrics_path)))
+
+
+def check_metrics(document: Any, source: str) -> dict[str, Any]:
+    """A ``metrics.json`` document (schema: docs/evaluation.md) with every key the
+    report reads of the right type: the configuration's method and data keys, and
+    per condition the attack, closed-set accuracy in [0, 1] and AUROC per score.
+    Raises :class:`RunDirError` naming ``source`` and the key."""
+    check = DocumentCheck(source, RunDirError)
+    if not isinstance(document, dict):
+        raise RunDirError(f"{source} must hold a JSON object, got {kind_of(document)}")
+    config = check.field(document, "config", dict)
+    check.field(config, "method", str, prefix="config.")
+    data = check.field(config, "data", dict, prefix="config.")
+    check.field(data, "name", str, prefix="config.data.")
+    check.field(data, "split", int, prefix="config.data.")
+    check.field(data, "known", list, prefix="config.data.")
+    conditions = check.field(document, "conditions", dict)
+    check.field(conditions, "clean", dict, prefix="conditions.")
+    for name, condition in conditions.items():
+        key = f"conditions.{name}"
+        check.value(condition, key, dict)
+        check.field(condition, "closed_set_accuracy", float, prefix=f"{key}.", low=0, high=1)
+        check.field(condition, "auroc", dict, prefix=f"{key}.")
+        check.numbers(condition["auroc"], f"{key}.auroc", finite=False)
+        attack = check.field(condition, "attack", dict, prefix=f"{key}.")
+        check.field(attack, "name", str, prefix=f"{key}.attack.")
+        try:
+            _attack_text(attack)
+        except (TypeError, ValueError, OsadError):
+            check.fail(f"{key}.attack", "does not describe an attack")
+    return document
 
 
 def experiment_key(config: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ the batches among several processes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from osad.attacks import build_attack, eval_mode, get_objective, model_outputs, score_objective
+from osad.attacks.engine import NonFiniteWarning, warn_nonfinite
 from osad.attacks.objectives import Objective, joint_objective
 from osad.config import AttackConfig, Config, score_names
 from osad.data import OpenSetData, to_float
@@ -45,7 +47,6 @@ from osad.distributed import derive_seed, is_main, map_batches
 from osad.eval.metrics import acceptance_threshold, open_set_metrics
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
-from osad.storage import tensors_sha256
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Outputs:
     logits: Tensor
     features: Tensor | None
     images: Tensor | None = None  # the (attacked) inputs, kept only when asked for
+    # Per sample (uint8 0/1): its attack met a non-finite objective value or gradient.
+    nonfinite: Tensor | None = None
 
 
 @dataclass
@@ -83,6 +86,8 @@ class ConditionResult:
     attack: dict[str, Any] | None
     pairings: dict[str, PairingResult]  # "both" always
     scorer_fit: dict[str, Any] = field(default_factory=dict)
+    # Per score: test images whose attack met a non-finite objective value or gradient.
+    nonfinite_gradients: dict[str, int] = field(default_factory=dict)
 
     @property
     def headline(self) -> PairingResult:
@@ -127,7 +132,9 @@ def outputs_under_attack(
     attacked with its label, or, where the label is -1 or ``labels`` is None,
     with the model's prediction on the clean image. An explicit ``objective``
     (a detector score) gets the labels as they are (-1 for unknown).
-    ``keep_images`` also returns the attacked images (float, in [0, 1]).
+    ``keep_images`` also returns the attacked images (float, in [0, 1]). Samples
+    whose attack met a non-finite objective value or gradient are flagged in
+    ``Outputs.nonfinite`` and counted in one warning.
 
     Under torchrun the batches are shared out among the ranks and the outputs
     gathered on every rank (:func:`osad.distributed.map_batches`). The attack's
@@ -142,8 +149,9 @@ def outputs_under_attack(
         else None
     )
 
-    def run_batch(index: int, batch: slice) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def run_batch(index: int, batch: slice) -> tuple[Tensor | None, ...]:
         x = to_float(images[batch])
+        nonfinite = None
         if attack is not None:
             generator.manual_seed(derive_seed(seed, index))
             y = None if labels is None else labels[batch]
@@ -152,17 +160,22 @@ def outputs_under_attack(
                     predicted = model(x).argmax(1)
                 y = predicted if y is None else torch.where(y >= 0, y, predicted)
             x = attack(x, y)
+            nonfinite = attack.nonfinite.to(torch.uint8)  # collectives take no bool
         with torch.no_grad():
             logits, features = model_outputs(model, x)
         # Scorers, metrics and scores.h5 work in fp32 whatever precision the model ran in.
         features = None if features is None else features.float()
-        return logits.float(), features, x if keep_images else None
+        return logits.float(), features, x if keep_images else None, nonfinite
 
-    with eval_mode(model):
-        logits, features, inputs = map_batches(
+    # One warning for all the batches (below), not one per batch.
+    with eval_mode(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        logits, features, inputs, nonfinite = map_batches(
             run_batch, len(images), batch_size, device, desc=desc, progress=progress
         )
-    return Outputs(logits, features, inputs)
+    if nonfinite is not None and nonfinite.any() and is_main():
+        warn_nonfinite(f"{desc}: {attack!r}", int(nonfinite.sum()), len(images))
+    return Outputs(logits, features, inputs, nonfinite)
 
 
 def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
@@ -269,40 +282,12 @@ def fits_attacked(config: Config, attack: AttackConfig) -> bool:
     return attack.target == "classifier" and config.eval.openmax_fit == "attacked"
 
 
-def data_provenance(data: OpenSetData, config: Config) -> dict[str, Any]:
-    """What data an evaluation ran on: the dataset, split, classes, sizes and a sha256
-    fingerprint of every image and label tensor (train, validation, test)."""
-    tensors = (
-        data.train_images,
-        data.train_labels,
-        data.val_images,
-        data.val_labels,
-        data.test_images,
-        data.test_labels,
-        data.test_classes,
-    )
-    return {
-        "dataset": data.name,
-        "split": config.data.split,
-        "unknown": config.data.unknown or "held-out classes",
-        "known_classes": list(data.known_classes),
-        "unknown_classes": list(data.unknown_classes),
-        "sizes": {
-            "train": len(data.train_images),
-            "val": len(data.val_images),
-            "test_known": int(data.test_known.sum()),
-            "test_unknown": int((~data.test_known).sum()),
-        },
-        "fingerprint": tensors_sha256(tensors),
-    }
-
-
 def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per condition :func:`evaluate` computes for ``config`` (``clean``, then each of
     ``eval.attacks``), every setting its numbers depend on: the attack (resolved), the
     scores, pairings, fit, batch size (attacks are seeded per batch), seed and precision,
-    and the sha256 of the model file and the data fingerprint from ``evaluated``
-    (``{"model": {"sha256": ...}, "data": {"fingerprint": ...}}``).
+    and the sha256 of the weights file and the data fingerprint from ``evaluated``
+    (``{"model": {"weights_sha256": ...}, "data": {"fingerprint": ...}}``).
 
     Two evaluations whose settings for a condition are equal give the same numbers for
     it (on the same thread count), so an incremental ``osad test`` reuses it.
@@ -314,7 +299,7 @@ def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, d
         "batch_size": e.batch_size,
         "seed": config.seed,
         "bf16": config.perf.bf16,
-        "model_sha256": evaluated["model"]["sha256"],
+        "model_sha256": evaluated["model"]["weights_sha256"],
         "data_fingerprint": evaluated["data"]["fingerprint"],
     }
     settings = {
@@ -418,8 +403,12 @@ def evaluate(
         clean = (clean_logits, fit.clean_scores)
         if attack is None:
             pairings = combine_pairings(["both"], is_known, clean, clean, measure)
+            nonfinite = {}
         else:
-            attacked = _attacked_outputs(name, attack, fit, outputs, data, config.seed)
+            attacked_logits, attacked_scores, nonfinite = _attacked_outputs(
+                name, attack, fit, outputs, data, config.seed
+            )
+            attacked = (attacked_logits, attacked_scores)
             pairings = combine_pairings(config.eval.pairings, is_known, clean, attacked, measure)
         results.append(
             ConditionResult(
@@ -427,6 +416,7 @@ def evaluate(
                 attack=None if attack is None else asdict(attack.resolved()),
                 pairings=pairings,
                 scorer_fit=fit.report,
+                nonfinite_gradients=nonfinite,
             )
         )
     return EvalResult(results, labels, data.test_classes.cpu())
@@ -439,16 +429,18 @@ def _attacked_outputs(
     outputs: Callable[..., Outputs],
     data: OpenSetData,
     seed: int,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(logits, scores) per score of every test image under ``attack``: one attack pass
-    shared by all scores for the classifier target, one per score otherwise."""
-    logits, scores = {}, {}
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, int]]:
+    """(logits, scores, count of test images whose attack met a non-finite objective value
+    or gradient) per score under ``attack``: one attack pass shared by all scores for
+    the classifier target, one per score otherwise."""
+    logits, scores, nonfinite = {}, {}, {}
     if attack.target == "classifier":
         test = outputs(data.test_images, data.test_labels, attack, seed, f"{name} test")
         for score in fit.scorers:
             logits[score] = test.logits.cpu()
             scores[score] = fit.score(score, test)
-        return logits, scores
+            nonfinite[score] = int(test.nonfinite.sum())
+        return logits, scores, nonfinite
     for score, scorer in fit.scorers.items():
         test = outputs(
             data.test_images,
@@ -460,4 +452,5 @@ def _attacked_outputs(
         )
         logits[score] = test.logits.cpu()
         scores[score] = fit.score(score, test)
-    return logits, scores
+        nonfinite[score] = int(test.nonfinite.sum())
+    return logits, scores, nonfinite

@@ -47,21 +47,35 @@ def condition_dict(condition: ConditionResult) -> dict[str, Any]:
         **_pairing_dict(condition.headline),
         "attack": condition.attack if condition.attack is not None else {"name": "none"},
         "scorer_fit": condition.scorer_fit,
+        "nonfinite_gradients": condition.nonfinite_gradients,
         "pairings": {
             name: _pairing_dict(p) for name, p in condition.pairings.items() if name != "both"
         },
     }
 
 
+# The config sections that set an evaluation (the rest describe training and data).
+EVALUATION_SECTIONS = ("seed", "eval", "perf")
+
+
 def metrics_dict(
     result: EvalResult,
     config: Config,
-    settings: dict[str, dict[str, Any]] | None = None,
     evaluated: dict[str, Any] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    run_config: bool = False,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` document (schema: docs/evaluation.md): ``settings`` per
-    condition name (what produced it, see :func:`osad.eval.protocol.condition_settings`)
-    and ``evaluated`` (the model file and data evaluated) when given."""
+    """The ``metrics.json`` document (schema: docs/evaluation.md).
+
+    ``evaluated``: what was evaluated (model file, data). ``settings``: per condition
+    name, what produced it (:func:`osad.eval.protocol.condition_settings`).
+    ``run_config``: ``config`` is the one that trained the model (``osad test``) and is
+    recorded whole; otherwise, with ``evaluated`` (a model and data from outside a run,
+    ``osad evaluate``), only its evaluation settings are, never the training or data
+    sections of a config that did not produce the model."""
+    recorded = config.to_dict()
+    if evaluated is not None and not run_config:
+        recorded = {k: v for k, v in recorded.items() if k in EVALUATION_SECTIONS}
     conditions = {c.name: condition_dict(c) for c in result.conditions}
     for name, cond in conditions.items():
         if settings and name in settings:
@@ -77,7 +91,7 @@ def metrics_dict(
             "test_known": int((result.test_labels >= 0).sum()),
             "test_unknown": int((result.test_labels < 0).sum()),
         },
-        "config": config.to_dict(),
+        "config": recorded,
     }
     if evaluated is not None:
         document["evaluated"] = evaluated
@@ -218,7 +232,15 @@ def read_conditions(eval_dir: Path, names: list[str]) -> EvalResult:
                 for pairing, values in cond["pairings"].items():
                     pairings[pairing] = _read_pairing(g[pairing], values["metrics"])
                 attack = None if cond["attack"].get("name") == "none" else cond["attack"]
-                conditions.append(ConditionResult(name, attack, pairings, cond["scorer_fit"]))
+                conditions.append(
+                    ConditionResult(
+                        name,
+                        attack,
+                        pairings,
+                        scorer_fit=cond["scorer_fit"],
+                        nonfinite_gradients=cond.get("nonfinite_gradients", {}),
+                    )
+                )
             first = f[next(iter(f))]
             labels = torch.from_numpy(first["label"][:])
             classes = torch.from_numpy(first["true_class"][:])
@@ -235,14 +257,15 @@ def write_results(
     config: Config,
     eval_dir: Path,
     title: str,
-    settings: dict[str, dict[str, Any]] | None = None,
     evaluated: dict[str, Any] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    run_config: bool = False,
 ) -> str:
-    """Write scores.h5, results.md and, last, metrics.json into ``eval_dir``; return the
-    table. ``eval_dir`` is meant to be the staging folder of
+    """Write scores.h5, results.md and, last, metrics.json (:func:`metrics_dict`) into
+    ``eval_dir``; return the table. ``eval_dir`` is meant to be the staging folder of
     :func:`osad.storage.replace_dir`: the files become visible together."""
     eval_dir.mkdir(parents=True, exist_ok=True)
-    metrics = metrics_dict(result, config, settings, evaluated)
+    metrics = metrics_dict(result, config, evaluated, settings, run_config)
     write_scores(result, config, eval_dir / "scores.h5")
     table = results_table(result)
     counts = metrics["counts"]

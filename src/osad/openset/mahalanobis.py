@@ -51,7 +51,8 @@ class Mahalanobis(Scorer):
         """Class means and the tied covariance of the training ``features``."""
         z = require(features, "latent features to fit", self.name).detach().double().cpu()
         labels = labels.cpu()
-        num_classes = int(labels.max()) + 1
+        # The logits' width counts the classes, so a missing last class is noticed too.
+        num_classes = int(labels.max()) + 1 if logits is None else logits.shape[1]
         missing = [c for c in range(num_classes) if not (labels == c).any()]
         if missing:
             raise FitError(
@@ -62,7 +63,15 @@ class Mahalanobis(Scorer):
         centred = z - means[labels]
         covariance = centred.T @ centred / len(z)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        kept = eigenvalues > self.rcond * eigenvalues.max()
+        # Relative to the largest eigenvalue, and positive: rounding leaves eigenvalues
+        # of about -1e-17 in the null space, which must not be inverted.
+        kept = eigenvalues > self.rcond * eigenvalues.max().clamp_min(0)
+        if not kept.any():
+            raise FitError(
+                "Mahalanobis fit: the latent features of every class are identical, so "
+                "there is no covariance to whiten with; the model has collapsed or not "
+                "trained: check its training history or train it again"
+            )
         # Sigma^+ = W W^T, so (z - mu)^T Sigma^+ (z - mu) = ||(z - mu) W||^2.
         self.whitening = eigenvectors[:, kept] / eigenvalues[kept].sqrt()
         self.means = means

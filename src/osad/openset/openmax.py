@@ -102,31 +102,25 @@ class OpenMax(Scorer):
     ) -> OpenMax:
         """Fit on training logits and their true labels (0..K-1).
 
-        A class with fewer than two correctly classified images (possible under a
-        strong attack) is fitted on all its images instead; ``class_fits``
-        records where that happened.
+        A class whose correctly classified images give no Weibull tail (fewer than
+        two, possible under a strong attack, or distances without spread: two images
+        are always equidistant from their mean) is fitted on all its images instead;
+        ``class_fits`` records where that happened. Raises :class:`FitError` when
+        all the images of a class give no tail either.
         """
         logits = logits.detach().double().cpu()
         labels = labels.cpu()
-        distance = DISTANCES[self.distance]
-        num_classes = logits.shape[1]
         correct = logits.argmax(dim=1) == labels
         mavs, tails, fits = [], [], []
-        for c in range(num_classes):
+        for c in range(logits.shape[1]):
             of_class = labels == c
-            chosen = of_class & correct
-            fallback = int(chosen.sum()) < 2
+            fit = self._class_tail(logits[of_class & correct])
+            fallback = fit is None
             if fallback:
-                chosen = of_class
-            if int(chosen.sum()) < 2:
-                raise FitError(
-                    f"OpenMax needs at least two training images of class {c}, got "
-                    f"{int(chosen.sum())}: fit it on more training data"
-                )
-            class_logits = logits[chosen]
-            mav = class_logits.mean(dim=0)
-            dist = distance(class_logits, mav.unsqueeze(0))[:, 0].numpy()
-            tail = np.sort(dist)[-self.tail_size :]
+                fit = self._class_tail(logits[of_class])
+            if fit is None:
+                raise self._no_tail_error(c, int(of_class.sum()))
+            mav, tail = fit
             mavs.append(mav)
             tails.append(tail)
             fits.append(ClassFit(int((of_class & correct).sum()), len(tail), fallback))
@@ -135,12 +129,43 @@ class OpenMax(Scorer):
         self.class_fits = fits
         return self
 
+    def _class_tail(self, class_logits: Tensor) -> tuple[Tensor, np.ndarray] | None:
+        """(MAV, the ``tail_size`` largest distances to it) of one class's logits, or
+        None when they give no Weibull tail (fewer than two, or no spread)."""
+        if len(class_logits) < 2:
+            return None
+        mav = class_logits.mean(dim=0)
+        distances = DISTANCES[self.distance](class_logits, mav.unsqueeze(0))[:, 0].numpy()
+        tail = np.sort(distances)[-self.tail_size :]
+        return (mav, tail) if WeibullTail.has_spread(tail, self.translate) else None
+
+    def _no_tail_error(self, c: int, count: int) -> FitError:
+        if count < 2:
+            return FitError(
+                f"{self.name} needs at least two training images of class {c}, got {count}: "
+                "fit it on more training data"
+            )
+        why = (
+            "two images are always equidistant from their mean"
+            if count == 2
+            else "the model gives the same output for all of them, so it has collapsed or "
+            "not trained; check its training history or train it again"
+        )
+        return FitError(
+            f"{self.name} has no Weibull tail for class {c}: the {self.distance} distances "
+            f"of its {count} training images to their mean are all equal ({why}); "
+            "fit it on more training data"
+        )
+
     def outlier_probability(self, logits: Tensor) -> Tensor:
         """WeibullCDF_c(d(l, MAV_c)) for every class, (N, K): 1 = far outside class c."""
         if self.mav is None or self.weibull is None:
             raise RuntimeError(f"{type(self).__name__}.score called before fit")
-        mav = self.mav.to(device=logits.device, dtype=logits.dtype)
-        return self.weibull.cdf(DISTANCES[self.distance](logits, mav))
+        # float32 at least: distances in bfloat16 are too coarse (and cdist has no kernel).
+        work = torch.promote_types(logits.dtype, torch.float32)
+        mav = self.mav.to(device=logits.device, dtype=work)
+        distances = DISTANCES[self.distance](logits.to(work), mav)
+        return self.weibull.cdf(distances).to(logits.dtype)
 
     def score(
         self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None

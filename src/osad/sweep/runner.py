@@ -118,7 +118,12 @@ def _advance(item: SweepRun, config: Config, progress: bool) -> tuple[str, ...]:
         if run.config.is_file():
             latest = CheckpointStore(run, config.checkpoint.keep).latest()
         if latest is not None:
-            resume_run(run.root, progress=progress, data_root=config.data.root or None)
+            resume_run(
+                run.root,
+                progress=progress,
+                data_root=config.data.root or None,
+                verify=config.data.verify,
+            )
             actions.append("resumed")
         else:
             train_run(config, run.root, force=True, progress=progress)
@@ -129,7 +134,13 @@ def _advance(item: SweepRun, config: Config, progress: bool) -> tuple[str, ...]:
         save_config(config, run.config)
         actions.append("eval changed")
     # force: an evaluation interrupted before results.md may have left part of eval/.
-    test_run(run.root, force=True, progress=progress, data_root=config.data.root or None)
+    test_run(
+        run.root,
+        force=True,
+        progress=progress,
+        data_root=config.data.root or None,
+        verify=config.data.verify,
+    )
     actions.append("evaluated")
     return tuple(actions)
 

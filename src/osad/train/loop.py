@@ -57,7 +57,7 @@ from osad.train.methods import METHODS, PEER_METHOD, model_spec
 from osad.train.mutual import ApplyStep, MutualLearning
 from osad.train.objectives import TrainObjective
 from osad.train.parallel import DataParallelStep, StepTotals, check_split, usable_batch
-from osad.train.state import Network, TrainState, data_fingerprint
+from osad.train.state import Network, Schedule, TrainState, data_fingerprint
 
 
 class NonFiniteLossError(OsadError):
@@ -383,6 +383,7 @@ def train(
             context=context,
             peer=peer,
             complete_config=lambda saved: resolved_dict(make_config(saved)),
+            schedule=Schedule(t.epochs, len(data.train_labels), t.batch_size),
         )
         checkpoints = _Checkpoints(run, config.checkpoint, config.train.epochs) if run else None
         if checkpoints is not None and resume_from is not None:

@@ -42,6 +42,7 @@ from osad.checkpoint import (
 )
 from osad.checkpoint import weights_bytes as model_file_bytes
 from osad.data import OpenSetData
+from osad.documents import DocumentCheck, kind_of
 from osad.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
@@ -157,9 +158,118 @@ def _restore_optimizer(
     ]
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         problem = f"has an optimizer state that does not fit: {exc}"
         raise CheckpointError(f"{source} {problem}") from None
+
+
+def _restore_scheduler(scheduler: Any, saved: dict[str, Any], source: str) -> None:
+    """Load a saved LR scheduler state whose keys and JSON kinds of values are the
+    scheduler's own (``load_state_dict`` would accept any mapping and fail later)."""
+    current = json.loads(json.dumps(scheduler.state_dict()))  # as it was saved
+
+    def kind(value: Any) -> str:  # an integer and a float are both numbers
+        return "a number" if type(value) in (int, float) else kind_of(value)
+
+    for key in sorted(set(current) | set(saved)):
+        if key not in current or key not in saved or kind(saved[key]) != kind(current[key]):
+            raise CheckpointError(
+                f"{source}/{JSON_FILE}: 'scheduler.{key}' does not fit this run's LR scheduler"
+            )
+    scheduler.load_state_dict(saved)
+
+
+def _check_permutation(permutation: Tensor, schedule: Schedule | None, source: str) -> None:
+    """The epoch's data order must be a permutation of the training images."""
+    n = schedule.images if schedule is not None else permutation.numel()
+    ok = permutation.dtype == torch.int64 and permutation.shape == (n,)
+    if not (ok and torch.equal(permutation.sort().values, torch.arange(n))):
+        raise CheckpointError(
+            f"{source}: 'epoch.permutation' must be a permutation of the {n} training images"
+        )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run a checkpoint must fit: ``epochs`` to train, ``images`` of training data
+    and ``batch_size``; bounds the counters and the permutation read back."""
+
+    epochs: int
+    images: int
+    batch_size: int
+
+    @property
+    def batches(self) -> int:
+        """Batches of an epoch before any short last batch is dropped (any process count)."""
+        return -(-self.images // self.batch_size)
+
+
+_PYTHON_RNG_WORDS = 625  # random.getstate(): 624 Mersenne Twister words and the position
+_NUMPY_RNG_WORDS = 624
+
+
+def check_state_document(document: Any, source: str, schedule: Schedule | None) -> dict[str, Any]:
+    """``state.json`` of checkpoint ``source``, checked key by key before any is used.
+
+    Types and ranges of every key :meth:`TrainState.restore` reads; with a
+    ``schedule``, the epoch (1..epochs + 1), the batch within it and the history
+    length (one record per finished epoch) must fit the run. Raises
+    :class:`CheckpointError` naming the file and the key.
+    """
+    check = DocumentCheck(f"{source}/{JSON_FILE}", CheckpointError)
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{check.source} must hold a JSON object, got {kind_of(document)}")
+    high = {} if schedule is None else {"high": schedule.epochs + 1}
+    epoch = check.field(document, "epoch", int, low=1, **high)
+    finished = schedule is not None and epoch > schedule.epochs
+    batches = {} if schedule is None else {"high": 0 if finished else schedule.batches}
+    check.field(document, "batch", int, low=0, **batches)
+    check.field(document, "step", int, low=0)
+    meter = check.mapping(document.get("meter"), "meter", ("sums", "seen", "correct"))
+    check.numbers(meter["sums"], "meter.sums")
+    seen = check.field(meter, "seen", int, prefix="meter.", low=0)
+    check.field(meter, "correct", int, prefix="meter.", low=0, high=seen)
+    history = check.field(document, "history", list)
+    if len(history) != epoch - 1:
+        expected = f"one record per finished epoch ({epoch - 1})"
+        check.fail("history", f"must hold {expected}, holds {len(history)}")
+    for i, record in enumerate(history):
+        check.numbers(record, f"history[{i}]", finite=False)
+    for key in ("optimizer", "peer_optimizer"):
+        if key == "optimizer" or document.get(key) is not None:
+            saved = check.mapping(document.get(key), key, ("type", "param_groups", "state"))
+            check.field(saved, "type", str, prefix=f"{key}.")
+            for i, group in enumerate(check.field(saved, "param_groups", list, prefix=f"{key}.")):
+                check.value(group, f"{key}.param_groups[{i}]", dict)
+            for index, values in check.field(saved, "state", dict, prefix=f"{key}.").items():
+                if not index.isdigit():
+                    check.fail(f"{key}.state", f"must be keyed by parameter index, has {index!r}")
+                check.value(values, f"{key}.state.{index}", dict)
+    check.field(document, "scheduler", (dict, type(None)))
+    rng = check.mapping(document.get("rng"), "rng", ("python", "numpy"))
+    python = check.field(rng, "python", list, prefix="rng.")
+    numpy_state = check.field(rng, "numpy", list, prefix="rng.")
+    if len(python) != 3 or len(numpy_state) != 5:
+        check.fail("rng", "must hold the Python (3 items) and NumPy (5 items) generator states")
+    words = [(python[1], "rng.python[1]", _PYTHON_RNG_WORDS, 2**32)]
+    words.append((numpy_state[1], "rng.numpy[1]", _NUMPY_RNG_WORDS, 2**32))
+    for value, key, length, bound in words:
+        check.value(value, key, list)
+        if len(value) != length:
+            check.fail(key, f"must hold {length} generator words, holds {len(value)}")
+        for word in value:
+            check.value(word, key, int, low=0, high=bound - 1)
+    check.value(python[0], "rng.python[0]", int)
+    check.value(python[2], "rng.python[2]", (float, type(None)))
+    check.value(numpy_state[0], "rng.numpy[0]", str)
+    check.value(numpy_state[2], "rng.numpy[2]", int, low=0, high=_NUMPY_RNG_WORDS)
+    check.value(numpy_state[3], "rng.numpy[3]", int, low=0, high=1)
+    check.value(numpy_state[4], "rng.numpy[4]", float)
+    context = check.mapping(document.get("context"), "context", ("config", "data", "device"))
+    check.field(context, "config", dict, prefix="context.")
+    check.field(context, "data", str, prefix="context.")
+    check.field(context, "device", str, prefix="context.")
+    return document
 
 
 class TrainState:
@@ -176,11 +286,14 @@ class TrainState:
         scheduler: Any = None,
         peer: Network | None = None,
         complete_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         """``context`` (config, data fingerprint, device type) must match on resume;
         ``complete_config`` fills a saved config with the defaults of keys added to
-        osad since the checkpoint was written, so those alone do not block a resume."""
+        osad since the checkpoint was written, so those alone do not block a resume;
+        ``schedule`` bounds the counters a checkpoint may hold."""
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.schedule = schedule
         self.peer = peer
         self.generators = generators
         self.recipe = recipe
@@ -265,11 +378,16 @@ class TrainState:
 
     def restore(self, files: dict[str, bytes], source: str) -> None:
         """Load a checkpoint's (verified) files into this state, or refuse naming why."""
+        missing = [name for name in (JSON_FILE, MODEL_FILE, TENSORS_FILE) if name not in files]
+        if missing:
+            raise CheckpointError(f"{source} is incomplete: it does not list {missing[0]}")
         try:
             document = json.loads(files[JSON_FILE])
-        except (KeyError, ValueError):
+        except ValueError:
             raise CheckpointError(f"{source} has no readable {JSON_FILE}") from None
-        storage.check_format(document.get("format_version"), source, CheckpointError)
+        if isinstance(document, dict):
+            storage.check_format(document.get("format_version"), source, CheckpointError)
+        check_state_document(document, source, self.schedule)
         _load_network(self.model, self.recipe, files[MODEL_FILE], f"{source}/{MODEL_FILE}")
         if (PEER_FILE in files) != (self.peer is not None):
             has = "holds" if PEER_FILE in files else "has no"
@@ -287,12 +405,19 @@ class TrainState:
         if (document["scheduler"] is None) != (self.scheduler is None):
             raise CheckpointError(f"{source} and this run disagree on having an LR scheduler")
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(document["scheduler"])
-        self._restore_rng(document["rng"], tensors, source)
+            _restore_scheduler(self.scheduler, document["scheduler"], source)
+        permutation = tensors.get("epoch.permutation")
+        if permutation is not None:
+            _check_permutation(permutation, self.schedule, f"{source}/{TENSORS_FILE}")
+        try:
+            self._restore_rng(document["rng"], tensors, source)
+        except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+            where = f"'rng' of {JSON_FILE} or 'rng.*' of {TENSORS_FILE}"
+            problem = f"a random generator state that cannot be restored ({str(exc)[:100]})"
+            raise CheckpointError(f"{source}: {where} holds {problem}") from None
         self.epoch, self.batch, self.step = document["epoch"], document["batch"], document["step"]
         self.meter = EpochMeter(**document["meter"])
         self.history = document["history"]
-        permutation = tensors.get("epoch.permutation")
         device = next(self.model.parameters()).device
         self.permutation = None if permutation is None else permutation.to(device)
 
