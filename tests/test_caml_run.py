@@ -52,9 +52,12 @@ def test_peer_is_tested_on_its_own(caml_run, capsys):
     osdn = json.loads((caml_run / "eval" / "metrics.json").read_text())
     assert set(peer["conditions"]) == set(osdn["conditions"]) == {"clean", "fgsm"}
     assert peer["conditions"]["clean"] != osdn["conditions"]["clean"]
-    # A second test of the peer does not overwrite its results.
-    assert main(["test", str(caml_run), "--no-progress", "--model", "peer"]) == 2
-    assert "eval-peer already holds results" in capsys.readouterr().err
+    assert peer["evaluated"]["model"]["name"] == "peer"
+    assert peer["evaluated"]["model"]["weights"] == "peer.safetensors"
+    # A second test of the peer reuses its results and writes nothing.
+    before = (caml_run / "eval-peer" / "metrics.json").read_bytes()
+    assert main(["test", str(caml_run), "--no-progress", "--model", "peer"]) == 0
+    assert (caml_run / "eval-peer" / "metrics.json").read_bytes() == before
 
 
 def test_run_without_a_peer_says_so(caml_run, tmp_path, capsys):

@@ -99,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     te = sub.add_parser("test", help="evaluate a trained run (writes RUN_DIR/eval/)")
     te.add_argument("run_dir", help="run directory made by 'osad train'")
     _add_run_data_options(te)
-    te.add_argument("--force", action="store_true", help="overwrite existing results")
+    te.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every condition and replace the earlier results (default: reuse "
+        "the conditions computed under identical settings, add the new ones)",
+    )
+    te.add_argument("--out", help="folder for the results (default: RUN_DIR/eval, or eval-peer/)")
     _add_progress_option(te)
     te.add_argument(
         "--model",
@@ -110,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument(
         "--attacks",
         type=_names,
-        help="comma list of eval.attacks entries and built-in adaptive attacks "
-        "(adaptive, joint) to run, e.g. fgsm,pgd,adaptive (default: the run's eval.attacks)",
+        help="comma list of eval.attacks entries, built-in adaptive attacks (adaptive, "
+        "joint) and attack names (fgsm, fgsm-rs, pgd, apgd, square, patch; defaults at the "
+        "run's pgd budget) to run, e.g. fgsm,pgd,adaptive (default: the run's eval.attacks)",
     )
     te.add_argument(
         "--scores",
@@ -124,10 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra pairings: known (known attacked, unknown clean), unknown "
         "(known clean, unknown attacked), or all; both attacked is always reported",
     )
+    te.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="evaluation overrides (eval.* keys only), e.g. eval.attacks.pgd.steps=50",
+    )
     _add_evaluate_parser(sub)
     rp = sub.add_parser("report", help="one table over runs: mean +- std per method/config")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
+    rp.add_argument("--force", action="store_true", help="replace an existing report")
     _add_progress_option(rp)  # accepted by every command; reading metrics shows no bar
     ch = sub.add_parser("check", help="sanity checks against gradient masking (exit 1 on a fail)")
     ch.add_argument("run_dir", help="run directory made by 'osad train'")
@@ -139,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument(
         "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
     )
+    ch.add_argument("--force", action="store_true", help="replace an existing check.json")
     _add_progress_option(ch)
 
     sw = sub.add_parser(
@@ -334,7 +349,7 @@ def _command(args: argparse.Namespace) -> int:
         from osad.eval.aggregate import aggregate, markdown, write_report
 
         report = aggregate(args.run_dirs)
-        paths = agree(lambda: write_report(report, args.out))
+        paths = agree(lambda: write_report(report, args.out, force=args.force))
         say(markdown(report))
         say(f"\nwritten: {', '.join(str(p) for p in paths)}")
         return 0
@@ -355,9 +370,11 @@ def _command(args: argparse.Namespace) -> int:
             attacks=args.attacks,
             scores=args.scores,
             pairings=args.pairings,
+            overrides=args.overrides,
+            out=args.out,
         )
         say(table)
-        out = RunDir(Path(args.run_dir)).eval_dir_of(args.model)
+        out = args.out or RunDir(Path(args.run_dir)).eval_dir_of(args.model)
         say(f"\nresults in {out} ({time.perf_counter() - start:.0f} s)")
         return 0
     if getattr(args, "resume", None):
@@ -407,6 +424,7 @@ def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
         settings,
         data_root=args.data_root,
         verify=not args.no_verify,
+        force=args.force,
         progress=not args.no_progress,
     )
     for result in results:
@@ -424,10 +442,23 @@ def _quiet(*args, **kwargs) -> None:
     """Ranks other than 0 print nothing but errors."""
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``key=value`` overrides may also follow options
+    (``osad test RUN --attacks pgd eval.attacks.pgd.steps=50``), which argparse alone
+    refuses after a positional argument was read."""
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if "=" in a and not a.startswith("-")]
+    if extra != late or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         return _run(args)
     except (_UsageError, OsadError) as exc:
         print(f"osad: error: {exc}", file=sys.stderr)

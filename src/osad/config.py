@@ -414,12 +414,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(inner) < len(typing.get_args(tp)):
             return None
+        if len(inner) == 1:  # Optional[X]: X's own message (range, finiteness)
+            return _coerce(value, inner[0], key)
         for option in inner:  # e.g. int | str: the first type the value has
             try:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {shown(value)}")
     # bool is an int subclass: refuse it where a number is expected, and refuse
     # strings such as "False" where a bool is expected (a trap of the reference code).
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -17,16 +17,19 @@ RUN_DIR/
   eval/figures/        figures of open-set runs (ROC, histograms, eps sweep, reconstructions)
   eval-peer/           the same results for the peer network (osad test --model peer)
   check.json           gradient-masking sanity checks of ``osad check``
+  .lock                the writer's lock and pid (see osad.runlock)
 """
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from osad.errors import RunDirError
+from osad.runlock import LOCK_NAME
+from osad.storage import remove_path, staging_paths, storage_error
 
 _CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 
@@ -143,7 +146,8 @@ class RunDir:
         return self.root / "data.json"
 
     def owned_paths(self) -> tuple[Path, ...]:
-        """Every file and folder a run writes."""
+        """Every file and folder a run writes (and what an interrupted evaluation left)."""
+        evals = (self.eval_dir, self.eval_dir_of("peer"))
         return (
             self.config,
             self.data_record,
@@ -152,31 +156,48 @@ class RunDir:
             self.history,
             self.checkpoints,
             self.tensorboard,
-            self.eval_dir,
-            self.eval_dir_of("peer"),
+            *evals,
+            *(p for e in evals for p in staging_paths(e)),
             self.check,
         )
 
     @classmethod
     def create(cls, path: str | Path, force: bool = False) -> RunDir:
         """A new run directory; an existing non-empty one is refused unless ``force``,
-        which removes the files of the previous run (and nothing else)."""
+        which removes the files of the previous run (and nothing else).
+
+        The removal first renames every file of the previous run into one folder inside
+        the run directory (a rename moves a symbolic link, never what it points to),
+        then deletes that folder: a failure leaves the previous run as it was.
+        """
         run = cls(Path(path))
         if run.root.exists() and not run.root.is_dir():
             raise RunDirError(f"run directory {run.root} exists and is not a directory")
-        if run.root.is_dir() and any(run.root.iterdir()):
+        if run.root.is_dir() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
             if not force:
                 raise RunDirError(
                     f"run directory {run.root} already exists and is not empty; "
                     "choose another --out or pass --force to overwrite it"
                 )
-            for owned in run.owned_paths():
-                if owned.is_dir():
-                    shutil.rmtree(owned)
-                elif owned.exists():
-                    owned.unlink()
+            run._remove_owned()
         run.root.mkdir(parents=True, exist_ok=True)
         return run
+
+    def _remove_owned(self) -> None:
+        trash = self.root / ".replaced"
+        moved: list[tuple[Path, Path]] = []
+        try:
+            remove_path(trash)
+            trash.mkdir()
+            for owned in self.owned_paths():
+                if owned.exists() or owned.is_symlink():
+                    os.rename(owned, trash / owned.name)
+                    moved.append((owned, trash / owned.name))
+        except OSError as exc:
+            for owned, aside in reversed(moved):
+                os.rename(aside, owned)
+            raise storage_error(Path(exc.filename or trash), exc) from None
+        remove_path(trash)
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:

@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from osad import __version__
 from osad.errors import OsadError, StorageError
@@ -83,3 +88,95 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of the bytes of file ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensors_sha256(tensors: Iterable) -> str:
+    """sha256 over the dtype, shape and bytes of each tensor, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a symbolic link (never what it points to) or a folder tree."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def staging_paths(dest: Path) -> tuple[Path, Path]:
+    """(the folder a new ``dest`` is written into, where the previous ``dest`` waits)."""
+    return dest.with_name(f".{dest.name}.partial"), dest.with_name(f".{dest.name}.previous")
+
+
+def recover_dir(dest: Path) -> None:
+    """Undo what a process killed inside :func:`replace_dir` left: a half-written new
+    folder is removed, a previous folder set aside but not yet replaced is put back."""
+    partial, previous = staging_paths(dest)
+    if previous.exists() or previous.is_symlink():
+        if dest.exists() or dest.is_symlink():
+            remove_path(previous)  # the rename into place completed
+        else:
+            os.rename(previous, dest)
+    remove_path(partial)
+
+
+def interrupted_dir(dest: Path) -> Path | None:
+    """The leftover of a :func:`replace_dir` that was killed before completing, or None."""
+    for leftover in staging_paths(dest):
+        if leftover.exists() or leftover.is_symlink():
+            return leftover
+    return None
+
+
+@contextmanager
+def replace_dir(dest: Path) -> Iterator[Path]:
+    """Yield an empty folder next to ``dest`` to write a complete new ``dest`` into; when
+    the ``with`` block ends without an error, it replaces ``dest`` by a rename (a symbolic
+    link at ``dest`` is replaced, never followed) and the previous folder is removed.
+
+    On any error (a full disk, an interruption) ``dest`` is left as it was and the new
+    folder is removed; an :class:`OSError` becomes a one-line
+    :class:`~osad.errors.StorageError` naming the file. A process killed inside leaves
+    files that :func:`recover_dir` (called here first) cleans up.
+    """
+    dest = Path(dest)
+    partial, previous = staging_paths(dest)
+    try:
+        recover_dir(dest)
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise storage_error(Path(exc.filename or partial), exc) from None
+    try:
+        yield partial
+        fsync_dir(partial)
+        if dest.exists() or dest.is_symlink():
+            os.rename(dest, previous)
+        os.rename(partial, dest)
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        _undo(dest, partial, previous)
+        raise storage_error(Path(exc.filename or dest), exc) from None
+    except BaseException:
+        _undo(dest, partial, previous)
+        raise
+    remove_path(previous)
+
+
+def _undo(dest: Path, partial: Path, previous: Path) -> None:
+    if not (dest.exists() or dest.is_symlink()) and (previous.exists() or previous.is_symlink()):
+        os.rename(previous, dest)
+    remove_path(partial)

@@ -11,9 +11,11 @@ directory, and a refusal there stops every process.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +28,17 @@ from osad.checkpoint import (
     read_weights,
     save_model,
 )
-from osad.config import Config, check_perf_device, load_saved_config, read_yaml, save_config
+from osad.config import (
+    Config,
+    check_perf_device,
+    expand_key,
+    load_saved_config,
+    make_config,
+    parse_override,
+    read_yaml,
+    resolved_dict,
+    save_config,
+)
 from osad.data import (
     FOLDER,
     OpenSetData,
@@ -41,15 +53,19 @@ from osad.data.fas import load_fas
 from osad.distributed import agree, is_main, process_device, rank0_first, world
 from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
 from osad.eval import evaluate, write_results
+from osad.eval.any_model import data_counts, data_source
 from osad.eval.fas import evaluate_fas, write_fas_results
 from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
+from osad.eval.protocol import EvalResult, condition_settings
+from osad.eval.report import read_conditions, results_table
 from osad.eval.sanity import CheckResult, CheckSettings, run_checks
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
 from osad.rundir import RUN_MODELS, RunDir
+from osad.runlock import run_lock
 from osad.runtime import deterministic_mode, resolve_device
-from osad.storage import write_atomic
+from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256, write_atomic
 from osad.train import TrainResult, build_model_for, train
 from osad.train.loop import check_parallel_support, check_training
 from osad.train.meta import check_meta_training, train_meta
@@ -83,13 +99,23 @@ def train_run(
         check_meta_training(config, device)
     else:
         check_training(config, data, device)
-    run = agree(lambda: _create_run(config, out, force))
-    if not fas:
-        agree(lambda: write_atomic(run.data_record, json.dumps(data.source, indent=2) + "\n"))
-    trainer = train_meta if fas else train
-    result = trainer(config, data, run=run, progress=progress)
-    agree(lambda: save_trained(run, result))
+    with _writing(Path(out)):
+        run = agree(lambda: _create_run(config, out, force))
+        if not fas:
+            agree(lambda: write_atomic(run.data_record, json.dumps(data.source, indent=2) + "\n"))
+        trainer = train_meta if fas else train
+        result = trainer(config, data, run=run, progress=progress)
+        agree(lambda: save_trained(run, result))
     return run
+
+
+@contextmanager
+def _writing(root: Path) -> Iterator[None]:
+    """Hold run directory ``root``'s lock (:func:`osad.runlock.run_lock`, on rank 0 under
+    torchrun) for the block: a second writer is refused naming this process."""
+    with ExitStack() as stack:
+        agree(lambda: stack.enter_context(run_lock(root)))
+        yield
 
 
 def save_trained(run: RunDir, result: TrainResult) -> None:
@@ -130,10 +156,11 @@ def resume_run(
     Under torchrun the run may continue on another number of processes than it
     started with (see docs/distributed.md).
     """
-    run, checkpoint, config = agree(lambda: _resume_target(path, data_root, verify))
-    data = rank0_first(lambda: load_openset(config.data))
-    result = train(config, data, run=run, progress=progress, resume_from=checkpoint)
-    agree(lambda: save_trained(run, result))
+    with _writing(agree(lambda: RunDir.open_for_resume(path)[0].root)):
+        run, checkpoint, config = agree(lambda: _resume_target(path, data_root, verify))
+        data = rank0_first(lambda: load_openset(config.data))
+        result = train(config, data, run=run, progress=progress, resume_from=checkpoint)
+        agree(lambda: save_trained(run, result))
     return run, checkpoint
 
 
@@ -248,59 +275,226 @@ def test_run(
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
     pairings: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
 ) -> str:
-    """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
+    """Evaluate a trained run into ``eval/`` (or ``out``) and return the Markdown result table.
 
     ``data_root`` and ``verify`` say where the data are and whether to check them
     (see :func:`confirm_data_source`: the run directory does not choose them).
     ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
-    with the same protocol, into ``eval-peer/``. ``attacks``, ``scores`` and
-    ``pairings`` narrow or extend the run's evaluation (see
+    with the same protocol, into ``eval-peer/``. ``overrides`` (``key=value``, the
+    ``eval.*`` keys only) change the run's evaluation settings; ``attacks``, ``scores``
+    and ``pairings`` narrow or extend them (see
     :func:`osad.eval.options.select_evaluation`).
+
+    Incremental (open-set runs): a condition already in the results under identical
+    settings (:func:`osad.eval.protocol.condition_settings`) is reused, new ones are
+    added, earlier ones are kept; a condition asked for under other settings than the
+    stored one is refused unless ``force``, which recomputes and replaces the results.
+    The results are written into a temporary folder that replaces the old one when
+    complete (:func:`osad.storage.replace_dir`): on any failure the previous results
+    stay intact. The run directory is locked for the whole evaluation.
+
+    Raises :class:`~osad.errors.RunDirError`, :class:`~osad.errors.ConfigError` (a bad
+    override or selection), :class:`~osad.errors.StorageError` (a failed write).
     """
-    run, config = agree(lambda: _test_target(run_dir, model, force))
-    _check_single_process(isinstance(config, FasConfig))
-    confirm_data_source(config, run, data_root, verify)
-    device = process_device(resolve_device(config.device))
-    selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
-    if isinstance(config, FasConfig):
-        chosen = [f"--{k}" for k, v in selection.items() if v is not None]
-        if chosen:
-            raise ConfigError(f"{', '.join(chosen)} apply to open-set runs, not face anti-spoofing")
-        data = load_fas(config.data, config.depth_size)
-        result = evaluate_fas(load_model(run.model, device), data, config, progress=progress)
-        title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
-        return write_fas_results(result, config, run.eval_dir, run.roc_figure, title)
-    config = select_evaluation(config, **selection)
-    data = rank0_first(lambda: load_openset(config.data))
-    check_same_source(run, data)
-    with deterministic_mode(config.deterministic):
-        network = load_run_model(run, config, data, device, model)
-        network = prepare_model(network, config.perf, device)
-        result = evaluate(network, data, config, progress=progress)
-        out = run.eval_dir_of(model)
-        table = agree(lambda: write_results(result, config, out, run_title(config, model)))
-        if config.eval.figures:
-            # Every process computes the figures' attacks (sharded); rank 0 saves them.
-            write_figures(result, network, data, config, run.figures_of(model), progress)
-    return table
-
-
-def _test_target(run_dir: str | Path, model: str, force: bool) -> tuple[RunDir, Config | FasConfig]:
     if model not in RUN_MODELS:
         raise RunDirError(
             f"unknown model '{model}' to test; choose one of: {', '.join(RUN_MODELS)}"
         )
-    run = RunDir.open(run_dir)
+    run = agree(lambda: RunDir.open(run_dir))
+    with _writing(run.root):
+        config = agree(lambda: _test_target(run, model))
+        dest = Path(out) if out is not None else run.eval_dir_of(model)
+        _check_single_process(isinstance(config, FasConfig))
+        confirm_data_source(config, run, data_root, verify)
+        device = process_device(resolve_device(config.device))
+        selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
+        if isinstance(config, FasConfig):
+            chosen = [f"--{k}" for k, v in selection.items() if v is not None]
+            chosen += ["key=value overrides"] if overrides else []
+            if chosen:
+                raise ConfigError(
+                    f"{', '.join(chosen)} apply to open-set runs, not face anti-spoofing"
+                )
+            return _test_fas(run, config, dest, force, device, progress)
+        config = select_evaluation(evaluation_config(config, overrides), **selection)
+        return _test_openset(run, config, model, dest, force, device, progress)
+
+
+def _test_openset(
+    run: RunDir,
+    config: Config,
+    model: str,
+    dest: Path,
+    force: bool,
+    device: torch.device,
+    progress: bool,
+) -> str:
+    """The incremental evaluation of :func:`test_run` (its caller holds the lock)."""
+    data = rank0_first(lambda: load_openset(config.data))
+    check_same_source(run, data)
+    evaluated = _provenance(run, model, config, data)
+    settings = json.loads(json.dumps(condition_settings(config, evaluated)))
+    reused, kept = agree(lambda: _reusable(dest, settings, force))
+    if len(reused) == len(settings):  # everything asked for is stored already
+        return results_table(read_conditions(dest, [*reused, *kept]))
+    with deterministic_mode(config.deterministic):
+        network = load_run_model(run, config, data, device, model)
+        network = prepare_model(network, config.perf, device)
+        missing = [a for a in config.eval.attacks if a not in reused]
+        result = evaluate(network, data, select_evaluation(config, attacks=missing), progress)
+        result = _merged(result, dest, list(settings), reused, list(kept))
+        with ExitStack() as stack:
+            staged = agree(lambda: stack.enter_context(replace_dir(dest)))
+            title = run_title(config, model)
+            stored = {**kept, **settings}
+            table = agree(
+                lambda: write_results(
+                    result, config, staged, title, evaluated, stored, run_config=True
+                )
+            )
+            if config.eval.figures:
+                # Every process computes the figures' attacks (sharded); rank 0 saves them.
+                write_figures(result, network, data, config, staged / "figures", progress)
+    return table
+
+
+def _provenance(run: RunDir, model: str, config: Config, data: OpenSetData) -> dict[str, Any]:
+    """What ``osad test`` evaluates, for metrics.json's ``evaluated``: the weights file
+    (which network of the run, its sha256) and the data (osad's dataset, split and
+    classes, sizes, and a sha256 fingerprint of every image and label tensor)."""
+    weights = run.weights(model)
+    tensors = (
+        data.train_images,
+        data.train_labels,
+        data.val_images,
+        data.val_labels,
+        data.test_images,
+        data.test_labels,
+        data.test_classes,
+    )
+    return {
+        "model": {"name": model, "weights": weights.name, "weights_sha256": sha256_file(weights)},
+        "data": {
+            "source": data_source(config.data),
+            "known_classes": list(data.known_classes),
+            "unknown_classes": list(data.unknown_classes),
+            **data_counts(data),
+            "fingerprint": tensors_sha256(tensors),
+        },
+    }
+
+
+def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
+    """``config`` with ``key=value`` overrides of its evaluation settings, parsed and
+    validated as training overrides are (:func:`osad.config.make_config`).
+
+    Raises :class:`~osad.errors.ConfigError` for a malformed override, an invalid value,
+    or a key outside ``eval.*`` (those change what was trained or on which data).
+    """
+    for text in overrides:
+        key = expand_key(parse_override(text)[0])
+        if key.split(".")[0] != "eval":
+            raise ConfigError(
+                f"osad test takes eval.* overrides only, not '{key}': it changes the trained "
+                "model or its data (train a new run; moved data: --data-root)"
+            )
+    return make_config(resolved_dict(config), overrides) if overrides else config
+
+
+def _reusable(
+    dest: Path, settings: dict[str, dict[str, Any]], force: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """(conditions of ``settings`` already in ``dest`` under identical settings, the other
+    conditions stored there, kept, with their stored settings). Recovers what a killed
+    evaluation left; refuses a ``dest`` holding files but no metrics.json (even with
+    ``force``), and a condition stored under other settings unless ``force`` (then
+    nothing is reused or kept)."""
+    recover_dir(dest)
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return [], {}
+    path = dest / "metrics.json"
+    if not path.is_file():  # --force replaces an evaluation, never any other folder
+        raise RunDirError(
+            f"{dest} holds files but no {path.name}, so it is not an osad evaluation; "
+            "choose another --out, or remove it yourself"
+        )
+    if force:
+        return [], {}
+    try:
+        stored = json.loads(path.read_text())["conditions"]
+        if not isinstance(stored, dict) or not all(isinstance(c, dict) for c in stored.values()):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunDirError(
+            f"{path} cannot be read; pass --force to replace the evaluation, or --out DIR "
+            "to write elsewhere"
+        ) from None
+    reused = []
+    for name, wanted in settings.items():
+        if name not in stored:
+            continue
+        difference = _first_difference(stored[name].get("settings"), wanted)
+        if difference:
+            raise RunDirError(
+                f"{path} holds condition '{name}' computed under other settings "
+                f"({difference}); pass --force to recompute the evaluation, or --out DIR to "
+                "write it elsewhere"
+            )
+        reused.append(name)
+    return reused, {n: c.get("settings") for n, c in stored.items() if n not in settings}
+
+
+def _first_difference(stored: Any, wanted: Any, where: str = "") -> str:
+    """The first setting that differs, as ``key: stored there, wanted now`` ('' if none)."""
+    if stored is None and not where:
+        return "it records no settings: written by an older osad"
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in [*wanted, *(k for k in stored if k not in wanted)]:
+            found = _first_difference(stored.get(key), wanted.get(key), f"{where}{key}.")
+            if found:
+                return found
+        return ""
+    if stored != wanted:
+        return f"{where.rstrip('.')}: {stored!r} there, {wanted!r} now"
+    return ""
+
+
+def _merged(
+    result: EvalResult, dest: Path, order: list[str], reused: list[str], kept: list[str]
+) -> EvalResult:
+    """``result`` with the conditions ``reused`` and ``kept`` read back from ``dest``:
+    the conditions asked for in ``order``, then the kept ones."""
+    if not (reused or kept):
+        return result
+    old = read_conditions(dest, [n for n in (*reused, *kept) if n != "clean"])
+    by_name = {c.name: c for c in (*old.conditions, *result.conditions)}
+    names = [*order, *(n for n in kept if n not in order)]
+    return EvalResult([by_name[n] for n in names], result.test_labels, result.test_classes)
+
+
+def _test_fas(
+    run: RunDir, config: FasConfig, dest: Path, force: bool, device: torch.device, progress: bool
+) -> str:
+    recover_dir(dest)
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise RunDirError(f"{dest} already holds results; pass --force to overwrite them")
+    data = load_fas(config.data, config.depth_size)
+    result = evaluate_fas(load_model(run.model, device), data, config, progress=progress)
+    title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
+    with replace_dir(dest) as staged:
+        return write_fas_results(result, config, staged, staged / run.roc_figure.name, title)
+
+
+def _test_target(run: RunDir, model: str) -> Config | FasConfig:
     weights = run.weights(model)
     if not weights.is_file():
         raise RunDirError(
             f"{run.root} has no {weights.name}: only osdn-caml runs train a peer network"
         )
-    out = run.eval_dir_of(model)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise RunDirError(f"{out} already holds results; pass --force to overwrite them")
-    return run, load_run_config(run)
+    return load_run_config(run)
 
 
 def run_title(config: Config, model: str = "main") -> str:
@@ -336,25 +530,30 @@ def check_run(
     *,
     data_root: str | None = None,
     verify: bool = True,
+    force: bool = False,
     progress: bool = True,
 ) -> list[CheckResult]:
     """Run the gradient-masking sanity checks on a trained open-set run and save them
-    to ``RUN_DIR/check.json``; ``data_root`` and ``verify`` as in :func:`test_run`;
+    to ``RUN_DIR/check.json`` (an existing one is replaced only with ``force``, and only
+    once the new one is complete); ``data_root`` and ``verify`` as in :func:`test_run`;
     ``progress`` shows bars with an ETA on stderr."""
     run = RunDir.open(run_dir)
-    config = load_run_config(run)
-    if isinstance(config, FasConfig):
-        raise ConfigError("osad check applies to open-set runs, not face anti-spoofing")
-    confirm_data_source(config, run, data_root, verify)
-    model = load_model(run.model, process_device(resolve_device(config.device)))
-    settings = settings or CheckSettings()
-    data = rank0_first(lambda: load_openset(config.data))
-    check_same_source(run, data)
-    results = run_checks(model, data, config, settings, progress=progress and is_main())
-    document = {
-        "passed": all(r.passed for r in results),
-        "settings": asdict(settings),
-        "checks": [asdict(r) for r in results],
-    }
-    agree(lambda: run.check.write_text(json.dumps(document, indent=2) + "\n"))
+    with _writing(run.root):
+        if run.check.exists() and not force:
+            raise RunDirError(f"{run.check} already exists; pass --force to replace it")
+        config = load_run_config(run)
+        if isinstance(config, FasConfig):
+            raise ConfigError("osad check applies to open-set runs, not face anti-spoofing")
+        confirm_data_source(config, run, data_root, verify)
+        model = load_model(run.model, process_device(resolve_device(config.device)))
+        settings = settings or CheckSettings()
+        data = rank0_first(lambda: load_openset(config.data))
+        check_same_source(run, data)
+        results = run_checks(model, data, config, settings, progress=progress and is_main())
+        document = {
+            "passed": all(r.passed for r in results),
+            "settings": asdict(settings),
+            "checks": [asdict(r) for r in results],
+        }
+        agree(lambda: write_atomic(run.check, json.dumps(document, indent=2) + "\n"))
     return results

@@ -14,8 +14,9 @@ from osad.config import make_config
 PGD = {"name": "pgd", "norm": "linf", "eps": 32.0, "alpha": 8.0, "steps": 10, "restarts": 1}
 
 
-def plant(root, name, *, method="osdn", split=0, seed=0, accuracy, auroc, eps=32.0):
-    config = make_config(overrides=[f"method={method}", f"data.split={split}", f"seed={seed}"])
+def plant(root, name, *, method="osdn", split=0, seed=0, accuracy, auroc, eps=32.0, overrides=()):
+    keys = [f"method={method}", f"data.split={split}", f"seed={seed}", *overrides]
+    config = make_config(overrides=keys)
     conditions = {
         "clean": {"closed_set_accuracy": 0.99, "auroc": {"msp": 0.9}, "attack": {"name": "none"}},
         "pgd": {
@@ -28,6 +29,8 @@ def plant(root, name, *, method="osdn", split=0, seed=0, accuracy, auroc, eps=32
     (run / "eval").mkdir(parents=True)
     metrics = {"conditions": conditions, "config": config.to_dict()}
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    for name in ("scores.h5", "results.md"):  # a complete eval/ holds them too
+        (run / "eval" / name).touch()
     return str(run)
 
 
@@ -67,6 +70,48 @@ def test_report_needs_evaluated_runs(tmp_path, capsys):
     (tmp_path / "bare").mkdir()
     assert main(["report", str(tmp_path / "bare"), "--out", str(tmp_path / "out")]) == 2
     assert "osad test" in capsys.readouterr().err
+
+
+def test_report_names_what_tells_groups_apart(tmp_path):
+    runs = [
+        plant(tmp_path, "a", accuracy=0.8, auroc=0.7),
+        plant(tmp_path, "b", accuracy=0.6, auroc=0.5, overrides=["train.lr=0.01"]),
+        plant(tmp_path, "c", seed=1, accuracy=0.6, auroc=0.5, overrides=["train.lr=0.01"]),
+    ]
+    assert main(["report", *runs, "--out", str(tmp_path / "out")]) == 0
+    groups = {
+        r["group"]: r["runs"] for r in csv.DictReader((tmp_path / "out" / "report.csv").open())
+    }
+    default_lr = make_config().train.lr
+    assert groups == {
+        f"osdn on digits (train.lr={default_lr})": "1",
+        "osdn on digits (train.lr=0.01)": "2",
+    }
+
+
+def test_report_refuses_an_incomplete_evaluation(tmp_path, capsys):
+    run = plant(tmp_path, "a", accuracy=0.8, auroc=0.7)
+    (tmp_path / "a" / "eval" / "scores.h5").unlink()
+    assert main(["report", run, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scores.h5 is missing" in err
+    run = plant(tmp_path, "b", accuracy=0.8, auroc=0.7)
+    (tmp_path / "b" / ".eval.partial").mkdir()  # left by an osad test killed mid-write
+    assert main(["report", run, "--out", str(tmp_path / "out")]) == 2
+    assert ".eval.partial" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_never_overwrites_without_force(tmp_path, capsys):
+    run = plant(tmp_path, "a", accuracy=0.8, auroc=0.7)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("earlier report\n")
+    assert main(["report", run, "--out", str(out)]) == 2
+    assert "report.md already exists; pass --force" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "earlier report\n"
+    assert main(["report", run, "--out", str(out), "--force"]) == 0
+    assert "osdn on digits" in (out / "report.md").read_text()
 
 
 def _write(text):

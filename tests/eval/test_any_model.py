@@ -16,7 +16,7 @@ import osad
 from osad.cli import main
 from osad.config import make_config
 from osad.data import load_openset
-from osad.errors import InputError, OsadError, RunDirError
+from osad.errors import InputError, OsadError, RunDirError, StorageError
 from tests.conftest import TINY_NET, tiny_net
 
 from .outside_model import SmallCNN
@@ -228,7 +228,7 @@ def test_model_mode_restored_and_no_parameter_gradients(digits, trained):
         ({"eps": 0}, "eps must be a number > 0 in 1/255 units"),
         ({"eps": 300}, "at most 255 for linf"),
         ({"norm": "l3"}, "norm must be one of linf, l2"),
-        ({"attacks": ["apgd"]}, "unknown attack 'apgd'"),
+        ({"attacks": ["apgdd"]}, "unknown attack 'apgdd'"),
         ({"scores": ["reconstruction"]}, "needs an OSDN decoder"),
         ({"train_images": [1, 2]}, "train_images must be a torch.Tensor or a"),
     ],
@@ -263,7 +263,7 @@ def test_out_is_replaced_only_after_success(digits, trained, tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("osad.eval.any_model.write_figures", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="No space left on device"):
         osad.evaluate_model(model, **inputs, force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no partial folder left
     assert (out / "earlier.txt").read_text() == "keep me"

@@ -12,6 +12,7 @@ condition reported; the caption states them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from osad.errors import ConfigError, OsadError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
 from osad.eval.report import markdown_table, score_label
 from osad.rundir import RunDir
+from osad.storage import interrupted_dir, storage_error, write_atomic
 
 # Config keys that differ between repetitions of one experiment.
 REPETITION_KEYS = {
@@ -65,10 +67,24 @@ class Report:
 
 
 def load_run(path: str | Path) -> RunMetrics:
-    """The ``eval/metrics.json`` of run ``path``, checked by :func:`check_metrics`."""
-    metrics_path = RunDir(Path(path)).metrics
+    """The ``eval/metrics.json`` of run ``path``, checked by :func:`check_metrics`; an
+    incomplete ``eval/`` (a file missing, or left by an interrupted ``osad test``) is
+    refused."""
+    run = RunDir(Path(path))
+    metrics_path = run.metrics
+    leftover = interrupted_dir(run.eval_dir)
+    if leftover is not None:
+        raise RunDirError(
+            f"{leftover} is left by an interrupted 'osad test'; run 'osad test {path}' again"
+        )
     if not metrics_path.is_file():
         raise RunDirError(f"{path} has no eval/metrics.json; run 'osad test {path}' first")
+    for needed in (run.scores, run.results):
+        if not needed.is_file():
+            raise RunDirError(
+                f"{run.eval_dir} is incomplete: {needed.name} is missing; run "
+                f"'osad test {path} --force' again"
+            )
     try:
         document = json.loads(metrics_path.read_bytes())
     except ValueError:
@@ -118,15 +134,37 @@ def experiment_key(config: dict[str, Any]) -> str:
 
 
 def _group_names(runs: list[RunMetrics]) -> dict[str, str]:
-    """A readable name per experiment key: ``method on dataset``, numbered on collisions."""
-    names: dict[str, str] = {}
+    """A readable name per experiment key: ``method on dataset``, followed, where several
+    groups share that name, by the configuration keys whose values tell them apart."""
+    configs: dict[str, dict[str, Any]] = {}
     for run in runs:
-        key = experiment_key(run.config)
-        if key not in names:
-            base = f"{run.config['method']} on {run.config['data']['name']}"
-            taken = sum(1 for n in names.values() if n.split(" #")[0] == base)
-            names[key] = base if taken == 0 else f"{base} #{taken + 1}"
+        configs.setdefault(experiment_key(run.config), run.config)
+    bases = {key: f"{c['method']} on {c['data']['name']}" for key, c in configs.items()}
+    names = {}
+    for key, base in bases.items():
+        rivals = [configs[k] for k, b in bases.items() if b == base]
+        if len(rivals) == 1:
+            names[key] = base
+            continue
+        flat = [_flatten(json.loads(experiment_key(c))) for c in rivals]
+        differing = [k for k in flat[0] if any(f.get(k) != flat[0][k] for f in flat)]
+        differing += sorted({k for f in flat for k in f if k not in flat[0]})
+        mine = _flatten(json.loads(key))
+        shown = ", ".join(f"{k}={mine.get(k)}" for k in differing[:3])
+        more = f", +{len(differing) - 3} more" if len(differing) > 3 else ""
+        names[key] = f"{base} ({shown}{more})"
     return names
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _attack_text(attack: dict[str, Any]) -> str:
@@ -253,20 +291,31 @@ def markdown(report: Report) -> str:
     return "\n".join(markdown_table(header, rows)) + "\n\n" + caption(report)
 
 
-def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
-    """``report.md`` and ``report.csv`` in ``out``; returns their paths."""
+def write_report(report: Report, out: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """``report.md`` and ``report.csv`` in ``out``; returns their paths.
+
+    An existing report is replaced only with ``force``, each file atomically
+    (:func:`osad.storage.write_atomic`), so a failed write leaves the old one.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     md, table = out / "report.md", out / "report.csv"
-    md.write_text(markdown(report) + "\n")
-    with table.open("w", newline="") as f:
-        writer = csv.writer(f)
-        metrics = ["closed_set_accuracy"] + [f"auroc_{s}" for s in report.scores]
-        header = ["group", "condition", "attack", "runs", "splits"]
-        writer.writerow(header + [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")])
-        for row in report.rows:
-            values = [row.accuracy] + [row.auroc[s] for s in report.scores]
-            attack = report.attacks[row.condition]
-            cells = [row.group, row.condition, attack, row.runs, " ".join(row.splits)]
-            writer.writerow(cells + [x for v in values for x in (v.mean, v.std)])
+    existing = [p for p in (md, table) if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise RunDirError(f"{existing[0]} already exists; pass --force to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(out, exc) from None
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    metrics = ["closed_set_accuracy"] + [f"auroc_{s}" for s in report.scores]
+    header = ["group", "condition", "attack", "runs", "splits"]
+    writer.writerow(header + [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")])
+    for row in report.rows:
+        values = [row.accuracy] + [row.auroc[s] for s in report.scores]
+        attack = report.attacks[row.condition]
+        cells = [row.group, row.condition, attack, row.runs, " ".join(row.splits)]
+        writer.writerow(cells + [x for v in values for x in (v.mean, v.std)])
+    write_atomic(table, rows.getvalue())
+    write_atomic(md, markdown(report) + "\n")
     return md, table

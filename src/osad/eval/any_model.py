@@ -25,8 +25,6 @@ data source and sizes) and, under ``config``, only the evaluation settings.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from osad.eval.protocol import ConditionResult, EvalResult, evaluate
 from osad.eval.report import metrics_dict, results_table, write_results
 from osad.inputs import check_images, check_labels
 from osad.openset import SCORERS
+from osad.storage import replace_dir
 
 # Attacks run when neither ``attacks`` nor ``version`` is given: the paper's PGD-10 and
 # APGD on each detector score (known images pushed to look unknown, unknown to look known).
@@ -338,7 +337,9 @@ def evaluate_on_data(
             write_figures(result, model, data, config, folder / "figures")
         return table
 
-    return ModelEvaluation(result, metrics, replace_folder(out, write), out)
+    with replace_dir(out) as staged:
+        table = write(staged)
+    return ModelEvaluation(result, metrics, table, out)
 
 
 def evaluation_config(
@@ -619,6 +620,16 @@ def _openset_data(
     )
 
 
+def data_source(d: DataConfig) -> dict[str, Any]:
+    """Which of osad's datasets, classes and split ``d`` reads, for metrics.json."""
+    source: dict[str, Any] = {"dataset": d.name}
+    source.update({"known": d.known} if d.known else {"split": d.split})
+    if d.unknown:
+        source["unknown"] = d.unknown
+    source.update(partition_seed=d.partition_seed, image_size=d.image_size)
+    return source
+
+
 def data_counts(data: OpenSetData) -> dict[str, Any]:
     """Sizes and image format of ``data`` for metrics.json."""
     return {
@@ -645,27 +656,6 @@ def check_out(out: Path, force: bool) -> None:
         )
 
 
-def replace_folder(out: Path, write: Callable[[Path], str]) -> str:
-    """Run ``write`` into a new folder beside ``out``, then put it in ``out``'s place;
-    an earlier ``out`` is removed only after that (a failure leaves it as it was)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        text = write(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out)
-    return text
-
-
 def evaluate_factory(
     model: str,
     weights: str | Path,
@@ -690,15 +680,10 @@ def evaluate_factory(
     prepared, info = prepare_model(network, None, data.train_images)
     info.update(factory=model, weights=str(weights), weights_sha256=digest)
     d = data_config
-    source: dict[str, Any] = {"dataset": d.name}
-    source.update({"known": d.known} if d.known else {"split": d.split})
-    if d.unknown:
-        source["unknown"] = d.unknown
-    source.update(partition_seed=d.partition_seed, image_size=d.image_size)
     provenance = {
         "model": info,
         "data": {
-            "source": source,
+            "source": data_source(d),
             "known_classes": list(data.known_classes),
             "unknown_classes": list(data.unknown_classes),
             "validation": (

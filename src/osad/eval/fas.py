@@ -35,8 +35,9 @@ from osad.data.augment import to_float
 from osad.data.fas import FasData
 from osad.data.fas_frames import REAL, FasFrames
 from osad.eval.metrics import auroc, eer, far_frr
-from osad.eval.report import markdown_table
+from osad.eval.report import h5_bytes, markdown_table
 from osad.fas_config import FasConfig
+from osad.storage import write_atomic
 
 
 @torch.no_grad()
@@ -242,10 +243,8 @@ def write_fas_results(
 ) -> str:
     """Write metrics.json, scores.h5, results.md and the ROC figure; return the table."""
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "metrics.json").write_text(
-        json.dumps(fas_metrics_dict(result, config), indent=2) + "\n"
-    )
-    with h5py.File(eval_dir / "scores.h5", "w") as f:
+
+    def build(f: h5py.File) -> None:
         f.attrs["osad_version"] = __version__
         f.attrs["seed"] = config.seed
         f.attrs["target"] = result.target
@@ -265,14 +264,21 @@ def write_fas_results(
         g = f.create_group("source_validation")
         g.create_dataset("score", data=result.val_scores.numpy())
         g.create_dataset("label", data=result.val_labels.numpy())
+
+    write_atomic(eval_dir / "scores.h5", h5_bytes(build))
     save_roc_figure(result, roc_path, title)
     table = fas_results_table(result)
     sources = ", ".join(config.data.sources)
-    (eval_dir / "results.md").write_text(
+    write_atomic(
+        eval_dir / "results.md",
         f"# {title}\n\n{table}\n\n"
         f"Trained on {sources}; tested on {result.target}. Scores are the probability of "
         "a real face; a video's score is the mean of its frames'. The threshold is the EER "
         "threshold of the source domains' validation data (never the target's); the target "
-        "EER is the HTER at the target's own EER threshold, an oracle operating point.\n"
+        "EER is the HTER at the target's own EER threshold, an oracle operating point.\n",
+    )
+    # metrics.json last: its presence says the folder is complete.
+    write_atomic(
+        eval_dir / "metrics.json", json.dumps(fas_metrics_dict(result, config), indent=2) + "\n"
     )
     return table

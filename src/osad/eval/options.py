@@ -8,10 +8,15 @@
 * ``joint``: the same plus the cross-entropy of known images (misclassified or
   rejected).
 
-Both take their budget (eps, norm) from the run's ``pgd`` attack, or else from
+and every attack osad implements (:data:`~osad.config.ATTACK_NAMES`: ``fgsm``,
+``fgsm-rs``, ``pgd``, ``apgd``, ``square``, ``patch``) by its name, with its
+default settings on the classifier.
+
+All take their budget (eps, norm) from the run's ``pgd`` attack, or else from
 its largest classifier attack, so adaptive and paper attacks are compared at one
-budget. A config may define its own under any name with ``target: score`` or
-``target: joint`` in ``eval.attacks``.
+budget (the patch attack has its own, the whole pixel range). A config may
+define its own under any name with ``target: score`` or ``target: joint`` in
+``eval.attacks``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Sequence
 
 from osad.config import (
     ALL_SCORES,
+    ATTACK_KEYS,
+    ATTACK_NAMES,
     DIGITS_EPS,
     PAIRINGS,
     AttackConfig,
@@ -56,15 +63,26 @@ def adaptive_attack(config: Config, target: str) -> AttackConfig:
     return AttackConfig(name="apgd", norm=base.norm, eps=base.eps, target=target)
 
 
+def named_attack(config: Config, name: str) -> AttackConfig:
+    """Attack ``name`` of :data:`~osad.config.ATTACK_NAMES` with its defaults on the
+    classifier, at the paper budget (unless the attack fixes its own, as the patch does)."""
+    base = paper_budget(config)
+    fixed = ATTACK_KEYS[name].fixed
+    return AttackConfig(
+        name=name, norm=fixed.get("norm", base.norm), eps=fixed.get("eps", base.eps)
+    )
+
+
 def select_evaluation(
     config: Config,
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
     pairings: Sequence[str] | None = None,
 ) -> Config:
-    """A copy of ``config`` evaluating only ``attacks`` (names of ``eval.attacks`` or of
-    :data:`ADAPTIVE_ATTACKS`), ``scores`` (names, or ``all``) and ``pairings`` (names, or
-    ``all``; ``both`` is always included). ``None`` keeps the config's choice.
+    """A copy of ``config`` evaluating only ``attacks`` (names of ``eval.attacks``, of
+    :data:`ADAPTIVE_ATTACKS` or of :data:`~osad.config.ATTACK_NAMES`), ``scores`` (names,
+    or ``all``) and ``pairings`` (names, or ``all``; ``both`` is always included).
+    ``None`` keeps the config's choice.
 
     Raises :class:`~osad.errors.ConfigError` for an unknown name.
     """
@@ -76,8 +94,11 @@ def select_evaluation(
                 chosen[name] = config.eval.attacks[name]
             elif name in ADAPTIVE_ATTACKS:
                 chosen[name] = adaptive_attack(config, ADAPTIVE_ATTACKS[name])
+            elif name in ATTACK_NAMES:
+                chosen[name] = named_attack(config, name)
             else:
-                raise unknown_name("attack", name, [*config.eval.attacks, *ADAPTIVE_ATTACKS])
+                known = {*config.eval.attacks, *ADAPTIVE_ATTACKS, *ATTACK_NAMES}
+                raise unknown_name("attack", name, known)
         config.eval.attacks = chosen
     if scores is not None:
         config.eval.scores = [ALL_SCORES] if ALL_SCORES in scores else list(scores)

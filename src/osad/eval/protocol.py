@@ -276,6 +276,45 @@ def combine_pairings(
     return results
 
 
+def fits_attacked(config: Config, attack: AttackConfig) -> bool:
+    """Whether the scores of ``attack``'s condition are fitted on attacked training images
+    (a classifier attack under ``eval.openmax_fit: attacked``) rather than clean ones."""
+    return attack.target == "classifier" and config.eval.openmax_fit == "attacked"
+
+
+def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per condition :func:`evaluate` computes for ``config`` (``clean``, then each of
+    ``eval.attacks``), every setting its numbers depend on: the attack (resolved), the
+    scores, pairings, fit, batch size (attacks are seeded per batch), seed and precision,
+    and the sha256 of the weights file and the data fingerprint from ``evaluated``
+    (``{"model": {"weights_sha256": ...}, "data": {"fingerprint": ...}}``).
+
+    Two evaluations whose settings for a condition are equal give the same numbers for
+    it (on the same thread count), so an incremental ``osad test`` reuses it.
+    """
+    e = config.eval
+    shared = {
+        "scores": score_names(config),
+        "openmax_tail": e.openmax_tail,
+        "batch_size": e.batch_size,
+        "seed": config.seed,
+        "bf16": config.perf.bf16,
+        "model_sha256": evaluated["model"]["weights_sha256"],
+        "data_fingerprint": evaluated["data"]["fingerprint"],
+    }
+    settings = {
+        "clean": {"attack": {"name": "none"}, "pairings": ["both"], "fit": "clean", **shared}
+    }
+    for name, attack in e.attacks.items():
+        settings[name] = {
+            "attack": asdict(attack.resolved()),
+            "pairings": list(e.pairings),
+            "fit": "attacked" if fits_attacked(config, attack) else "clean",
+            **shared,
+        }
+    return settings
+
+
 def evaluate(
     model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
 ) -> EvalResult:
@@ -356,8 +395,7 @@ def evaluate(
     bar = tqdm(conditions, desc="evaluate", unit="condition", disable=not (progress and is_main()))
     for name, attack in bar:
         bar.set_postfix_str(name if attack is None else f"{name}: {attack.describe()}")
-        attacked_fit = attack is not None and attack.target == "classifier"
-        attacked_fit = attacked_fit and config.eval.openmax_fit == "attacked"
+        attacked_fit = attack is not None and fits_attacked(config, attack)
         fit = fitted(name if attacked_fit else "clean", attack if attacked_fit else None)
 
         def measure(score: str, scores: Tensor, logits: Tensor, fit=fit) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import torch
 
 from osad import __version__
 from osad.config import AttackConfig, Config
+from osad.errors import RunDirError
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
+from osad.storage import write_atomic
 
 SCORE_LABELS = {
     "msp": "MSP",
@@ -55,29 +59,39 @@ EVALUATION_SECTIONS = ("seed", "eval", "perf")
 
 
 def metrics_dict(
-    result: EvalResult, config: Config, evaluated: dict[str, Any] | None = None
+    result: EvalResult,
+    config: Config,
+    evaluated: dict[str, Any] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    run_config: bool = False,
 ) -> dict[str, Any]:
     """The ``metrics.json`` document (schema: docs/evaluation.md).
 
-    ``evaluated``: what was evaluated, for a model and data from outside a run
-    (``osad evaluate``); the document then records it and, of ``config``, only the
-    evaluation settings, never the training or data sections of a config that
-    did not produce the model."""
-    settings = config.to_dict()
-    if evaluated is not None:
-        settings = {k: v for k, v in settings.items() if k in EVALUATION_SECTIONS}
+    ``evaluated``: what was evaluated (model file, data). ``settings``: per condition
+    name, what produced it (:func:`osad.eval.protocol.condition_settings`).
+    ``run_config``: ``config`` is the one that trained the model (``osad test``) and is
+    recorded whole; otherwise, with ``evaluated`` (a model and data from outside a run,
+    ``osad evaluate``), only its evaluation settings are, never the training or data
+    sections of a config that did not produce the model."""
+    recorded = config.to_dict()
+    if evaluated is not None and not run_config:
+        recorded = {k: v for k, v in recorded.items() if k in EVALUATION_SECTIONS}
+    conditions = {c.name: condition_dict(c) for c in result.conditions}
+    for name, cond in conditions.items():
+        if settings and name in settings:
+            cond["settings"] = settings[name]
     document = {
         "osad_version": __version__,
         "seed": config.seed,
         # The printed figures depend on the floating-point summation order, which
         # depends on the number of threads torch splits its operations over.
         "torch_threads": torch.get_num_threads(),
-        "conditions": {c.name: condition_dict(c) for c in result.conditions},
+        "conditions": conditions,
         "counts": {
             "test_known": int((result.test_labels >= 0).sum()),
             "test_unknown": int((result.test_labels < 0).sum()),
         },
-        "config": settings,
+        "config": recorded,
     }
     if evaluated is not None:
         document["evaluated"] = evaluated
@@ -159,10 +173,21 @@ def _write_pairing(group: h5py.Group, pairing: PairingResult) -> None:
             group.create_dataset(f"predicted_{name}", data=pairing.logits[name].argmax(1).numpy())
 
 
+def h5_bytes(build: Callable[[h5py.File], None]) -> bytes:
+    """The bytes of an HDF5 file filled by ``build``, made in memory: the file on disk is
+    then written by Python (:func:`osad.storage.write_atomic`), so a full disk is one
+    catchable error, never a crash inside the HDF5 library."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        build(f)
+    return buffer.getvalue()
+
+
 def write_scores(result: EvalResult, config: Config, path: Path) -> None:
     """``scores.h5``: one group per condition (the ``both`` pairing) and, inside it, one
     subgroup per extra pairing, each with every per-sample score."""
-    with h5py.File(path, "w") as f:
+
+    def build(f: h5py.File) -> None:
         f.attrs["osad_version"] = __version__
         f.attrs["seed"] = config.seed
         n = len(result.test_labels)
@@ -178,6 +203,54 @@ def write_scores(result: EvalResult, config: Config, path: Path) -> None:
                     _write_pairing(g.create_group(name), pairing)
             g.attrs["attack"] = json.dumps(c.attack)
 
+    write_atomic(path, h5_bytes(build))
+
+
+def _read_pairing(group: h5py.Group, metrics: dict[str, dict[str, float]]) -> PairingResult:
+    logits, scores = {}, {}
+    for name in metrics:
+        key = "logits" if "logits" in group else f"logits_{name}"
+        logits[name] = torch.from_numpy(group[key][:])
+        scores[name] = torch.from_numpy(group[f"score_{name}"][:])
+    return PairingResult(logits, scores, metrics)
+
+
+def read_conditions(eval_dir: Path, names: list[str]) -> EvalResult:
+    """The conditions ``names`` of the evaluation in ``eval_dir`` (its metrics.json and
+    scores.h5), as :func:`osad.eval.protocol.evaluate` computed them.
+
+    Raises :class:`~osad.errors.RunDirError` naming the file that cannot be read.
+    """
+    metrics = json.loads((eval_dir / "metrics.json").read_text())["conditions"]
+    path = eval_dir / "scores.h5"
+    try:
+        with h5py.File(path, "r") as f:
+            conditions = []
+            for name in names:
+                cond, g = metrics[name], f[name]
+                pairings = {"both": _read_pairing(g, cond["metrics"])}
+                for pairing, values in cond["pairings"].items():
+                    pairings[pairing] = _read_pairing(g[pairing], values["metrics"])
+                attack = None if cond["attack"].get("name") == "none" else cond["attack"]
+                conditions.append(
+                    ConditionResult(
+                        name,
+                        attack,
+                        pairings,
+                        scorer_fit=cond["scorer_fit"],
+                        nonfinite_gradients=cond.get("nonfinite_gradients", {}),
+                    )
+                )
+            first = f[next(iter(f))]
+            labels = torch.from_numpy(first["label"][:])
+            classes = torch.from_numpy(first["true_class"][:])
+    except (OSError, KeyError, TypeError, ValueError, StopIteration) as exc:
+        raise RunDirError(
+            f"{path} cannot be read back ({type(exc).__name__}); pass --force to recompute "
+            "the evaluation"
+        ) from None
+    return EvalResult(conditions, labels, classes)
+
 
 def write_results(
     result: EvalResult,
@@ -185,16 +258,19 @@ def write_results(
     eval_dir: Path,
     title: str,
     evaluated: dict[str, Any] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    run_config: bool = False,
 ) -> str:
-    """Write metrics.json, scores.h5 and results.md into ``eval_dir``; return the table.
-    ``evaluated``: see :func:`metrics_dict`."""
+    """Write scores.h5, results.md and, last, metrics.json (:func:`metrics_dict`) into
+    ``eval_dir``; return the table. ``eval_dir`` is meant to be the staging folder of
+    :func:`osad.storage.replace_dir`: the files become visible together."""
     eval_dir.mkdir(parents=True, exist_ok=True)
-    metrics = metrics_dict(result, config, evaluated)
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = metrics_dict(result, config, evaluated, settings, run_config)
     write_scores(result, config, eval_dir / "scores.h5")
     table = results_table(result)
     counts = metrics["counts"]
-    (eval_dir / "results.md").write_text(
+    write_atomic(
+        eval_dir / "results.md",
         f"# {title}\n\n{table}\n\n"
         f"{counts['test_known']} known and {counts['test_unknown']} unknown test images. "
         "Classifier attacks: known images attacked with their true label, unknown images with "
@@ -203,6 +279,7 @@ def write_results(
         "over scores). AUROC with unknown as the positive class.\n\n"
         f"## Every metric per score\n\n{metric_tables(result)}\n\n"
         "Thresholded rates at the score accepting 95% of the clean known validation images "
-        "(docs/evaluation.md).\n"
+        "(docs/evaluation.md).\n",
     )
+    write_atomic(eval_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return table

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,7 +52,7 @@ from osad.runtime import (
     seed_everything,
     stop_signals,
 )
-from osad.storage import write_atomic
+from osad.storage import storage_error, write_atomic
 from osad.train.methods import METHODS, PEER_METHOD, model_spec
 from osad.train.mutual import ApplyStep, MutualLearning
 from osad.train.objectives import TrainObjective
@@ -269,7 +270,13 @@ class _Checkpoints:
 
 
 class _EpochLog:
-    """``history.jsonl`` and TensorBoard; on resume both restart from the checkpoint's history."""
+    """``history.jsonl`` and TensorBoard; on resume both restart from the checkpoint's history.
+
+    A failed write (a full disk) of either raises a one-line
+    :class:`~osad.errors.StorageError` naming the file. TensorBoard writes from a thread
+    that would also print the error's traceback; that thread's failure is left to the
+    next flush here, which re-raises it.
+    """
 
     def __init__(self, run: RunDir | None, history: list[dict[str, float]], resumed: bool) -> None:
         self.run, self.writer = run, None
@@ -279,22 +286,50 @@ class _EpochLog:
 
         if resumed:
             write_atomic(run.history, "".join(json.dumps(r) + "\n" for r in history))
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._quiet_writer_thread
         # Scalars are logged per epoch: drop any logged after the checkpoint.
         purge = len(history) + 1 if resumed else None
-        self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge)
+        try:
+            with self._writing(run.tensorboard):
+                self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge)
+        except BaseException:
+            threading.excepthook = self._excepthook
+            raise
+
+    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
+        if not (
+            isinstance(args.exc_value, OSError) and "AsyncWriter" in type(args.thread).__name__
+        ):
+            self._excepthook(args)
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise storage_error(path, exc) from None
 
     def add(self, record: dict[str, float]) -> None:
         if self.run is None:
             return
-        with self.run.history.open("a") as f:
+        with self._writing(self.run.history), self.run.history.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key not in ("epoch", "step"):
-                self.writer.add_scalar(key, value, record["epoch"])
+        with self._writing(self.run.tensorboard):
+            for key, value in record.items():
+                if key not in ("epoch", "step"):
+                    self.writer.add_scalar(key, value, record["epoch"])
+            self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.run is None:
+            return
+        try:
+            if self.writer is not None:
+                with self._writing(self.run.tensorboard):
+                    self.writer.close()
+        finally:
+            threading.excepthook = self._excepthook
 
 
 def _interrupted(

@@ -22,7 +22,6 @@ No pickle anywhere: tensors in safetensors, everything else in JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -74,12 +73,9 @@ class EpochMeter:
 
 def data_fingerprint(data: OpenSetData) -> str:
     """sha256 of the training and validation tensors: a resume must see the same data."""
-    h = hashlib.sha256()
-    for t in (data.train_images, data.train_labels, data.val_images, data.val_labels):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    return storage.tensors_sha256(
+        (data.train_images, data.train_labels, data.val_images, data.val_labels)
+    )
 
 
 @dataclass
