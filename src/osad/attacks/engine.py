@@ -22,6 +22,7 @@ in the same [0, 1] units (``eps=8/255``). Every attack built on this module
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,9 +58,13 @@ def check_budget(
     if select not in SELECT:
         raise InputError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
     for name, value in (("eps", eps), ("alpha", alpha)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if number is None or isinstance(value, bool | str | bytes):
             raise InputError(f"{name} must be a number, got {value!r}")
-        if not (math.isfinite(value) and value >= 0):
+        if not (math.isfinite(number) and number >= 0):
             raise InputError(f"{name} must be >= 0 and finite (in [0, 1] pixel units), got {value}")
     if norm == "linf" and eps > 1:
         raise InputError(
@@ -93,7 +98,7 @@ def attack_mode(model: nn.Module, gradients: bool) -> Iterator[nn.Module]:
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating-point parameter (or buffer); None if it has none."""
-    tensors = (*model.parameters(), *model.buffers())
+    tensors = itertools.chain(model.parameters(), model.buffers())
     return next((t.dtype for t in tensors if t.is_floating_point()), None)
 
 
