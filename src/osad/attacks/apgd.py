@@ -167,7 +167,7 @@ def apgd(
         for _ in range(restarts):
             delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
             _ascend(oracle, x, delta, eps=eps, steps=steps, norm=norm, best=best)
-    return best.images.detach()
+    return best.images.detach().to(x.dtype)
 
 
 class APGD(Attack):

@@ -8,7 +8,12 @@ in the same [0, 1] units (``eps=8/255``). Every attack built on this module
   each submodule's previous mode is restored afterwards;
 * never writes gradients into model parameters: :class:`Oracle` asks autograd
   for the input gradient only, and black-box attacks run under ``no_grad``;
-* keeps the sample inside the ``eps``-ball and the [0, 1] box (:func:`project`);
+* keeps the sample inside the ``eps``-ball and the [0, 1] box (:func:`project`), in
+  the images' own dtype: the projection is computed in float64 and each pixel is
+  rounded towards the clean image, so ``||x_adv - x|| <= eps`` holds for float16,
+  bfloat16, float32 and float64 images alike (steps run in float32 or wider);
+* runs the model in its own dtype: images of another floating dtype are cast to it
+  at each forward pass (:func:`model_outputs`);
 * returns, per sample, the best point over all iterates and restarts
   (:class:`BestPoint`): a point where the objective reports success beats one
   where it does not, and among equals the higher objective wins;
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -56,15 +63,20 @@ def check_budget(
         raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if select not in SELECT:
         raise InputError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
-    if not eps >= 0:
-        raise InputError(f"eps must be >= 0, got {eps}")
+    for name, value in (("eps", eps), ("alpha", alpha)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if number is None or isinstance(value, bool | str | bytes):
+            raise InputError(f"{name} must be a number, got {value!r}")
+        if not (math.isfinite(number) and number >= 0):
+            raise InputError(f"{name} must be >= 0 and finite (in [0, 1] pixel units), got {value}")
     if norm == "linf" and eps > 1:
         raise InputError(
             f"eps must be <= 1 for linf: budgets are in [0, 1] pixel units "
             f"(write eps={eps:g}/255 for {eps:g} gray levels), got {eps}"
         )
-    if not alpha >= 0:
-        raise InputError(f"alpha must be >= 0, got {alpha}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
@@ -90,12 +102,61 @@ def attack_mode(model: nn.Module, gradients: bool) -> Iterator[nn.Module]:
         yield model
 
 
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (or buffer); None if it has none."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.dtype for t in tensors if t.is_floating_point()), None)
+
+
 def model_outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """(logits, features) from ``model.forward_features`` if it has one, else (model(x), None)."""
+    """(logits, features) of ``model`` at images ``x``, in the model's own dtype.
+
+    The pair comes from ``model.forward_features(x)`` if the model has one, else
+    from ``model(x)``, which returns either the (B, K) logits (features ``None``) or
+    a ``(logits, features)`` pair. ``x`` is cast to the model's dtype (float64 or
+    bfloat16 images attack a float32 model; autograd carries the gradient back).
+
+    Raises:
+        InputError: the model returned anything else, or logits not of shape (B, K).
+    """
+    dtype = model_dtype(model)
+    if dtype is not None and dtype != x.dtype:
+        x = x.to(dtype)
     forward_features = getattr(model, "forward_features", None)
-    if callable(forward_features):
-        return forward_features(x)
-    return model(x), None
+    out = forward_features(x) if callable(forward_features) else model(x)
+    if isinstance(out, Tensor):
+        logits, features = out, None
+    elif isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[0], Tensor):
+        logits, features = out
+    else:
+        got = f"{type(out).__name__} of {len(out)}" if isinstance(out, tuple | list) else None
+        raise InputError(
+            "the model must return its logits, a (batch, classes) tensor, or a (logits, "
+            f"features) pair, got a {got or type(out).__name__}; wrap it in a module whose "
+            "forward returns one of these"
+        )
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0] or not logits.is_floating_point():
+        raise InputError(
+            f"the model's logits must be a float tensor of shape ({x.shape[0]}, classes), got "
+            f"{logits.dtype} of shape {tuple(logits.shape)}"
+        )
+    if features is not None and not isinstance(features, Tensor):
+        raise InputError(
+            f"the model's features must be a tensor or None, got {type(features).__name__}"
+        )
+    return logits, features
+
+
+def check_label_range(labels: Tensor, logits: Tensor) -> None:
+    """Raise :class:`InputError` for a label that is not one of the model's classes."""
+    classes = logits.shape[1]
+    if len(labels) and not torch.compiler.is_compiling():
+        highest = labels.max().item()
+        if highest >= classes:
+            raise InputError(
+                f"labels must be class indices < {classes} (the model gives {classes} "
+                f"logits), got {highest}"
+            )
 
 
 def check_attack_inputs(x: Tensor, y: Tensor | None, objective: Objective) -> None:
@@ -103,6 +164,11 @@ def check_attack_inputs(x: Tensor, y: Tensor | None, objective: Objective) -> No
     is ``None`` or one class index per image (``-1`` for an unknown image where the
     objective reads it)."""
     check_images(x)
+    if x.device.type == "meta":
+        raise InputError(
+            "images are on the meta device, which holds no values to attack; "
+            "move them to a real device (cpu or cuda)"
+        )
     if y is not None:
         allow_unknown = getattr(objective, "accepts_unknown_labels", False)
         check_labels(y, x.shape[0], allow_unknown=allow_unknown)
@@ -118,28 +184,53 @@ def per_sample_norm(t: Tensor) -> Tensor:
     return per_sample(t.flatten(1).norm(dim=1), t)
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an attack steps in for images of ``dtype``: float32 or wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def project(delta: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
     """Project ``delta`` onto the eps-ball of ``norm``, then ``x + delta`` into the [0, 1] box.
 
-    The box step moves each pixel towards ``x``, so it never leaves the ball.
+    The box step moves each pixel towards ``x``, so it never leaves the ball. The
+    projection is computed in float64; the projected image is then rounded to
+    ``x``'s dtype, one step towards ``x`` where rounding to nearest went past the
+    projected point, so every pixel moves at most as far as the projection says and
+    the budget holds exactly in ``x``'s dtype (not just up to rounding: at
+    ``eps=8/255``, bfloat16 rounding alone would add up to 0.47/255).
+
+    Returns:
+        the perturbation, in :func:`working_dtype` of ``x``: ``x + result`` is the
+        projected image, exactly representable in ``x``'s dtype.
     """
+    clean = x.double()
+    delta = delta.double()
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
         delta = delta * (eps / per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
-    return (x + delta).clamp(0.0, 1.0) - x
+    target = (clean + delta).clamp(0.0, 1.0)
+    image = target.to(x.dtype)
+    moved = (image.double() - clean).abs()
+    past = moved > (target - clean).abs()
+    if norm == "linf":  # float64 images: their own rounding of x + delta
+        past |= moved > eps
+    image = torch.where(past, torch.nextafter(image, x), image)
+    work = working_dtype(x.dtype)
+    return image.to(work) - x.to(work)
 
 
 def random_init(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
     """A perturbation drawn uniformly from the ``eps``-cube (linf), or with a uniform
     radius in a uniform direction (l2), projected into the box."""
+    kw = dict(generator=generator, device=x.device, dtype=working_dtype(x.dtype))
     if norm == "linf":
-        delta = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = torch.rand(x.shape, **kw)
         delta = (2 * delta - 1) * eps
     else:
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = torch.randn(x.shape, **kw)
         direction = direction / per_sample_norm(direction).clamp_min(1e-12)
-        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        radius = torch.rand(x.shape[0], **kw)
         delta = direction * per_sample(radius * eps, x)
     return project(delta, x, eps, norm)
 
@@ -244,6 +335,8 @@ class Oracle:
         record = _NONFINITE.get()
         if record is not None:
             record.flags.append(self.nonfinite)
+        # The labels are checked against the model's classes at the first forward pass.
+        self.labels_checked = False
 
     def subset(self, index: Tensor) -> Oracle:
         """The same oracle for the samples at ``index``."""
@@ -262,6 +355,9 @@ class Oracle:
 
     def _evaluate(self, x_adv: Tensor) -> tuple[Tensor, Tensor]:
         logits, features = model_outputs(self.model, x_adv)
+        if not self.labels_checked:
+            check_label_range(self.labels, logits)
+            self.labels_checked = True
         value = self.sign * objective_values(self.objective, logits, features, self.labels, x_adv)
         self._note_nonfinite(value.unsqueeze(1))
         success = None
@@ -297,8 +393,9 @@ class BestPoint:
     """The best point per sample seen so far: success first, then the higher value."""
 
     def __init__(self, x: Tensor) -> None:
-        self.images = x.clone()
-        self.value = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=x.dtype)
+        work = working_dtype(x.dtype)  # candidates come in it (see project)
+        self.images = x.to(work, copy=True)
+        self.value = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=work)
         self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
     def offer(self, candidate: Tensor, evaluation: Evaluation, index: Tensor | None = None) -> None:
@@ -401,4 +498,4 @@ def attack(
                 delta = project(delta + alpha * steepest_ascent(grad, norm), x, eps, norm)
             if track_best:
                 best.offer(x + delta, oracle(x + delta))
-    return best.images.detach() if track_best else (x + delta).detach()
+    return (best.images if track_best else x + delta).detach().to(x.dtype)

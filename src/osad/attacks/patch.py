@@ -29,8 +29,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from osad.attacks.base import Attack
-from osad.attacks.engine import Oracle, attack, attack_mode, resolve_labels
+from osad.attacks.engine import (
+    Oracle,
+    attack,
+    attack_mode,
+    check_attack_inputs,
+    check_budget,
+    resolve_labels,
+)
 from osad.attacks.objectives import Objective
+from osad.errors import InputError
 
 GRAY = 0.5
 
@@ -97,13 +105,10 @@ class Patch(Attack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(model, 1.0, "linf", restarts, loss, objective, generator)
-        for name, value in (("size", size), ("steps", steps), ("candidates", candidates)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        check_budget(1.0, "linf", restarts, alpha=alpha, steps=steps, select=select)
+        for name, value in (("size", size), ("candidates", candidates), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         self.size, self.alpha, self.steps = size, alpha, steps
         self.candidates, self.stride = candidates, stride
         self.random_start, self.select = random_start, select
@@ -124,9 +129,10 @@ class Patch(Attack):
         return window_mask(x.shape, rows[index, best], cols[index, best], self.size)
 
     def perturb(self, x: Tensor, y: Tensor | None, *, targeted: bool) -> Tensor:
+        check_attack_inputs(x, y, self.objective)
         h, w = x.shape[-2:]
         if self.size > min(h, w):
-            raise ValueError(f"a {self.size}x{self.size} patch does not fit {h}x{w} images")
+            raise InputError(f"a {self.size}x{self.size} patch does not fit {h}x{w} images")
         x = x.detach()
         with attack_mode(self.model, gradients=True):
             labels = resolve_labels(self.model, x, y)

@@ -15,7 +15,8 @@ the objective increases. ``s = round(sqrt(p_i * H * W))``, where the fraction
 
 * linf: the start is vertical stripes ``x + eps * r`` with one random sign
   ``r`` per (channel, column); a window is set to ``+-eps``, one random sign
-  per channel, resampled until it differs from the current window.
+  per channel, resampled until it differs from the current window (at most 32
+  draws: a budget below the pixels' float resolution can change nothing).
 * l2: the start is a 5x5 grid of pseudo-Gaussian blocks of random sign, scaled
   to norm ``eps``. An update picks two windows ``W1``, ``W2``; per channel it
   moves the perturbation of both (plus the unused budget) into ``W1`` as a
@@ -47,6 +48,7 @@ from osad.attacks.engine import (
     per_sample_norm,
     project,
     resolve_labels,
+    working_dtype,
 )
 from osad.attacks.objectives import Objective, margin
 from osad.errors import InputError
@@ -54,6 +56,8 @@ from osad.inputs import inputs_checked
 
 # Where p halves, in ten-thousandths of the query budget.
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Most redraws of a linf window's signs (see _linf_proposal).
+SIGN_DRAWS = 32
 L2_GRID = 5
 
 
@@ -79,7 +83,7 @@ def square_side(fraction: float, height: int, width: int) -> int:
 
 def _rademacher(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None):
     signs = torch.randint(0, 2, shape, generator=generator, device=like.device)
-    return (2 * signs - 1).to(like.dtype)
+    return (2 * signs - 1).to(working_dtype(like.dtype))
 
 
 def _window_origins(
@@ -113,7 +117,8 @@ def _pseudo_gaussian(height: int, width: int, like: Tensor) -> Tensor:
     rows = (torch.arange(height, device=like.device) - height // 2).abs()
     cols = (torch.arange(width, device=like.device) - width // 2).abs()
     ring = torch.maximum(rows[:, None], cols[None, :])
-    weights = 1.0 / (torch.arange(int(ring.max()) + 1, device=like.device, dtype=like.dtype) + 1)
+    work = working_dtype(like.dtype)
+    weights = 1.0 / (torch.arange(int(ring.max()) + 1, device=like.device, dtype=work) + 1)
     tail = weights.square().flip(0).cumsum(0).flip(0)
     bump = tail[ring]
     return bump / bump.norm()
@@ -161,13 +166,17 @@ def _linf_proposal(
     window = _window_mask(rows, cols, side, x)
     proposal = delta
     pending = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    # With eps > 0 the two signs of a channel give different pixels, so each draw
-    # changes the window with probability >= 1/2 and the loop ends quickly.
-    while bool(pending.any()):
+    # Where the two signs of a channel give different pixels, each draw changes the
+    # window with probability >= 1/2, so SIGN_DRAWS draws all fail with probability
+    # 2**-SIGN_DRAWS. Where no draw can change it (eps below the pixels' float
+    # resolution), the sample keeps its perturbation and the query is spent.
+    for _ in range(SIGN_DRAWS):
         signs = eps * _rademacher((len(x), x.shape[1], 1, 1), x, generator)
         drawn = project(torch.where(window, signs, delta), x, eps, "linf")
         proposal = torch.where(per_sample(pending, x), drawn, proposal)
         pending = ~(proposal != delta).flatten(1).any(dim=1)
+        if not bool(pending.any()):
+            break
     return proposal
 
 
@@ -182,7 +191,7 @@ def _l2_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tenso
     count = min(L2_GRID, min(height, width) // block)
     top, left = (height - count * block) // 2, (width - count * block) // 2
     profile = _square_profile(block, x)
-    delta = torch.zeros_like(x)
+    delta = torch.zeros_like(x, dtype=working_dtype(x.dtype))
     for i in range(count):
         for j in range(count):
             r, c = top + i * block, left + j * block
@@ -309,7 +318,7 @@ def square(
                 best=best,
                 used=used,
             )
-    return best.images, used
+    return best.images.to(x.dtype), used
 
 
 class Square(Attack):

@@ -27,6 +27,7 @@ import torch
 from osad.data.fas_digits import DOMAINS as DIGIT_DOMAINS
 from osad.data.fas_digits import render_domain
 from osad.data.fas_frames import ATTACK, REAL, FasFrames
+from osad.data.formats import eight_bit
 from osad.errors import DataError, unknown_name
 
 
@@ -139,7 +140,8 @@ def _read_image(path: Path, mode: str, size: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: file not found: {path}")
     try:
         with Image.open(path) as image:
-            resized = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            image = eight_bit(image, path).convert(mode)
+            resized = image.resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{where}: cannot read image {path}: {exc}") from None
     array = np.asarray(resized, dtype=np.uint8)

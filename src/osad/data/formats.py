@@ -250,12 +250,35 @@ def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int) -> Cla
 # Image files (PIL): TinyImageNet and ImageFolder trees
 
 
+def eight_bit(image, path: Path):
+    """``image`` (a PIL image) with 8-bit channels, ready for ``convert("L" / "RGB")``.
+
+    PIL's ``convert`` clips wider pixels to 0..255 instead of scaling them, so a
+    16-bit grayscale image (PNG, TIFF: modes ``I;16*``, and ``I`` from a PNG) is
+    scaled here, ``round(v / 257)``, 65535 to 255. Pixels of 32-bit integer or
+    floating-point images (modes ``I`` and ``F``, e.g. float TIFFs) have no known
+    range: they are refused with a :class:`DataError` naming the file.
+    """
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        pixels = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((pixels + 128) // 257).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise DataError(
+            f"{path} has {kind} pixels (PIL mode {image.mode}) of unknown range; "
+            "save it as an 8- or 16-bit image (e.g. PNG) with values scaled to that range"
+        )
+    return image
+
+
 def _decode(path: Path, mode: str, size: int, resize: bool) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            image = image.convert(mode)
+            image = eight_bit(image, path).convert(mode)
             if image.size != (size, size):
                 if not resize:
                     w, h = image.size
