@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra pairings: known (known attacked, unknown clean), unknown "
         "(known clean, unknown attacked), or all; both attacked is always reported",
     )
+    te.add_argument(
+        "--version",
+        help="the per-sample worst-case ensemble run as condition 'ensemble': fast, "
+        "standard, plus, or none (default: the run's eval.version)",
+    )
     rp = sub.add_parser("report", help="one table over runs: mean +- std per method/config")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     rp.add_argument("--out", required=True, help="folder for report.md and report.csv")
@@ -229,6 +234,7 @@ def _command(args: argparse.Namespace) -> int:
             attacks=args.attacks,
             scores=args.scores,
             pairings=args.pairings,
+            version=args.version,
         )
         say(table)
         out = RunDir(Path(args.run_dir)).eval_dir_of(args.model)

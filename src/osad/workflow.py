@@ -178,13 +178,14 @@ def test_run(
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
     pairings: Sequence[str] | None = None,
+    version: str | None = None,
 ) -> str:
     """Evaluate a trained run; writes ``eval/`` and returns the Markdown result table.
 
     ``data_root`` points at the datasets when they moved since training.
     ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
-    with the same protocol, into ``eval-peer/``. ``attacks``, ``scores`` and
-    ``pairings`` narrow or extend the run's evaluation (see
+    with the same protocol, into ``eval-peer/``. ``attacks``, ``scores``,
+    ``pairings`` and the ensemble ``version`` narrow or extend the run's evaluation (see
     :func:`osad.eval.options.select_evaluation`).
     """
     run, config = agree(lambda: _test_target(run_dir, model, force))
@@ -192,7 +193,7 @@ def test_run(
     if data_root:
         config.data.root = data_root
     device = process_device(resolve_device(config.device))
-    selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
+    selection = {"attacks": attacks, "scores": scores, "pairings": pairings, "version": version}
     if isinstance(config, FasConfig):
         chosen = [f"--{k}" for k, v in selection.items() if v is not None]
         if chosen:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from osad.config import AttackConfig
 from osad.errors import ConfigError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
-from osad.eval.report import markdown_table, score_label
+from osad.eval.report import attack_text, markdown_table, score_label
 from osad.rundir import RunDir
 
 # Config keys that differ between repetitions of one experiment.
@@ -90,10 +89,6 @@ def _group_names(runs: list[RunMetrics]) -> dict[str, str]:
     return names
 
 
-def _attack_text(attack: dict[str, Any]) -> str:
-    return "none" if attack.get("name") == "none" else AttackConfig(**attack).describe()
-
-
 def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, str]:
     attacks = {}
     for condition in conditions:
@@ -105,12 +100,12 @@ def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, 
             first, second = list(seen.values())[:2]
             raise ConfigError(
                 f"runs disagree on attack '{condition}': {first.path} has "
-                f"{_attack_text(first.metrics['conditions'][condition]['attack'])}, "
+                f"{attack_text(first.metrics['conditions'][condition]['attack'])}, "
                 f"{second.path} has "
-                f"{_attack_text(second.metrics['conditions'][condition]['attack'])}; "
+                f"{attack_text(second.metrics['conditions'][condition]['attack'])}; "
                 "report them separately"
             )
-        attacks[condition] = _attack_text(runs[0].metrics["conditions"][condition]["attack"])
+        attacks[condition] = attack_text(runs[0].metrics["conditions"][condition]["attack"])
     return attacks
 
 

@@ -42,7 +42,9 @@ from osad.attacks.objectives import Objective, joint_objective
 from osad.config import AttackConfig, Config, score_names
 from osad.data import OpenSetData, to_float
 from osad.distributed import derive_seed, is_main, map_batches
+from osad.eval.ensemble import run_ensemble
 from osad.eval.metrics import acceptance_threshold, open_set_metrics
+from osad.eval.options import paper_budget
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
 
@@ -82,6 +84,8 @@ class ConditionResult:
     attack: dict[str, Any] | None
     pairings: dict[str, PairingResult]  # "both" always
     scorer_fit: dict[str, Any] = field(default_factory=dict)
+    # The ensemble condition: version, members, decisive counts (osad.eval.ensemble).
+    ensemble: dict[str, Any] | None = None
 
     @property
     def headline(self) -> PairingResult:
@@ -223,6 +227,7 @@ class FittedScores:
     report: dict[str, Any]
     model: nn.Module
     batch_size: int
+    train: Outputs  # the training outputs the scorers were fitted on
 
     def score(self, name: str, outputs: Outputs) -> Tensor:
         return score_outputs(self.scorers[name], self.model, outputs, self.batch_size)
@@ -331,6 +336,7 @@ def evaluate(
                 {n: r for n, s in scorers.items() if (r := _scorer_fit_report(s))},
                 model,
                 bs,
+                train,
             )
         return fits[fit_name]
 
@@ -362,7 +368,49 @@ def evaluate(
                 scorer_fit=fit.report,
             )
         )
+    if config.eval.version is not None:
+        fit = fitted("clean", None)
+        results.append(_ensemble_condition(config, fit, outputs, data, clean_test.logits.cpu()))
     return EvalResult(results, labels, data.test_classes.cpu())
+
+
+ENSEMBLE = "ensemble"  # the condition's name
+
+
+def _ensemble_condition(
+    config: Config,
+    fit: FittedScores,
+    outputs: Callable[..., Outputs],
+    data: OpenSetData,
+    clean_logits: Tensor,
+) -> ConditionResult:
+    """The ensemble of ``eval.version`` (:mod:`osad.eval.ensemble`) at the paper's budget,
+    against the scorers fitted on clean training outputs (the detector the attacker faces)."""
+    base = paper_budget(config)
+    is_known, labels = data.test_known.cpu(), data.test_labels.cpu()
+    logits, scores, report = run_ensemble(
+        config.eval.version,
+        base,
+        fit.scorers,
+        fit.thresholds,
+        (clean_logits, fit.clean_scores),
+        (fit.train.logits, fit.train.features, data.train_labels),
+        data.test_images,
+        data.test_labels,
+        outputs,
+        fit.score,
+        config.seed,
+    )
+
+    def measure(score: str, values: Tensor, logits: Tensor) -> dict[str, float]:
+        return open_set_metrics(values, ~is_known, logits, labels, fit.thresholds[score])
+
+    clean_pair = ({n: clean_logits for n in scores}, fit.clean_scores)
+    pairings = combine_pairings(
+        config.eval.pairings, is_known, clean_pair, (logits, scores), measure
+    )
+    attack = {"name": ENSEMBLE, "version": config.eval.version, "norm": base.norm, "eps": base.eps}
+    return ConditionResult(ENSEMBLE, attack, pairings, fit.report, report)
 
 
 def _attacked_outputs(

@@ -12,6 +12,7 @@ import torch
 
 from osad import __version__
 from osad.config import AttackConfig, Config
+from osad.eval.ensemble import describe as describe_ensemble
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
 
 SCORE_LABELS = {
@@ -46,6 +47,7 @@ def condition_dict(condition: ConditionResult) -> dict[str, Any]:
         "pairings": {
             name: _pairing_dict(p) for name, p in condition.pairings.items() if name != "both"
         },
+        **({} if condition.ensemble is None else {"ensemble": condition.ensemble}),
     }
 
 
@@ -66,8 +68,14 @@ def metrics_dict(result: EvalResult, config: Config) -> dict[str, Any]:
     }
 
 
-def _attack_text(attack: dict[str, Any] | None) -> str:
-    return "none" if attack is None else AttackConfig(**attack).describe()
+def attack_text(attack: dict[str, Any] | None) -> str:
+    """One line describing a condition's ``attack`` entry of metrics.json."""
+    if attack is None or attack.get("name") == "none":
+        return "none"
+    if attack.get("name") == "ensemble":
+        base = AttackConfig(norm=attack["norm"], eps=attack["eps"])
+        return describe_ensemble(attack["version"], base)
+    return AttackConfig(**attack).describe()
 
 
 PAIRING_TEXT = {
@@ -82,9 +90,11 @@ METRIC_COLUMNS = {
     "fpr95_known_positive": "FPR95 (known +)",
     "fpr95_unknown_positive": "FPR95 (unknown +)",
     "oscr": "OSCR",
+    "eer": "EER",
     "closed_set_accuracy": "acc",
     "known_accepted_correct": "known acc+correct",
     "unknown_rejected": "unknown rejected",
+    "hter": "HTER",
 }
 
 
@@ -109,7 +119,7 @@ def results_table(result: EvalResult) -> str:
     rows = []
     for c in result.conditions:
         for pairing_name, pairing in c.pairings.items():
-            cells = [c.name + PAIRING_TEXT[pairing_name], _attack_text(c.attack)]
+            cells = [c.name + PAIRING_TEXT[pairing_name], attack_text(c.attack)]
             cells.append(f"{pairing.closed_set_accuracy:.4f}")
             cells += [f"{pairing.auroc[s]:.4f}" for s in score_names]
             rows.append(cells)
@@ -124,7 +134,7 @@ def metric_tables(result: EvalResult) -> str:
         keys = [k for k in METRIC_COLUMNS if k in next(iter(metrics.values()))]
         rows = [[score_label(s)] + [f"{m[k]:.4f}" for k in keys] for s, m in metrics.items()]
         table = "\n".join(markdown_table(["score"] + [METRIC_COLUMNS[k] for k in keys], rows))
-        sections.append(f"### {c.name}: {_attack_text(c.attack)}\n\n{table}")
+        sections.append(f"### {c.name}: {attack_text(c.attack)}\n\n{table}")
     return "\n\n".join(sections)
 
 
