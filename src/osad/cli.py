@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument(
         "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
     )
+    ch.add_argument(
+        "--version",
+        help="also check the attack against this ensemble version (fast, standard, plus)",
+    )
 
     sw = sub.add_parser(
         "sweep",
@@ -272,7 +276,9 @@ def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
     from osad.eval.sanity import CheckSettings
     from osad.workflow import check_run
 
-    settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
+    settings = CheckSettings(
+        images=args.images, score=args.score, square_queries=args.queries, version=args.version
+    )
     start = time.perf_counter()
     results = check_run(args.run_dir, settings, data_root=args.data_root)
     for result in results:
