@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from osad.attacks import ATTACKS, get_objective, score_objective
+from osad.attacks import get_objective, score_objective
 from osad.attacks import margin as margin_loss
 from osad.attacks.objectives import ScoreObjective
 from osad.config import AttackConfig
@@ -436,7 +436,7 @@ def run_ensemble(
     worst = WorstCase(clean[0], clean[1], cpu_labels, thresholds)
     train_logits, train_features, train_labels = train
     surrogates = {}
-    for name in {m.objective for m in members if m.kind == "surrogate"}:
+    for name in dict.fromkeys(m.objective for m in members if m.kind == "surrogate"):
         if name == "mav-latent" and train_features is None:
             continue  # a model without latent features
         surrogates[name] = SURROGATES[name]().fit(train_logits, train_features, train_labels)
@@ -456,8 +456,6 @@ def run_ensemble(
         worst.offer(member.name, index, out.logits.cpu(), {s: score(s, out) for s in scorers})
 
     for member in members:
-        if member.attack not in ATTACKS:  # the table names registry entries only
-            raise unknown_name("attack", member.attack, ATTACKS)
         if member.kind == "closed":
             if member.targets:
                 # the classes other than the label, highest clean logit first (as AutoAttack)
