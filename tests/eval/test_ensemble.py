@@ -53,7 +53,7 @@ KNOWN, N = 5, 8
 CLEAN_KNOWN = [2.0, 0.0, 0.0]  # correct, accepted (score -2)
 CLEAN_UNKNOWN = [0.0, 0.0, 0.0]  # rejected (score 0)
 MISCLASSIFIED = [0.0, 1.0, 0.0]  # score -1: still accepted
-REJECTED = [0.5, 0.0, 0.0]  # correct, score -0.5: rejected
+REJECTED = [-1.0, -2.0, -2.0]  # correct, score 1: rejected, above every unknown image
 ACCEPTED = [3.0, 0.0, 0.0]  # score -3: an unknown image accepted
 
 
@@ -110,6 +110,7 @@ def test_worst_case_is_the_union_over_members_and_skips_broken_samples():
     rejected = scores[:KNOWN] > -1
     accepted = scores[KNOWN:] <= -1
     assert rejected.tolist() == [False, True, True, False, False]
+    assert scores[1:3].min() > scores[KNOWN:].max()  # ranked above every unknown image
     assert accepted.tolist() == [True, False, False]
     # an unknown image's logits are those of its score-worst point
     assert logits[5].tolist() == ACCEPTED and logits[6].tolist() == CLEAN_UNKNOWN
@@ -117,7 +118,8 @@ def test_worst_case_is_the_union_over_members_and_skips_broken_samples():
     assert sorted(calls["apgd-ce"]) == [0, 1, 2, 3, 4]
     # after A and B, 1 (misclassified and rejected) and 5 (accepted) are broken everywhere
     assert sorted(calls["apgd-maxlogit"]) == [0, 2, 3, 4, 6, 7]
-    # the score itself: only samples not yet wrong for that score (1, 2 rejected; 5 accepted)
+    # the score itself: only samples it does not yet get wrong (1, 2 rejected and above
+    # every unknown image; 5 accepted and below every known one)
     assert sorted(calls["apgd-score"]) == [0, 3, 4, 6, 7]
     assert "apgd-smooth" not in calls  # maxlogit has no smooth surrogate
     assert report["non_finite"]["apgd-maxlogit"] == 1
@@ -192,3 +194,16 @@ def test_ensemble_condition_flows_through_the_files(digits_split0, tmp_path, sin
     assert sum(decisive["accuracy"].values()) == counts["test_known"]
     assert sum(decisive["openmax"].values()) == counts["test_known"] + counts["test_unknown"]
     assert "| ensemble | ensemble fast (linf eps 32/255): apgd-ce" in table
+
+
+def test_a_rejected_known_image_is_attacked_on_until_no_unknown_scores_above_it():
+    # threshold 0: both known images rejected; only the second is above the unknown one,
+    # so only it has no pair left for the AUROC to lose
+    labels = torch.tensor([0, 0, -1])
+    logits = torch.zeros(3, 3)
+    for threshold in (0.0, None):
+        worst = WorstCase(logits, {"s": torch.tensor([0.5, 2.0, 1.0])}, labels, {"s": threshold})
+        assert worst.detected_wrong("s").tolist() == [False, True, False]
+    # an unknown image below every known one, but above the threshold, is still attacked
+    worst = WorstCase(logits, {"s": torch.tensor([0.5, 2.0, 0.2])}, labels, {"s": 0.0})
+    assert worst.detected_wrong("s").tolist() == [True, True, False]

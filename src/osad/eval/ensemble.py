@@ -20,9 +20,10 @@ starting from the clean image itself, so a worst case is never better than
 clean: an image counts as correct, accepted or rejected only if it is so clean
 *and* under every member (AutoAttack's convention). A member attacks only the
 samples not yet broken for the metric it targets (a known image misclassified;
-a known image rejected, an unknown one accepted at the clean-validation
-threshold of a score), so no queries go to samples already broken. A point
-whose outputs are not finite is never kept; such samples are counted.
+for a score, an image ranked wrongly against every image of the other side and,
+at the clean-validation threshold, a known image rejected or an unknown one
+accepted), so no queries go to samples already broken. A point whose outputs
+are not finite is never kept; such samples are counted.
 
 Members come in three kinds:
 
@@ -328,12 +329,19 @@ class WorstCase:
         return self.is_known & (self.logits.argmax(dim=1) != self.labels)
 
     def detected_wrong(self, score: str) -> Tensor:
-        """Known images rejected and unknown images accepted at ``score``'s threshold."""
+        """Samples ``score`` gets wrong in every way an attack could still worsen: ranked
+        wrongly against every image of the other side (a known image scored above every
+        unknown one, an unknown image below every known one: no pair left for AUROC) and,
+        with a threshold, a known image rejected, an unknown image accepted."""
+        values, known = self.scores[score], self.is_known
+        highest_unknown = values[~known].max() if (~known).any() else -torch.inf
+        lowest_known = values[known].min() if known.any() else torch.inf
+        wrong = torch.where(known, values > highest_unknown, values < lowest_known)
         threshold = self.thresholds[score]
-        if threshold is None:  # no validation images: no threshold, nothing counts as broken
-            return torch.zeros_like(self.is_known)
-        rejected = self.scores[score] > threshold
-        return torch.where(self.is_known, rejected, ~rejected)
+        if threshold is not None:
+            rejected = values > threshold
+            wrong &= torch.where(known, rejected, ~rejected)
+        return wrong
 
     def broken_everywhere(self) -> Tensor:
         """Samples broken for every metric: accuracy (known images) and every score."""
@@ -416,7 +424,8 @@ def run_ensemble(
         base: the budget (``eps`` in 1/255, ``norm``) every member attacks at.
         scorers: the fitted scorers of the test, by name; ``thresholds`` their
             acceptance thresholds (score at 95% of the clean known validation
-            images; ``None`` without validation images: no sample is skipped).
+            images; ``None`` without validation images: skipping then rests on the
+            ranking alone).
         clean: the clean test logits (N, K) and scores per score (N,), on CPU.
         train: the clean training (logits, features or None, labels) the surrogates
             are fitted on (class means).
