@@ -67,9 +67,10 @@ def differences(expected: list[list[str]], actual: list[list[str]], tolerance: f
                 off = want != got
             if off:
                 out.append(f"{row[0]} / {column}: README {want}, run {got}")
-    out += [f"row '{name}' of the run is not in the README" for name in found.keys() - {
-        row[0] for row in expected[1:]
-    }]
+    out += [
+        f"row '{name}' of the run is not in the README"
+        for name in found.keys() - {row[0] for row in expected[1:]}
+    ]
     return out
 
 

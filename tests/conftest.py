@@ -25,6 +25,7 @@ TINY = (
     "train.epochs=1",
     "train.attack.steps=2",
     "eval.attacks.pgd.steps=3",
+    "eval.version=null",  # no ensemble: the tests of osad.eval.ensemble run it
 )
 
 

@@ -81,6 +81,10 @@ def test_test_options_select_attacks_scores_and_pairings(tmp_path, capsys):
     assert main(["test", str(run), "--attacks", "pgd,adaptve"]) == 2
     assert "did you mean 'adaptive'" in capsys.readouterr().err
     assert not (run / "eval").exists()
+    assert main(["test", str(run), "--version", "fastest"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown ensemble version (eval.version) 'fastest'" in err
+    assert not (run / "eval").exists()
     argv = ["test", str(run), "--no-progress", "--attacks", "pgd,adaptive"]
     with one_torch_thread():
         assert main([*argv, "--scores", "msp,openmax", "--pairings", "known"]) == 0

@@ -33,6 +33,7 @@ overrides:
   - train.attack.steps=1
   - eval.attacks.pgd.steps=1
   - eval.scores=[msp,openmax]
+  - eval.version=null
   - checkpoint.every_steps=1
 splits: [0]
 methods:

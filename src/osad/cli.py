@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(known clean, unknown attacked), or all; both attacked is always reported",
     )
     te.add_argument(
+        "--version",
+        help="the per-sample worst-case ensemble run as condition 'ensemble': fast, "
+        "standard, plus, or none (default: the run's eval.version)",
+    )
+    te.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -154,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--queries", type=int, default=1000, help="Square attack queries (default 1000)"
     )
     ch.add_argument("--force", action="store_true", help="replace an existing check.json")
+    ch.add_argument(
+        "--version",
+        help="also check the attack against this ensemble version (fast, standard, plus)",
+    )
     _add_progress_option(ch)
 
     sw = sub.add_parser(
@@ -221,7 +230,11 @@ def _add_evaluate_parser(sub) -> None:
         type=_names,
         help="comma list of fgsm, pgd, adaptive, joint (default: pgd,adaptive)",
     )
-    ev.add_argument("--version", help="attack ensemble version (not in this osad yet)")
+    ev.add_argument(
+        "--version",
+        help="the per-sample worst-case ensemble: fast, standard or plus (default: standard "
+        "when --attacks is not given)",
+    )
     ev.add_argument(
         "--scores",
         type=_names,
@@ -372,6 +385,7 @@ def _command(args: argparse.Namespace) -> int:
             pairings=args.pairings,
             overrides=args.overrides,
             out=args.out,
+            version=args.version,
         )
         say(table)
         out = args.out or RunDir(Path(args.run_dir)).eval_dir_of(args.model)
@@ -417,7 +431,9 @@ def _check(args: argparse.Namespace, say: Callable[..., None]) -> int:
     from osad.eval.sanity import CheckSettings
     from osad.workflow import check_run
 
-    settings = CheckSettings(images=args.images, score=args.score, square_queries=args.queries)
+    settings = CheckSettings(
+        images=args.images, score=args.score, square_queries=args.queries, version=args.version
+    )
     start = time.perf_counter()
     results = check_run(
         args.run_dir,

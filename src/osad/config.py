@@ -316,6 +316,9 @@ class EvalConfig:
     figures: bool = True
     # Budgets (1/255) of the accuracy/AUROC-against-eps figure, for the paper's attack.
     eps_sweep: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0, 32.0, 64.0])
+    # The per-sample worst-case ensemble (osad.eval.ensemble) run as the condition
+    # "ensemble" at the paper's budget: fast, standard, plus, or null for none.
+    version: str | None = "fast"
 
 
 @dataclass
@@ -1086,6 +1089,10 @@ def validate(config: Config) -> None:
     _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
     for name, attack in e.attacks.items():
         _check(name != "clean", "'eval.attacks' may not define 'clean': it is always evaluated")
+        _check(
+            name != "ensemble",
+            "'eval.attacks' may not define 'ensemble': it is the condition of 'eval.version'",
+        )
         validate_attack(attack, f"eval.attacks.{name}", num_known, side)
     _check(len(e.scores) >= 1, "'eval.scores' must name at least one score")
     if e.scores != [ALL_SCORES]:
@@ -1104,6 +1111,10 @@ def validate(config: Config) -> None:
         all(0 <= eps <= 255 for eps in e.eps_sweep),
         f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {shown(e.eps_sweep)}",
     )
+    if e.version is not None:
+        from osad.eval.ensemble import get_version
+
+        get_version(e.version)
     for name in e.pairings:
         if name not in PAIRINGS:
             raise unknown_name("pairing in 'eval.pairings'", name, PAIRINGS)

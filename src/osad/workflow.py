@@ -277,6 +277,7 @@ def test_run(
     pairings: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
     out: str | Path | None = None,
+    version: str | None = None,
 ) -> str:
     """Evaluate a trained run into ``eval/`` (or ``out``) and return the Markdown result table.
 
@@ -284,8 +285,8 @@ def test_run(
     (see :func:`confirm_data_source`: the run directory does not choose them).
     ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
     with the same protocol, into ``eval-peer/``. ``overrides`` (``key=value``, the
-    ``eval.*`` keys only) change the run's evaluation settings; ``attacks``, ``scores``
-    and ``pairings`` narrow or extend them (see
+    ``eval.*`` keys only) change the run's evaluation settings; ``attacks``, ``scores``,
+    ``pairings`` and the ensemble ``version`` narrow or extend them (see
     :func:`osad.eval.options.select_evaluation`).
 
     Incremental (open-set runs): a condition already in the results under identical
@@ -310,7 +311,7 @@ def test_run(
         _check_single_process(isinstance(config, FasConfig))
         confirm_data_source(config, run, data_root, verify)
         device = process_device(resolve_device(config.device))
-        selection = {"attacks": attacks, "scores": scores, "pairings": pairings}
+        selection = {"attacks": attacks, "scores": scores, "pairings": pairings, "version": version}
         if isinstance(config, FasConfig):
             chosen = [f"--{k}" for k, v in selection.items() if v is not None]
             chosen += ["key=value overrides"] if overrides else []
@@ -343,8 +344,7 @@ def _test_openset(
     with deterministic_mode(config.deterministic):
         network = load_run_model(run, config, data, device, model)
         network = prepare_model(network, config.perf, device)
-        missing = [a for a in config.eval.attacks if a not in reused]
-        result = evaluate(network, data, select_evaluation(config, attacks=missing), progress)
+        result = evaluate(network, data, config, progress, skip=set(reused) - {"clean"})
         result = _merged(result, dest, list(settings), reused, list(kept))
         with ExitStack() as stack:
             staged = agree(lambda: stack.enter_context(replace_dir(dest)))

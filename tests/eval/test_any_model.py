@@ -224,7 +224,7 @@ def test_model_mode_restored_and_no_parameter_gradients(digits, trained):
         ({"known_labels": None}, "pass known_labels as well"),
         ({"known_images": torch.full((4, 1, 8, 8), 2.0)}, "values in [0, 1]"),
         ({"unknown_images": torch.zeros(4, 3, 8, 8)}, "every part must have one image format"),
-        ({"version": "standard"}, "version 'standard'"),
+        ({"version": "strongest"}, "'strongest'"),
         ({"eps": 0}, "eps must be a number > 0 in 1/255 units"),
         ({"eps": 300}, "at most 255 for linf"),
         ({"norm": "l3"}, "norm must be one of linf, l2"),
@@ -303,7 +303,7 @@ def wrong_weights(tmp_path):
         ("nope", "trained", [], "has no function 'nope'"),
         ("not_a_model", "trained", [], "returned a int, not a torch.nn.Module"),
         (None, "trained", [], "--model must be module:function or path/to/file.py:function"),
-        ("small_cnn", "trained", ["--version", "standard"], "version 'standard'"),
+        ("small_cnn", "trained", ["--version", "strongest"], "'strongest'"),
         ("small_cnn", "trained", ["--data", "cifar-10"], "unknown dataset 'cifar-10'"),
     ],
 )

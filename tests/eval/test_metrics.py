@@ -11,6 +11,8 @@ from osad.eval import (
     closed_set_accuracy,
     fpr_at_tpr,
     mean_std,
+    open_set_eer,
+    open_set_hter,
     open_set_metrics,
     operating_point,
     oscr,
@@ -167,8 +169,10 @@ def test_open_set_metrics_is_the_flat_set_of_every_metric():
                 torch.tensor(logits[~unknown]), torch.tensor(labels[~unknown])
             ),
             "oscr": oscr(scores, unknown, correct),
+            "eer": open_set_eer(scores, unknown),
             "threshold": 0.3,
             **operating_point(scores, unknown, 0.3, correct),
+            "hter": open_set_hter(operating_point(scores, unknown, 0.3)),
         }
     )
     assert set(open_set_metrics(scores, unknown)) == {
@@ -177,9 +181,22 @@ def test_open_set_metrics_is_the_flat_set_of_every_metric():
         "aupr_out",
         "fpr95_known_positive",
         "fpr95_unknown_positive",
+        "eer",
     }
     with pytest.raises(ValueError, match="both logits and labels"):
         open_set_metrics(scores, unknown, logits=logits)
+
+
+def test_open_set_eer_and_hter_by_hand():
+    # known 0.1..0.4, unknown 0.35..0.7 (higher = more unknown)
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6, 0.7])
+    unknown = np.array([False] * 4 + [True] * 4)
+    # rejecting score >= 0.4: one known rejected (1/4), one unknown accepted (0.35: 1/4)
+    assert open_set_eer(scores, unknown) == pytest.approx(0.25)
+    # accepting score <= 0.3: 3/4 known accepted, every unknown rejected -> (1/4 + 0) / 2
+    metrics = open_set_metrics(scores, unknown, threshold=0.3)
+    assert metrics["hter"] == pytest.approx(0.125)
+    assert open_set_metrics(-scores, unknown)["eer"] == pytest.approx(0.75)
 
 
 def test_metrics_refuse_bad_input():

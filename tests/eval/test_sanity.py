@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -88,3 +90,30 @@ def test_a_randomised_model_fails_the_repeat_check(plain_model, digits_split0):
         probe, make_scorers(config, model), train, digits_split0.train_labels
     )
     assert not result.passed and set(result.figures["differing"]) == {"logits", "msp", "knn"}
+
+
+@pytest.mark.slow
+def test_the_ensemble_check_flags_a_weak_attack(plain_model, digits_split0, single_thread):
+    from osad.eval.options import paper_budget
+    from osad.eval.protocol import outputs_under_attack
+    from osad.eval.sanity import check_ensemble, make_probe
+
+    # one PGD step of 1/255 at eps 32/255: far from the worst case
+    config = make_config(
+        overrides=[
+            "method=plain",
+            "eval.scores=[msp]",
+            "eval.attacks={pgd: {name: pgd, eps: 32, alpha: 1, steps: 1}}",
+        ]
+    )
+    settings = dataclasses.replace(SETTINGS, version="fast")
+    data = digits_split0
+    train = outputs_under_attack(
+        plain_model, data.train_images, data.train_labels, None, batch_size=256, seed=0
+    )
+    probe = make_probe(plain_model, data, config, settings, train)
+    base = paper_budget(config).resolved()
+    result = check_ensemble(probe, base, probe.measure(base), train, data.train_labels, settings)
+    assert not result.passed
+    attack, ensemble = result.figures["attack"], result.figures["ensemble"]
+    assert ensemble[0] < attack[0] - settings.tol and ensemble[1] < attack[1] - settings.tol

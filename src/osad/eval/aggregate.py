@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from osad.config import AttackConfig
 from osad.documents import DocumentCheck, kind_of
 from osad.errors import ConfigError, OsadError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
-from osad.eval.report import markdown_table, score_label
+from osad.eval.report import attack_text, markdown_table, score_label
 from osad.rundir import RunDir
 from osad.storage import interrupted_dir, storage_error, write_atomic
 
@@ -120,7 +119,7 @@ def check_metrics(document: Any, source: str) -> dict[str, Any]:
         attack = check.field(condition, "attack", dict, prefix=f"{key}.")
         check.field(attack, "name", str, prefix=f"{key}.attack.")
         try:
-            _attack_text(attack)
+            attack_text(attack)
         except (TypeError, ValueError, OsadError):
             check.fail(f"{key}.attack", "does not describe an attack")
     return document
@@ -167,10 +166,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _attack_text(attack: dict[str, Any]) -> str:
-    return "none" if attack.get("name") == "none" else AttackConfig(**attack).describe()
-
-
 @dataclass(frozen=True)
 class SettingsMismatch:
     """One run whose condition was evaluated under other settings than the reference."""
@@ -183,7 +178,7 @@ class SettingsMismatch:
 
 
 def _described(attack: dict[str, Any] | None) -> str:
-    return "absent" if attack is None else _attack_text(attack)
+    return "absent" if attack is None else attack_text(attack)
 
 
 def settings_mismatches(
@@ -229,7 +224,7 @@ def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, 
             f"runs disagree on attack '{m.condition}': {m.reference} has {m.expected}, "
             f"{m.path} has {m.found}; report them separately"
         )
-    return {c: _attack_text(runs[0].metrics["conditions"][c]["attack"]) for c in conditions}
+    return {c: attack_text(runs[0].metrics["conditions"][c]["attack"]) for c in conditions}
 
 
 def aggregate(paths: list[str | Path]) -> Report:

@@ -47,9 +47,9 @@ from osad.inputs import check_images, check_labels
 from osad.openset import SCORERS
 from osad.storage import replace_dir
 
-# Attacks run when neither ``attacks`` nor ``version`` is given: the paper's PGD-10 and
-# APGD on each detector score (known images pushed to look unknown, unknown to look known).
-DEFAULT_ATTACKS = ("pgd", "adaptive")
+# Run when neither ``attacks`` nor ``version`` is given: the per-sample worst-case
+# ensemble (osad.eval.ensemble), beside the paper's PGD-10 whose budget it shares.
+DEFAULT_VERSION = "standard"
 # Share of the training images held out for the acceptance threshold when no
 # validation images are given (stratified, seeded by ``seed``).
 VAL_FRACTION = 0.1
@@ -205,8 +205,11 @@ def evaluate_model(
         norm: ``linf`` or ``l2``.
         attacks: attacks to run besides ``clean``: ``fgsm``, ``pgd`` (10 steps, step
             eps/4), ``adaptive`` (APGD on each score), ``joint`` (APGD on the
-            cross-entropy plus each score); default ``pgd`` and ``adaptive``.
-        version: the attack ensemble's version (not in this osad yet: must be None).
+            cross-entropy plus each score); default none besides ``version``'s.
+        version: the per-sample worst-case ensemble (``fast``, ``standard``, ``plus``;
+            docs/evaluation.md), run as condition ``ensemble`` at the ``eps``/``norm``
+            budget with the paper's PGD-10 beside it; default ``standard`` when
+            ``attacks`` is not given either.
         scores: score names, or ``["all"]``; default every score the model supports.
         pairings: extra pairings ``known``/``unknown``/``all``; ``both`` always runs.
         seed: seeds the attacks and the validation split.
@@ -357,11 +360,6 @@ def evaluation_config(
 ) -> Config:
     """osad's evaluation config for these arguments (only its ``seed``, ``eval`` and
     ``perf`` sections are used; the others are never written)."""
-    if version is not None:
-        raise InputError(
-            f"version {version!r}: the attack ensemble is not part of this osad yet; "
-            f"name the attacks instead (attacks=..., from {', '.join(_attack_names())})"
-        )
     if norm not in NORMS:
         raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
@@ -380,8 +378,14 @@ def evaluation_config(
         name: dataclasses.replace(at_eps(config.eval.attacks[name], float(eps)), norm=norm)
         for name in CLASSIFIER_ATTACKS
     }
-    chosen = list(DEFAULT_ATTACKS if attacks is None else attacks)
-    config = select_evaluation(config, attacks=chosen, pairings=pairings)
+    if attacks is None and version is None:
+        version = DEFAULT_VERSION
+    chosen = list(attacks or [])
+    if version is not None and not any(a in CLASSIFIER_ATTACKS for a in chosen):
+        # The ensemble takes its budget from the paper's classifier attack (PGD-10),
+        # which runs as the paper's condition.
+        chosen.insert(0, "pgd")
+    config = select_evaluation(config, attacks=chosen, pairings=pairings, version=version)
     config.eval.scores = model_scores(model, scores)
     return config
 

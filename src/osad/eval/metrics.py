@@ -188,8 +188,9 @@ def open_set_metrics(
     (N,; read for known images only, e.g. -1 for unknown) also
     ``closed_set_accuracy`` and ``oscr``; with ``threshold`` (from
     :func:`acceptance_threshold` on clean validation scores) also
-    ``threshold``, ``known_accepted``, ``unknown_rejected`` and, given logits
-    and labels, ``known_accepted_correct``.
+    ``threshold``, ``known_accepted``, ``unknown_rejected``, ``hter`` and, given
+    logits and labels, ``known_accepted_correct``. ``eer`` always: the equal error
+    rate of rejecting unknown images (:func:`open_set_eer`).
     """
     scores, is_unknown = _scores_and_mask(scores, is_unknown)
     result = {
@@ -198,6 +199,7 @@ def open_set_metrics(
         "aupr_out": aupr_out(scores, is_unknown),
         "fpr95_known_positive": fpr_at_tpr(scores, is_unknown, 0.95, positive="known"),
         "fpr95_unknown_positive": fpr_at_tpr(scores, is_unknown, 0.95, positive="unknown"),
+        "eer": open_set_eer(scores, is_unknown),
     }
     correct = None
     if (logits is None) != (labels is None):
@@ -210,7 +212,23 @@ def open_set_metrics(
     if threshold is not None:
         result["threshold"] = float(threshold)
         result.update(operating_point(scores, is_unknown, threshold, correct))
+        result["hter"] = open_set_hter(result)
     return result
+
+
+def open_set_eer(scores: ArrayLike, is_unknown: ArrayLike) -> float:
+    """Equal error rate of rejecting unknown images as ``score >= t``: where the share of
+    known images rejected equals the share of unknown images accepted (:func:`eer` with
+    unknown images as the positive class; its tie and threshold rules)."""
+    scores, is_unknown = _scores_and_mask(scores, is_unknown)
+    return eer(scores, is_unknown.astype(np.int64))[0]
+
+
+def open_set_hter(point: Mapping[str, float]) -> float:
+    """Half total error rate at a fixed threshold, from :func:`operating_point`'s rates:
+    ``((1 - known_accepted) + (1 - unknown_rejected)) / 2``, the mean of the share of
+    known images rejected and the share of unknown images accepted."""
+    return ((1 - point["known_accepted"]) + (1 - point["unknown_rejected"])) / 2
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from osad.config import (
 from osad.errors import unknown_name
 
 ADAPTIVE_ATTACKS = {"adaptive": "score", "joint": "joint"}
+NO_ENSEMBLE = "none"  # --version none: no ensemble condition
 
 
 def paper_budget(config: Config) -> AttackConfig:
@@ -78,11 +79,13 @@ def select_evaluation(
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
     pairings: Sequence[str] | None = None,
+    version: str | None = None,
 ) -> Config:
     """A copy of ``config`` evaluating only ``attacks`` (names of ``eval.attacks``, of
     :data:`ADAPTIVE_ATTACKS` or of :data:`~osad.config.ATTACK_NAMES`), ``scores`` (names,
-    or ``all``) and ``pairings`` (names, or ``all``; ``both`` is always included).
-    ``None`` keeps the config's choice.
+    or ``all``), ``pairings`` (names, or ``all``; ``both`` is always included) and the
+    ensemble ``version`` (``fast``, ``standard``, ``plus``, or ``none``). ``None`` keeps
+    the config's choice.
 
     Raises :class:`~osad.errors.ConfigError` for an unknown name.
     """
@@ -109,5 +112,7 @@ def select_evaluation(
             if name not in PAIRINGS:
                 raise unknown_name("pairing", name, (*PAIRINGS, "all"))
         config.eval.pairings = [p for p in PAIRINGS if p == "both" or p in pairings]
+    if version is not None:
+        config.eval.version = None if version == NO_ENSEMBLE else version
     validate(config)
     return config

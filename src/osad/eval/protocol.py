@@ -30,7 +30,7 @@ the batches among several processes.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,7 +44,9 @@ from osad.attacks.objectives import Objective, joint_objective
 from osad.config import AttackConfig, Config, score_names
 from osad.data import OpenSetData, to_float
 from osad.distributed import derive_seed, is_main, map_batches
+from osad.eval.ensemble import run_ensemble
 from osad.eval.metrics import acceptance_threshold, open_set_metrics
+from osad.eval.options import paper_budget
 from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
 from osad.perf import autocast
 
@@ -88,6 +90,8 @@ class ConditionResult:
     scorer_fit: dict[str, Any] = field(default_factory=dict)
     # Per score: test images whose attack met a non-finite objective value or gradient.
     nonfinite_gradients: dict[str, int] = field(default_factory=dict)
+    # The ensemble condition: version, members, decisive counts (osad.eval.ensemble).
+    ensemble: dict[str, Any] | None = None
 
     @property
     def headline(self) -> PairingResult:
@@ -237,6 +241,7 @@ class FittedScores:
     report: dict[str, Any]
     model: nn.Module
     batch_size: int
+    train: Outputs  # the training outputs the scorers were fitted on
 
     def score(self, name: str, outputs: Outputs) -> Tensor:
         return score_outputs(self.scorers[name], self.model, outputs, self.batch_size)
@@ -283,10 +288,11 @@ def fits_attacked(config: Config, attack: AttackConfig) -> bool:
 
 
 def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per condition :func:`evaluate` computes for ``config`` (``clean``, then each of
-    ``eval.attacks``), every setting its numbers depend on: the attack (resolved), the
-    scores, pairings, fit, batch size (attacks are seeded per batch), seed and precision,
-    and the sha256 of the weights file and the data fingerprint from ``evaluated``
+    """Per condition :func:`evaluate` computes for ``config`` (``clean``, each of
+    ``eval.attacks``, then the ``ensemble`` of ``eval.version``), every setting its
+    numbers depend on: the attack (resolved), the scores, pairings, fit, batch size
+    (attacks are seeded per batch), seed and precision, and the sha256 of the weights
+    file and the data fingerprint from ``evaluated``
     (``{"model": {"weights_sha256": ...}, "data": {"fingerprint": ...}}``).
 
     Two evaluations whose settings for a condition are equal give the same numbers for
@@ -312,13 +318,29 @@ def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, d
             "fit": "attacked" if fits_attacked(config, attack) else "clean",
             **shared,
         }
+    if e.version is not None:
+        settings[ENSEMBLE] = {
+            "attack": ensemble_attack(config),
+            "pairings": list(e.pairings),
+            "fit": "clean",
+            **shared,
+        }
     return settings
 
 
 def evaluate(
-    model: nn.Module, data: OpenSetData, config: Config, progress: bool = True
+    model: nn.Module,
+    data: OpenSetData,
+    config: Config,
+    progress: bool = True,
+    skip: Collection[str] = (),
 ) -> EvalResult:
     """Run the test protocol of ``config.eval`` on ``data`` (moved to the model's device).
+
+    Conditions named in ``skip`` (results an incremental ``osad test`` reuses; never
+    ``clean``, which every fit needs) are not computed. They stay in ``config``, so
+    budgets derived from the whole evaluation (:func:`~osad.eval.options.paper_budget`)
+    do not change.
 
     Forward passes run under ``config.perf``'s autocast; the model-side switches
     (channels_last, compile) are the caller's, see :func:`osad.perf.prepare_model`.
@@ -384,12 +406,13 @@ def evaluate(
                 {n: r for n, s in scorers.items() if (r := _scorer_fit_report(s))},
                 model,
                 bs,
+                train,
             )
         return fits[fit_name]
 
     clean_logits = {n: clean_test.logits.cpu() for n in names}
     conditions: list[tuple[str, AttackConfig | None]] = [("clean", None)]
-    conditions += list(config.eval.attacks.items())
+    conditions += [(n, a) for n, a in config.eval.attacks.items() if n not in skip]
     results = []
     # One step per condition (ETA over the conditions); below it, a bar per attack pass.
     bar = tqdm(conditions, desc="evaluate", unit="condition", disable=not (progress and is_main()))
@@ -420,7 +443,54 @@ def evaluate(
                 nonfinite_gradients=nonfinite,
             )
         )
+    if config.eval.version is not None and ENSEMBLE not in skip:
+        fit = fitted("clean", None)
+        results.append(_ensemble_condition(config, fit, outputs, data, clean_test.logits.cpu()))
     return EvalResult(results, labels, data.test_classes.cpu())
+
+
+ENSEMBLE = "ensemble"  # the condition's name
+
+
+def _ensemble_condition(
+    config: Config,
+    fit: FittedScores,
+    outputs: Callable[..., Outputs],
+    data: OpenSetData,
+    clean_logits: Tensor,
+) -> ConditionResult:
+    """The ensemble of ``eval.version`` (:mod:`osad.eval.ensemble`) at the paper's budget,
+    against the scorers fitted on clean training outputs (the detector the attacker faces)."""
+    base = paper_budget(config)
+    is_known, labels = data.test_known.cpu(), data.test_labels.cpu()
+    logits, scores, report = run_ensemble(
+        config.eval.version,
+        base,
+        fit.scorers,
+        fit.thresholds,
+        (clean_logits, fit.clean_scores),
+        (fit.train.logits, fit.train.features, data.train_labels),
+        data.test_images,
+        data.test_labels,
+        outputs,
+        fit.score,
+        config.seed,
+    )
+
+    def measure(score: str, values: Tensor, logits: Tensor) -> dict[str, float]:
+        return open_set_metrics(values, ~is_known, logits, labels, fit.thresholds[score])
+
+    clean_pair = ({n: clean_logits for n in scores}, fit.clean_scores)
+    pairings = combine_pairings(
+        config.eval.pairings, is_known, clean_pair, (logits, scores), measure
+    )
+    return ConditionResult(ENSEMBLE, ensemble_attack(config), pairings, fit.report, ensemble=report)
+
+
+def ensemble_attack(config: Config) -> dict[str, Any]:
+    """The ensemble condition's ``attack`` entry in metrics.json: version and budget."""
+    base = paper_budget(config)
+    return {"name": ENSEMBLE, "version": config.eval.version, "norm": base.norm, "eps": base.eps}
 
 
 def _attacked_outputs(

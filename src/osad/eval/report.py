@@ -15,6 +15,7 @@ import torch
 from osad import __version__
 from osad.config import AttackConfig, Config
 from osad.errors import RunDirError
+from osad.eval.ensemble import describe as describe_ensemble
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
 from osad.storage import write_atomic
 
@@ -51,6 +52,7 @@ def condition_dict(condition: ConditionResult) -> dict[str, Any]:
         "pairings": {
             name: _pairing_dict(p) for name, p in condition.pairings.items() if name != "both"
         },
+        **({} if condition.ensemble is None else {"ensemble": condition.ensemble}),
     }
 
 
@@ -98,8 +100,14 @@ def metrics_dict(
     return document
 
 
-def _attack_text(attack: dict[str, Any] | None) -> str:
-    return "none" if attack is None else AttackConfig(**attack).describe()
+def attack_text(attack: dict[str, Any] | None) -> str:
+    """One line describing a condition's ``attack`` entry of metrics.json."""
+    if attack is None or attack.get("name") == "none":
+        return "none"
+    if attack.get("name") == "ensemble":
+        base = AttackConfig(norm=attack["norm"], eps=attack["eps"])
+        return describe_ensemble(attack["version"], base)
+    return AttackConfig(**attack).describe()
 
 
 PAIRING_TEXT = {
@@ -114,9 +122,11 @@ METRIC_COLUMNS = {
     "fpr95_known_positive": "FPR95 (known +)",
     "fpr95_unknown_positive": "FPR95 (unknown +)",
     "oscr": "OSCR",
+    "eer": "EER",
     "closed_set_accuracy": "acc",
     "known_accepted_correct": "known acc+correct",
     "unknown_rejected": "unknown rejected",
+    "hter": "HTER",
 }
 
 
@@ -141,7 +151,7 @@ def results_table(result: EvalResult) -> str:
     rows = []
     for c in result.conditions:
         for pairing_name, pairing in c.pairings.items():
-            cells = [c.name + PAIRING_TEXT[pairing_name], _attack_text(c.attack)]
+            cells = [c.name + PAIRING_TEXT[pairing_name], attack_text(c.attack)]
             cells.append(f"{pairing.closed_set_accuracy:.4f}")
             cells += [f"{pairing.auroc[s]:.4f}" for s in score_names]
             rows.append(cells)
@@ -156,7 +166,7 @@ def metric_tables(result: EvalResult) -> str:
         keys = [k for k in METRIC_COLUMNS if k in next(iter(metrics.values()))]
         rows = [[score_label(s)] + [f"{m[k]:.4f}" for k in keys] for s, m in metrics.items()]
         table = "\n".join(markdown_table(["score"] + [METRIC_COLUMNS[k] for k in keys], rows))
-        sections.append(f"### {c.name}: {_attack_text(c.attack)}\n\n{table}")
+        sections.append(f"### {c.name}: {attack_text(c.attack)}\n\n{table}")
     return "\n\n".join(sections)
 
 
@@ -276,7 +286,9 @@ def write_results(
         "Classifier attacks: known images attacked with their true label, unknown images with "
         "the predicted label. Score and joint attacks: each score attacked separately, known "
         "images pushed to look unknown, unknown images to look known (accuracy: the lowest "
-        "over scores). AUROC with unknown as the positive class.\n\n"
+        "over scores). Ensemble: per sample the worst point over its attacks and the clean "
+        "image, for accuracy and for each score separately (docs/evaluation.md); the "
+        "headline robustness. AUROC with unknown as the positive class.\n\n"
         f"## Every metric per score\n\n{metric_tables(result)}\n\n"
         "Thresholded rates at the score accepting 95% of the clean known validation images "
         "(docs/evaluation.md).\n",

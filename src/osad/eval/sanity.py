@@ -18,7 +18,10 @@ images pushed to look unknown, unknown images to look known):
   cross-entropy, does not saturate) and of the score are finite, and non-zero
   for at least ``nonzero_share`` of the images;
 * ``deterministic``: two forward passes give identical logits and scores (a
-  randomised defence needs Expectation over Transformation to be attacked).
+  randomised defence needs Expectation over Transformation to be attacked);
+* ``ensemble`` (only with ``version``): the per-sample worst-case ensemble
+  (:mod:`osad.eval.ensemble`) is not stronger than the attack under test by more
+  than ``tol``: the configured attack is close to the worst case.
 
 The attack under test is the run's ``pgd`` entry of ``eval.attacks`` (else its
 largest classifier attack); eps values of the sweep are multiples of its eps.
@@ -41,6 +44,7 @@ from osad.attacks.objectives import Objective, objective_values, score_objective
 from osad.config import AttackConfig, Config
 from osad.data import OpenSetData, to_float
 from osad.errors import ConfigError, unknown_name
+from osad.eval.ensemble import get_version, run_ensemble
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.eval.options import at_eps, paper_budget
 from osad.eval.protocol import (
@@ -61,6 +65,8 @@ class CheckSettings:
     score: str = "msp"  # the score whose AUROC is checked
     eps_multiples: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     square_queries: int = 1000
+    # An ensemble version (osad.eval.ensemble): also check the attack against it.
+    version: str | None = None
     tol: float = 0.03
     zero_tol: float = 0.1
     nonzero_share: float = 0.95
@@ -72,6 +78,8 @@ class CheckSettings:
         for name in ("images", "square_queries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"check setting '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.version is not None:
+            get_version(self.version)
 
 
 @dataclass
@@ -229,6 +237,60 @@ def check_black_box(
     return CheckResult("black_box", passed, summary, figures)
 
 
+def check_ensemble(
+    probe: Probe,
+    base: AttackConfig,
+    baseline: tuple[float, float],
+    train: Outputs,
+    train_labels: Tensor,
+    s: CheckSettings,
+) -> CheckResult:
+    """The ensemble of ``s.version`` on the probe (no threshold: no sample skipped) is not
+    stronger than the attack under test by more than ``tol``."""
+    name, bs = s.score, probe.batch_size
+
+    def outputs(images, labels, attack, seed, desc, objective=None) -> Outputs:
+        return outputs_under_attack(
+            probe.model,
+            images,
+            labels,
+            attack,
+            batch_size=bs,
+            seed=seed,
+            objective=objective,
+            keep_images=probe.scorer.needs_images,
+        )
+
+    def score(_: str, out: Outputs) -> Tensor:
+        return score_outputs(probe.scorer, probe.model, out, bs)
+
+    clean = outputs(probe.images, probe.labels, None, probe.seed, "clean")
+    logits, scores, _ = run_ensemble(
+        s.version,
+        base,
+        {name: probe.scorer},
+        {name: None},
+        (clean.logits.cpu(), {name: score(name, clean)}),
+        (train.logits, train.features, train_labels),
+        probe.images,
+        probe.labels,
+        outputs,
+        score,
+        probe.seed,
+    )
+    labels = probe.labels.cpu()
+    known = labels >= 0
+    accuracy = closed_set_accuracy(logits[name][known], labels[known])
+    area = auroc(scores[name], ~known)
+    passed = accuracy >= baseline[0] - s.tol and area >= baseline[1] - s.tol
+    summary = (
+        f"attack under test: accuracy {baseline[0]:.3f}, AUROC {baseline[1]:.3f}; "
+        f"ensemble {s.version}: accuracy {accuracy:.3f}, AUROC {area:.3f}"
+    )
+    figures = {"attack": list(baseline), "ensemble": [accuracy, area]}
+    return CheckResult("ensemble", passed, summary, figures)
+
+
 def input_gradients(probe: Probe) -> dict[str, Tensor]:
     """Per image, the input-gradient norm of the margin loss and of the score."""
     detection = score_objective(probe.scorer, "by_label")
@@ -312,7 +374,7 @@ def run_checks(
     data = data.to(next(model.parameters()).device)
     # The clean fit pass, the baseline, each eps (and the unbounded one), the stronger
     # and the black-box attacks, the gradient and the determinism checks.
-    steps = 1 + 1 + len(s.eps_multiples) + 1 + 2 + 2
+    steps = 1 + 1 + len(s.eps_multiples) + 1 + 2 + 2 + (s.version is not None)
     with tqdm(
         total=steps, desc="check", unit="step", disable=not progress, dynamic_ncols=True
     ) as bar:
@@ -343,6 +405,9 @@ def run_checks(
         probe.step("deterministic")
         scorers = make_scorers(config, model)
         results.append(check_deterministic(probe, scorers, train, data.train_labels))
+        if s.version is not None:
+            probe.step(f"ensemble ({s.version})")
+            results.append(check_ensemble(probe, base, baseline, train, data.train_labels, s))
         probe.step("done")
     return results
 

@@ -17,19 +17,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from osad.config import AttackConfig
 from osad.eval.metrics import mean_std
-from osad.eval.report import markdown_table, score_label
+from osad.eval.report import attack_text, markdown_table, score_label
 from osad.sweep.runner import expected_attacks, is_finished, plan, stale_conditions
 from osad.sweep.spec import Sweep
 
 # The pseudo-condition holding, per run and score, the lowest value over the attacks.
 WORST = "worst attack"
-
-
-def attack_text(attack: dict[str, Any]) -> str:
-    """The one-line description of a condition's attack as metrics.json records it."""
-    return "none" if attack.get("name") == "none" else AttackConfig(**attack).describe()
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
