@@ -269,7 +269,7 @@ def test_moved_data_needs_the_test_time_flag(paper_run, tmp_path, capsys):
     with one_torch_thread():
         assert main([*argv, str(moved)]) == 0
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["conditions"]) == {"clean", "fgsm", "pgd", "pgd20"}
+    assert set(metrics["conditions"]) == {"clean", "fgsm", "pgd", "pgd20", "ensemble"}
 
 
 def test_missing_data_leaves_no_run_directory(tmp_path, capsys):

@@ -45,7 +45,7 @@ def test_no_progress_hides_every_bar_and_bars_show_otherwise(tmp_path, capsys):
     assert re.search(r"evaluate: .*\d+/3 \[\d\d:\d\d<", tested)
     assert "pgd: PGD linf" in tested and "pgd test" in tested
     assert re.search(r"eps sweep figure: .*\d+/2 \[\d\d:\d\d<", tested)
-    checked = _stderr(capsys, check, verdicts)
+    checked = _stderr(capsys, [*check, "--force"], verdicts)
     assert re.search(r"check: .*\d+/12 \[\d\d:\d\d<", checked)
     assert "Square" in checked and "score" in checked
     trained = _stderr(capsys, ["train", "--out", str(tmp_path / "again"), *TINY])

@@ -346,8 +346,9 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     result = namespace["result"]
-    assert result.conditions == ["clean", "pgd", "adaptive"]
+    assert result.conditions == ["clean", "pgd", "ensemble"]  # the standard ensemble
     assert result.accuracy("clean") > 0.8
+    assert result.accuracy("ensemble") <= result.accuracy("pgd") <= result.accuracy("clean")
     assert (tmp_path / "ev" / "metrics.json").is_file()
 
 

@@ -40,7 +40,7 @@ from osad.config import ALL_SCORES, Config, DataConfig
 from osad.data import ClassImages, DatasetInfo, OpenSetData, RawDataset, build_openset, to_float
 from osad.errors import DataError, InputError, RunDirError, unknown_name
 from osad.eval.figures import write_figures
-from osad.eval.options import ADAPTIVE_ATTACKS, at_eps, select_evaluation
+from osad.eval.options import NO_ENSEMBLE, at_eps, select_evaluation
 from osad.eval.protocol import ConditionResult, EvalResult, evaluate
 from osad.eval.report import metrics_dict, results_table, write_results
 from osad.inputs import check_images, check_labels
@@ -385,13 +385,11 @@ def evaluation_config(
         # The ensemble takes its budget from the paper's classifier attack (PGD-10),
         # which runs as the paper's condition.
         chosen.insert(0, "pgd")
-    config = select_evaluation(config, attacks=chosen, pairings=pairings, version=version)
+    config = select_evaluation(
+        config, attacks=chosen, pairings=pairings, version=version or NO_ENSEMBLE
+    )
     config.eval.scores = model_scores(model, scores)
     return config
-
-
-def _attack_names() -> list[str]:
-    return [*CLASSIFIER_ATTACKS, *ADAPTIVE_ATTACKS]
 
 
 def model_scores(model: nn.Module, scores: Sequence[str] | None) -> list[str]:
