@@ -9,7 +9,7 @@ import yaml
 
 from osad.config import AttackConfig, Config, make_config, make_task_config, parse_override
 from osad.errors import ConfigError
-from osad.fas_config import FasConfig
+from osad.fas.config import FasConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ from osad.train import METHODS, train
 from osad.train.loop import build_model_for
 
 ROOT = Path(__file__).resolve().parents[1]
-# Open-set presets; the anti-spoofing presets (task: fas) are tested in tests/test_fas_*.
+# Open-set presets; the anti-spoofing presets (task: fas) are tested in tests/fas/.
 PRESETS = [
     p
     for p in sorted((ROOT / "configs").glob("*.yaml"))

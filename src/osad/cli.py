@@ -351,8 +351,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from osad.config import make_task_config
     from osad.distributed import agree, is_main
+    from osad.tasks import make_task_config
     from osad.workflow import resume_run, test_run, train_run
 
     say = print if is_main() else _quiet

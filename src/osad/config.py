@@ -9,7 +9,7 @@ and out-of-range values raise :class:`~osad.errors.ConfigError` naming the key
 and, for misspellings, the closest valid one.
 
 The top-level ``task`` key selects the schema: ``openset`` (:class:`Config`, the
-default) or ``fas`` (:class:`osad.fas_config.FasConfig`, face anti-spoofing);
+default) or ``fas`` (:class:`osad.fas.config.FasConfig`, face anti-spoofing);
 :func:`make_task_config` dispatches on it.
 
 Attack budgets (``eps``, ``alpha``) are stated in units of 1/255 of the [0, 1]
@@ -818,7 +818,7 @@ def make_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Con
 def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Any:
     """The validated configuration of the task named by the top-level ``task`` key
     (in the overrides, else the file, else ``openset``): a :class:`Config` or a
-    :class:`~osad.fas_config.FasConfig`."""
+    :class:`~osad.fas.config.FasConfig`."""
     tree = dict(file) if isinstance(file, dict) else load_yaml(file) if file is not None else {}
     task = tree.get("task", "openset")
     for text in overrides:
@@ -826,7 +826,7 @@ def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -
         if key == "task":
             task = value
     if task == "fas":
-        from osad.fas_config import make_fas_config
+        from osad.fas.config import make_fas_config
 
         return make_fas_config(tree, overrides)
     if task != "openset":
@@ -839,7 +839,13 @@ def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -
 def load_saved_config(data: dict[str, Any], source: str) -> Any:
     """Rebuild the configuration of a run from its saved ``config.yaml`` mapping
     (written by :func:`save_config`, whose format version it must carry)."""
-    return make_task_config(_without_header(data, source, required=True))
+    return make_task_config(saved_tree(data, source))
+
+
+def saved_tree(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A run's saved ``config.yaml`` mapping without its header, whose format version
+    must be ours (raises ConfigError naming ``source``)."""
+    return _without_header(data, source, required=True)
 
 
 def resolved_dict(config: Any) -> dict[str, Any]:

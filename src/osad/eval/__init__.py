@@ -1,46 +1,39 @@
-"""Evaluation: the test protocol, metrics and reports."""
+"""Evaluation: the test protocol, metrics and reports.
+
+The public names below load their module on first use (PEP 562), so that importing
+one light submodule (``osad.eval.metrics``) does not load the protocol, the attacks
+and the scores.
+"""
 
 from __future__ import annotations
 
-from osad.eval.metrics import (
-    MeanStd,
-    acceptance_threshold,
-    aupr_in,
-    aupr_out,
-    auroc,
-    closed_set_accuracy,
-    fpr_at_tpr,
-    mean_std,
-    open_set_eer,
-    open_set_hter,
-    open_set_metrics,
-    operating_point,
-    oscr,
-    summarize_splits,
-)
-from osad.eval.protocol import ConditionResult, EvalResult, evaluate, outputs_under_attack
-from osad.eval.report import metrics_dict, results_table, write_results
+from osad.lazy import lazy_exports
 
-__all__ = [
-    "ConditionResult",
-    "EvalResult",
-    "MeanStd",
-    "acceptance_threshold",
-    "aupr_in",
-    "aupr_out",
-    "auroc",
-    "closed_set_accuracy",
-    "evaluate",
-    "fpr_at_tpr",
-    "mean_std",
-    "metrics_dict",
-    "open_set_eer",
-    "open_set_hter",
-    "open_set_metrics",
-    "operating_point",
-    "oscr",
-    "outputs_under_attack",
-    "results_table",
-    "summarize_splits",
-    "write_results",
-]
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "MeanStd": "metrics",
+    "acceptance_threshold": "metrics",
+    "aupr_in": "metrics",
+    "aupr_out": "metrics",
+    "auroc": "metrics",
+    "closed_set_accuracy": "metrics",
+    "fpr_at_tpr": "metrics",
+    "mean_std": "metrics",
+    "open_set_eer": "metrics",
+    "open_set_hter": "metrics",
+    "open_set_metrics": "metrics",
+    "operating_point": "metrics",
+    "oscr": "metrics",
+    "summarize_splits": "metrics",
+    "ConditionResult": "protocol",
+    "EvalResult": "protocol",
+    "evaluate": "protocol",
+    "outputs_under_attack": "protocol",
+    "metrics_dict": "report",
+    "results_table": "report",
+    "write_results": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,21 +1,27 @@
-"""Training: methods, their objectives and the loop."""
+"""Training: methods, their objectives and the loop.
+
+The public names below load their module on first use (:func:`osad.lazy.lazy_exports`),
+so that importing one light submodule (``osad.train.functional``) does not load the loop.
+"""
 
 from __future__ import annotations
 
-from osad.train.loop import NonFiniteLossError, TrainResult, build_model_for, train
-from osad.train.methods import METHODS, Method, model_spec
-from osad.train.objectives import StepLosses, TrainObjective
-from osad.train.state import TrainState
+from osad.lazy import lazy_exports
 
-__all__ = [
-    "METHODS",
-    "Method",
-    "NonFiniteLossError",
-    "StepLosses",
-    "TrainObjective",
-    "TrainResult",
-    "TrainState",
-    "build_model_for",
-    "model_spec",
-    "train",
-]
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "METHODS": "methods",
+    "Method": "methods",
+    "model_spec": "methods",
+    "NonFiniteLossError": "loop",
+    "TrainResult": "loop",
+    "build_model_for": "loop",
+    "train": "loop",
+    "StepLosses": "objectives",
+    "TrainObjective": "objectives",
+    "TrainState": "state",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,14 +15,14 @@ import torch
 import yaml
 
 from osad.cli import main
-from osad.data.fas import load_fas
 from osad.eval.metrics import auroc, hter
-from osad.fas_config import make_fas_config
-from osad.train.meta import train_meta
+from osad.fas.config import make_fas_config
+from osad.fas.data import load_fas
+from osad.fas.trainer import train_meta
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESET = str(ROOT / "configs" / "fas-digits.yaml")
 # A run small enough for a few seconds.
 FAS_TINY = (
