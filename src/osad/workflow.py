@@ -59,6 +59,7 @@ from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
 from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
+from osad.eval.results import read_metrics
 from osad.eval.sanity import CheckResult, CheckSettings, run_checks
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
@@ -423,15 +424,8 @@ def _reusable(
         )
     if force:
         return [], {}
-    try:
-        stored = json.loads(path.read_text())["conditions"]
-        if not isinstance(stored, dict) or not all(isinstance(c, dict) for c in stored.values()):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise RunDirError(
-            f"{path} cannot be read; pass --force to replace the evaluation, or --out DIR "
-            "to write elsewhere"
-        ) from None
+    remedy = "pass --force to replace the evaluation, or --out DIR to write elsewhere"
+    stored = read_metrics(path, remedy=remedy).document["conditions"]
     reused = []
     for name, wanted in settings.items():
         if name not in stored:
