@@ -4,6 +4,7 @@ networks are named and none is a special case, and the trainer's low modules sta
 from __future__ import annotations
 
 import ast
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -118,6 +119,11 @@ def test_every_named_network_is_checkpointed_and_restored():
         assert a.optimizer.state_dict()["state"].keys() == b.optimizer.state_dict()["state"].keys()
     with pytest.raises(CheckpointError, match=r"holds a network this run does not train \(peer"):
         _state(("main",)).restore(files, "test")
+    document = json.loads(_state(("main",)).files()["state.json"])
+    document["peer_optimizer"] = json.loads(files["state.json"])["peer_optimizer"]
+    only_main = {**_state(("main",)).files(), "state.json": json.dumps(document).encode()}
+    with pytest.raises(CheckpointError, match=r"does not train \(peer_optimizer\)"):
+        _state(("main",)).restore(only_main, "test")
     with pytest.raises(CheckpointError, match=r"does not list peer\.safetensors"):
         _state(("main", "peer")).restore(_state(("main",)).files(), "test")
 
@@ -125,8 +131,6 @@ def test_every_named_network_is_checkpointed_and_restored():
 def test_a_checkpoint_with_the_old_null_peer_optimizer_still_restores():
     """Checkpoints before named networks wrote ``"peer_optimizer": null`` for a run
     without a peer (same format version): read as no such network."""
-    import json
-
     first = _state(("main",))
     _one_step(first)
     files = first.files()
@@ -172,3 +176,21 @@ def test_the_trainer_layers(module, forbidden):
     reached = _imports(module)
     assert module in reached
     assert not [m for m in reached if m.startswith(forbidden)]
+
+
+def test_importing_the_shared_trainer_modules_loads_no_attack_or_eval_code():
+    """What the anti-spoofing trainer imports (osad.train.step, osad.runlog) must not load
+    the open-set loop through the package's ``__init__``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, osad.train.step, osad.runlog; "
+        "print(' '.join(m for m in sys.modules if m.startswith('osad.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    high = ("osad.attacks", "osad.openset", "osad.distributed", "osad.eval", "osad.train.loop")
+    assert "osad.train.step" in loaded
+    assert not [m for m in loaded if m.startswith(high)]

@@ -411,7 +411,8 @@ class TrainState:
         main = self.networks[MAIN]
         _load_network(main.model, main.recipe, files[main_file], f"{source}/{main_file}")
         extra = [f for f in files if f.endswith(".safetensors") and f != TENSORS_FILE]
-        extra = sorted(set(extra) - set(weights))
+        extra += [k for k in document if k.endswith(_OPTIMIZER_SUFFIX) and document[k] is not None]
+        extra = sorted(set(extra) - set(weights) - {optimizer_key(n) for n in self.networks})
         if extra:
             raise CheckpointError(
                 f"{source} holds a network this run does not train ({extra[0]}); resume "

@@ -25,10 +25,15 @@ outer loss is ``CE(f(x), y) + beta KL(f(x) || f(x_adv))``, would be::
             clean = p.model.classifier(p.model.encode(p.x))
             return softened_kl(p.logits, clean.detach())
 
-    Method(name="trades", networks=(Network(attack=True, terms=(ClassificationCE(), TradesKL())),))
+    Method(
+        name="trades",
+        description="TRADES (Zhang et al. 2019): clean CE + beta KL to the attacked images",
+        networks=(NetworkSpec(attack=True, terms=(CleanCE(), TradesKL())),),
+    )
 
-with its inner maximisation the training attack's ``train.attack.loss``
-(an objective of :mod:`osad.attacks.objectives`). MART (Wang et al., ICLR
+with ``CleanCE`` the cross-entropy of ``p.model.classifier(p.model.encode(p.x))``
+and the inner maximisation the training attack's ``train.attack.loss`` (a KL
+objective registered in :mod:`osad.attacks.objectives`). MART (Wang et al., ICLR
 2020) is likewise a boosted cross-entropy term and a KL term weighted by
 ``1 - p_y(x)``, and one entry.
 """
