@@ -24,13 +24,14 @@ from osad.data import load_openset
 from osad.distributed import agree, is_main, process_device, rank0_first, world
 from osad.errors import ConfigError, RunDirError
 from osad.eval.sanity import CheckResult, CheckSettings, run_checks
-from osad.rundir import RUN_MODELS, RunDir
+from osad.rundir import MAIN, RUN_MODELS, RunDir
 from osad.runlock import run_lock
 from osad.runtime import resolve_device
 from osad.storage import write_atomic
 from osad.tasks import Task, load_saved_config, task_of
 from osad.tasks.openset import check_same_source
 from osad.train import TrainResult
+from osad.train.methods import METHODS
 
 
 def train_run(
@@ -68,12 +69,11 @@ def _writing(root: Path) -> Iterator[None]:
 
 
 def save_trained(run: RunDir, result: TrainResult) -> None:
-    """Write the trained weights, and those of the peer network if the method has one
-    (under torchrun: on rank 0, through :func:`osad.distributed.agree`)."""
-    save_model(run.model, result.model, result.model_name, result.model_kwargs)
-    if result.peer is not None:
-        peer = result.peer
-        save_model(run.peer_model, peer.model, peer.model_name, peer.model_kwargs)
+    """Write the weights of every trained network (``model.safetensors`` for the run's
+    model, ``NAME.safetensors`` for network ``NAME``; under torchrun: on rank 0, through
+    :func:`osad.distributed.agree`)."""
+    for name, network in result.networks().items():
+        save_model(run.weights(name), network.model, network.model_name, network.model_kwargs)
 
 
 def _create_run(config: Any, out: str | Path, force: bool) -> RunDir:
@@ -180,7 +180,7 @@ def test_run(
     progress: bool = True,
     data_root: str | None = None,
     verify: bool = True,
-    model: str = "main",
+    model: str = MAIN,
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
     pairings: Sequence[str] | None = None,
@@ -192,8 +192,9 @@ def test_run(
 
     ``data_root`` and ``verify`` say where the data are and whether to check them
     (see :func:`confirm_data_source`: the run directory does not choose them).
-    ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
-    with the same protocol, into ``eval-peer/``. ``overrides`` (``key=value``, the
+    ``model`` names the network of the run to evaluate (``main``, the run's model, into
+    ``eval/``; another, e.g. ``peer`` of an ``osdn-caml`` run, with the same protocol
+    into ``eval-NAME/``). ``overrides`` (``key=value``, the
     ``eval.*`` keys only) change the run's evaluation settings; ``attacks``, ``scores``,
     ``pairings`` and the ensemble ``version`` narrow or extend them (see
     :func:`osad.eval.options.select_evaluation`).
@@ -238,8 +239,10 @@ def test_run(
 def _test_target(run: RunDir, model: str) -> Any:
     weights = run.weights(model)
     if not weights.is_file():
+        methods = [m.name for m in METHODS.values() if any(n.name == model for n in m.networks)]
         raise RunDirError(
-            f"{run.root} has no {weights.name}: only osdn-caml runs train a peer network"
+            f"{run.root} has no {weights.name}: only {', '.join(methods)} runs train a "
+            f"{model} network"
         )
     return load_run_config(run)
 

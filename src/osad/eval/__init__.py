@@ -28,7 +28,6 @@ _EXPORTS = {
     "ConditionResult": "protocol",
     "EvalResult": "protocol",
     "evaluate": "protocol",
-    "outputs_under_attack": "protocol",
     "metrics_dict": "report",
     "results_table": "report",
     "write_results": "report",

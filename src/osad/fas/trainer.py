@@ -54,7 +54,7 @@ from osad.models import check_fits, create_model
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
 from osad.train.functional import call_with
-from osad.train.loop import TrainResult, take_step
+from osad.train.step import TrainResult, take_step
 
 
 def fas_model_spec(config: FasConfig) -> tuple[str, dict[str, Any]]:

@@ -42,13 +42,14 @@ from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
 from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
+from osad.eval.results import read_metrics
 from osad.perf import prepare_model
-from osad.rundir import RunDir
+from osad.rundir import MAIN, RunDir
 from osad.runtime import deterministic_mode, resolve_device
 from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256
 from osad.train import TrainResult, build_model_for, train
-from osad.train.loop import check_parallel_support, check_training
-from osad.train.methods import PEER_METHOD
+from osad.train.factory import check_training
+from osad.train.parallel import check_parallel_support
 
 
 class OpenSetTask:
@@ -127,18 +128,18 @@ class OpenSetTask:
 
 
 def load_run_model(
-    run: RunDir, config: Config, data: OpenSetData, device: torch.device, which: str = "main"
+    run: RunDir, config: Config, data: OpenSetData, device: torch.device, network: str = MAIN
 ) -> nn.Module:
-    """The run's trained weights in the model its configuration describes, in eval mode;
-    ``which="peer"``: the peer network of an osdn-caml run.
+    """The trained weights of the run's network ``network`` (``main``: its model;
+    ``peer``: the peer network of an osdn-caml run) in the model its configuration
+    describes, in eval mode.
 
     Weights of another architecture are refused naming the first mismatching
     parameter; weights of the same shapes but another recipe (e.g. another
     denoising filter) naming the setting that differs.
     """
-    method = PEER_METHOD if which == "peer" else None
-    model, name, kwargs = build_model_for(config, data, method)
-    path = run.weights(which)
+    model, name, kwargs = build_model_for(config, data, network)
+    path = run.weights(network)
     state, (saved_name, saved_kwargs) = read_weights(path)
     source = f"weights file {path}"
     load_state_checked(model, state, source)
@@ -250,15 +251,8 @@ def _reusable(
         )
     if force:
         return [], {}
-    try:
-        stored = json.loads(path.read_text())["conditions"]
-        if not isinstance(stored, dict) or not all(isinstance(c, dict) for c in stored.values()):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise RunDirError(
-            f"{path} cannot be read; pass --force to replace the evaluation, or --out DIR "
-            "to write elsewhere"
-        ) from None
+    remedy = "pass --force to replace the evaluation, or --out DIR to write elsewhere"
+    stored = read_metrics(path, remedy=remedy).document["conditions"]
     reused = []
     for name, wanted in settings.items():
         if name not in stored:
@@ -302,10 +296,10 @@ def _merged(
     return EvalResult([by_name[n] for n in names], result.test_labels, result.test_classes)
 
 
-def run_title(config: Config, model: str = "main") -> str:
+def run_title(config: Config, model: str = MAIN) -> str:
     d = config.data
     classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
-    method = f"{config.method} peer network" if model == "peer" else config.method
+    method = config.method if model == MAIN else f"{config.method} {model} network"
     unknown = f", unknowns from {unknown_source_name(d)}" if d.unknown else ""
     return f"{method} on {source_name(d)} {classes}{unknown}"
 

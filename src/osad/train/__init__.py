@@ -1,7 +1,9 @@
-"""Training: methods, their objectives and the loop.
+"""Training: methods from loss terms, their objectives and the loop.
 
-The public names below load their module on first use (:func:`osad.lazy.lazy_exports`),
-so that importing one light submodule (``osad.train.functional``) does not load the loop.
+The names below load their module on first use (:func:`osad.lazy.lazy_exports`), so
+that importing a low module of this package (:mod:`osad.train.step`, used by the
+anti-spoofing trainer) does not load the loop and what it needs (attacks, distributed
+training).
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from osad.lazy import lazy_exports
 _EXPORTS = {
     "METHODS": "methods",
     "Method": "methods",
-    "model_spec": "methods",
-    "NonFiniteLossError": "loop",
-    "TrainResult": "loop",
-    "build_model_for": "loop",
-    "train": "loop",
+    "NetworkSpec": "methods",
+    "NonFiniteLossError": "step",
     "StepLosses": "objectives",
     "TrainObjective": "objectives",
+    "TrainResult": "step",
     "TrainState": "state",
+    "build_model_for": "factory",
+    "model_spec": "methods",
+    "train": "loop",
 }
 
 __all__ = sorted(_EXPORTS)
