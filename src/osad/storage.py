@@ -7,9 +7,10 @@ atomic on POSIX and Windows) and the directory is fsync'ed so that the rename
 itself survives a power cut. A reader sees the old file or the new one, never a
 mix, and a failed write (a full disk) leaves the old file untouched.
 
-:data:`FORMAT_VERSION` numbers the layout of everything osad writes
-(``config.yaml``, weights files, training checkpoints). The rule: osad reads
-files of its own format version only. An older file is refused with a hint to
+:data:`FORMAT_VERSION` numbers the layout of everything osad writes (weights
+files, training checkpoints; ``config.yaml`` has its own number,
+:data:`osad.config.CONFIG_FORMAT_VERSION`, and converts older layouts). The rule:
+osad reads files of its own format version only. An older file is refused with a hint to
 re-create it (a format change that can convert old files would add that
 conversion here), a newer one with a hint to upgrade osad, a file without a
 version because it was not written by a versioned osad.
@@ -32,18 +33,28 @@ from osad.errors import OsadError, StorageError
 FORMAT_VERSION = 1
 
 
-def check_format(found: object, source: str, error: type[OsadError]) -> None:
-    """Raise ``error`` unless ``found`` is this osad's :data:`FORMAT_VERSION`."""
+def check_format(
+    found: object,
+    source: str,
+    error: type[OsadError],
+    *,
+    current: int = FORMAT_VERSION,
+    oldest: int | None = None,
+) -> None:
+    """Raise ``error`` unless ``found`` is a format version osad reads: ``current``
+    (default :data:`FORMAT_VERSION`) or back to ``oldest`` for a file whose reader
+    converts older layouts (``config.yaml``, see :mod:`osad.config`)."""
     if isinstance(found, str) and found.isdigit():
         found = int(found)
-    if found == FORMAT_VERSION:
+    oldest = current if oldest is None else oldest
+    if isinstance(found, int) and not isinstance(found, bool) and oldest <= found <= current:
         return
-    ours = f"osad {__version__} reads format {FORMAT_VERSION}"
+    ours = f"osad {__version__} reads format {current}"
     if found is None:
         raise error(f"{source} has no format_version: it was not written by osad ({ours})")
     if not isinstance(found, int) or isinstance(found, bool):
         raise error(f"{source} has an invalid format_version {found!r} ({ours})")
-    if found > FORMAT_VERSION:
+    if found > current:
         raise error(f"{source} has format {found}, newer than this osad ({ours}); upgrade osad")
     raise error(f"{source} has format {found}, older than this osad ({ours}); re-create it")
 

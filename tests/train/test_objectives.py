@@ -61,7 +61,7 @@ def test_osdn_losses_match_their_definition():
     torch.manual_seed(0)
     model = _model().train()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
-    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=2), 0.5, 2.0)
+    objective = TrainObjective(AttackConfig(eps=8, params={"alpha": 2, "steps": 2}), 0.5, 2.0)
     out = objective(model, x, y)
     assert set(out.terms) == {"ce", "rotation", "reconstruction"}
     expected = out.terms["ce"] + 2.0 * out.terms["rotation"] + 0.5 * out.terms["reconstruction"]
@@ -80,7 +80,7 @@ def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     model = _model().train()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 6, (32,))
-    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=1))
+    objective = TrainObjective(AttackConfig(eps=8, params={"alpha": 2, "steps": 1}))
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     losses = []
     for _ in range(15):
@@ -96,7 +96,7 @@ def test_a_few_steps_lower_the_loss():
 def test_fused_and_separate_branches_share_the_attack_and_differ_only_by_batchnorm():
     model = _model().train()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
-    budget = AttackConfig(eps=16, alpha=4, steps=2)
+    budget = AttackConfig(eps=16, params={"alpha": 4, "steps": 2})
     fused = TrainObjective(budget)
     separate = TrainObjective(budget, fused_branches=False)
     torch.manual_seed(3)

@@ -17,19 +17,8 @@ from osad.config import AttackConfig, Config
 from osad.errors import RunDirError
 from osad.eval.ensemble import describe as describe_ensemble
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
+from osad.openset import score_label
 from osad.storage import write_atomic
-
-SCORE_LABELS = {
-    "msp": "MSP",
-    "maxlogit": "MaxLogit",
-    "energy": "Energy",
-    "odin": "ODIN",
-    "mahalanobis": "Mahalanobis",
-    "knn": "KNN",
-    "openmax": "OpenMax",
-    "openmax-bb": "OpenMax (B&B)",
-    "reconstruction": "Reconstruction",
-}
 
 
 def _pairing_dict(pairing: PairingResult) -> dict[str, Any]:
@@ -107,7 +96,7 @@ def attack_text(attack: dict[str, Any] | None) -> str:
     if attack.get("name") == "ensemble":
         base = AttackConfig(norm=attack["norm"], eps=attack["eps"])
         return describe_ensemble(attack["version"], base)
-    return AttackConfig(**attack).describe()
+    return AttackConfig.from_dict(attack).describe()
 
 
 PAIRING_TEXT = {
@@ -128,11 +117,6 @@ METRIC_COLUMNS = {
     "unknown_rejected": "unknown rejected",
     "hter": "HTER",
 }
-
-
-def score_label(score: str) -> str:
-    """How tables and figures name ``score`` (``openmax`` -> ``OpenMax``)."""
-    return SCORE_LABELS.get(score, score)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
