@@ -8,16 +8,12 @@ import re
 
 from osad.attacks.registry import attack_spec, train_attack_names
 from osad.config.schema import ALL_SCORES, PAIRINGS, AttackConfig, Config, PerfConfig
-from osad.data import DATASETS, FOLDER, dataset_info, is_folder_path
-from osad.errors import ConfigError, shown, unknown_name
-from osad.models import DENOISERS, ENCODERS
-from osad.models.denoise import denoise_forms
+from osad.data.section import check_data_section
+from osad.errors import require, shown, unknown_name
+from osad.models.section import check_model_section
 from osad.openset import SCORERS, check_scorer_options, make_scorer
 
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+_check = require  # the name fas_config imports
 
 
 def validate_device(device: str) -> None:
@@ -39,19 +35,6 @@ def validate_attack(
     attack_spec(attack.name, f"{key}.name").check(attack, key, num_classes, image_size)
 
 
-def _validate_known(known: list[int | str], unknown: str, info) -> None:
-    _check(
-        all(isinstance(c, int) and 0 <= c < info.num_classes for c in known),
-        f"'data.known' entries must be class ids in 0..{info.num_classes - 1}, got {shown(known)}",
-    )
-    _check(len(set(known)) == len(known), f"'data.known' has duplicates: {shown(known)}")
-    _check(len(known) >= 2, f"'data.known' needs at least 2 classes, got {shown(known)}")
-    _check(
-        bool(unknown) or len(known) < info.num_classes,
-        "'data.known' names every class; leave some unknown or set data.unknown",
-    )
-
-
 def validate(config: Config) -> None:
     """Check names against the registries and every value against its range."""
     from osad.train import METHODS
@@ -64,69 +47,9 @@ def validate(config: Config) -> None:
         raise unknown_name("method", config.method, METHODS)
     validate_device(config.device)
 
+    info = check_data_section(config.data)
     d = config.data
-    _check(
-        not is_folder_path(d.name),
-        f"'data.name' is a dataset, not a path; for the image folder {d.name} set "
-        f"data.name=folder data.root={d.name}",
-    )
-    # An image folder is described by its files, checked when it is read.
-    info = None if d.name == FOLDER else dataset_info(d.name)
-    if info is None:
-        _check(
-            d.split == 0,
-            f"'data.split' must be 0 for data.name=folder (one default split), got {d.split}; "
-            "choose other known classes with data.known",
-        )
-    elif d.known:
-        _validate_known(d.known, d.unknown, info)
-    else:
-        _check(
-            info.num_splits > 0,
-            f"{d.name} has no split table; name its known classes, e.g. data.known=[0,1,2,3,4]",
-        )
-        _check(
-            0 <= d.split < info.num_splits,
-            f"'data.split' must be in 0..{info.num_splits - 1} for {d.name}, got {d.split}",
-        )
-    if d.unknown and not is_folder_path(d.unknown):
-        other = dataset_info(d.unknown) if d.unknown in DATASETS else None
-        if other is None:
-            error = unknown_name("dataset in 'data.unknown'", d.unknown, DATASETS)
-            raise ConfigError(f"{error}, or a path to an image folder (containing '/')")
-        _check(other.name != d.name, f"'data.unknown' must be another dataset than {d.name}")
-    _check(d.image_size >= 0, f"'data.image_size' must be >= 0 (0 = native), got {d.image_size}")
-    _check(
-        d.channels in (0, 1, 3),
-        f"'data.channels' must be 0 (native), 1 (gray) or 3 (RGB), got {d.channels}",
-    )
-    _check(
-        0 < d.test_fraction < 1, f"'data.test_fraction' must be in (0, 1), got {d.test_fraction}"
-    )
-    _check(0 <= d.val_fraction < 1, f"'data.val_fraction' must be in [0, 1), got {d.val_fraction}")
-    _check(d.crop_padding >= 0, f"'data.crop_padding' must be >= 0, got {d.crop_padding}")
-
-    m = config.model
-    if m.arch not in ENCODERS:
-        raise unknown_name("model.arch", m.arch, ENCODERS)
-    forms = denoise_forms(m.denoise)
-    for form in forms:
-        if form not in DENOISERS:
-            raise unknown_name("denoising form in 'model.denoise'", form, DENOISERS)
-    _check(
-        len(set(forms)) == len(forms),
-        f"'model.denoise' repeats a form: {shown(m.denoise, quoted=False)}",
-    )
-    _check(m.width >= 2, f"'model.width' must be >= 2, got {m.width}")
-    _check(m.latent_dim >= 1, f"'model.latent_dim' must be >= 1, got {m.latent_dim}")
-    _check(
-        all(0 <= p <= 4 for p in m.denoise_places),
-        f"'model.denoise_places' entries must be in 0..4, got {shown(m.denoise_places)}",
-    )
-    _check(
-        len(set(m.denoise_places)) == len(m.denoise_places),
-        f"'model.denoise_places' has duplicates: {shown(m.denoise_places)}",
-    )
+    check_model_section(config.model)
 
     t = config.train
     _check(t.epochs >= 1, f"'train.epochs' must be >= 1, got {t.epochs}")
