@@ -63,17 +63,24 @@ class Param:
 
     def check(self, value: Any, key: str) -> None:
         """Raise a one-line :class:`ConfigError` unless ``value`` is in range."""
+        low = (
+            f"[{self.at_least:g}" if self.at_least is not None
+            else f"({self.above:g}" if self.above is not None else None
+        )  # fmt: skip
+        if (
+            (self.at_least is None or value >= self.at_least)
+            and (self.above is None or value > self.above)
+            and (self.at_most is None or value <= self.at_most)
+        ):
+            return
         unit = " (in 1/255 units)" if self.per_eps else ""
-        low = (">=", self.at_least) if self.at_least is not None else (">", self.above)
-        if low[1] is not None and self.at_most is not None:
-            ok = (value >= low[1] if low[0] == ">=" else value > low[1]) and value <= self.at_most
-            bracket = "[" if low[0] == ">=" else "("
-            if not ok:
-                raise ConfigError(
-                    f"'{key}' must be in {bracket}{low[1]:g}, {self.at_most:g}], got {shown(value)}"
-                )
-        elif low[1] is not None and not (value >= low[1] if low[0] == ">=" else value > low[1]):
-            raise ConfigError(f"'{key}' must be {low[0]} {low[1]:g}{unit}, got {shown(value)}")
+        if low is not None and self.at_most is not None:
+            bound = f"in {low}, {self.at_most:g}]"
+        elif low is not None:
+            bound = (">= " if low[0] == "[" else "> ") + low[1:]
+        else:
+            bound = f"<= {self.at_most:g}"
+        raise ConfigError(f"'{key}' must be {bound}{unit}, got {shown(value)}")
 
 
 def step_size(times_eps: float) -> Param:

@@ -12,7 +12,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from osad.attacks.registry import SHARED_FIELDS, attack_spec, describe, find_param
+from osad.attacks.registry import (
+    ATTACK_SPECS,
+    SHARED_FIELDS,
+    attack_spec,
+    describe,
+    find_param,
+)
 from osad.config.loader import coerce
 from osad.errors import ConfigError
 from osad.openset import SCORERS, check_scorer_options, scorer_option_types, scorer_options
@@ -87,7 +93,8 @@ class AttackConfig:
         for key in [k for k in node if k not in SHARED_FIELDS]:
             params[key] = node.pop(key)
         node["params"] = {k: v for k, v in params.items() if k in kept}
-        for key, value in attack_spec(node.get("name"), "attack.name").fixed.items():
+        spec = ATTACK_SPECS.get(node.get("name"))  # an unknown name is refused later
+        for key, value in (spec.fixed if spec else {}).items():
             if key not in given:
                 node[key] = value
 
