@@ -265,12 +265,13 @@ def test_test_overrides_touch_eval_only(evaluated, capsys):
 
 
 def test_every_attack_osad_has_is_nameable():
-    from osad.config import ATTACK_NAMES, make_config
+    from osad.attacks import ATTACK_SPECS
+    from osad.config import make_config
     from osad.eval.options import select_evaluation
 
     config = make_config()
-    chosen = select_evaluation(config, attacks=list(ATTACK_NAMES)).eval.attacks
-    assert list(chosen) == list(ATTACK_NAMES)
+    chosen = select_evaluation(config, attacks=list(ATTACK_SPECS)).eval.attacks
+    assert list(chosen) == list(ATTACK_SPECS)
     assert chosen["apgd"].name == "apgd" and chosen["apgd"].eps == config.eval.attacks["pgd"].eps
     assert chosen["square"].name == "square" and chosen["patch"].eps == 255.0
 

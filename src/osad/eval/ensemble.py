@@ -84,7 +84,7 @@ class Member:
     def config(self, base: AttackConfig) -> AttackConfig:
         """The :class:`~osad.config.AttackConfig` of this member at ``base``'s eps and norm."""
         budget = {"queries": self.budget} if self.attack == "square" else {"steps": self.budget}
-        return AttackConfig(name=self.attack, norm=base.norm, eps=base.eps, **budget)
+        return AttackConfig(name=self.attack, norm=base.norm, eps=base.eps, params=budget)
 
 
 _FAST = (
