@@ -117,7 +117,7 @@ def test_preset_builds_the_full_model(preset):
         if model.rotation_head is not None:
             assert model.rotation_head(z).shape == (2, 4)
     blocks = [m for m in model.modules() if isinstance(m, DenoiseBlock)]
-    assert len(blocks) == (len(config.model.denoise_places) if method.denoise else 0)
+    assert len(blocks) == (len(config.model.denoise_places) if method.network().denoise else 0)
     assert (model.decoder is not None) == (method.decoder and config.train.reconstruction)
     assert model.encoder.out_features == 8 * config.model.width
 
