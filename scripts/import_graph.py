@@ -16,6 +16,7 @@ Two kinds of import are counted separately:
 Imports under ``if TYPE_CHECKING:`` never run and are left out. Importing
 ``a.b.c`` also runs the package ``a.b``'s ``__init__``, so such an import is an
 edge to ``a.b.c`` and to ``a.b`` (unless the importer is inside ``a.b`` already).
+In the component graph, ``osad`` stands for the root package's own ``__init__``.
 A cycle is a strongly connected component of more than one module (Tarjan), or a
 module that imports itself; lazy edges count.
 
