@@ -10,8 +10,12 @@ Two kinds of import are counted separately:
 
 - **top**: runs when the module is imported (module body, including ``try``/``if``
   blocks and class bodies);
-- **lazy**: runs when a function is called (an ``import`` inside a function), and
-  ``importlib.import_module("literal")``.
+- **lazy**: runs when a function is called (an ``import`` inside a function, or
+  ``importlib.import_module("literal")``); a package that loads names on first use
+  (a module ``__getattr__`` over a dict of name -> module, PEP 562) lazily imports
+  each module of its table, and ``from package import name`` imports the module
+  that name comes from. Such a table's edges are left out of cycles (importing the
+  package runs none of them).
 
 Imports under ``if TYPE_CHECKING:`` never run and are left out. Importing
 ``a.b.c`` also runs the package ``a.b``'s ``__init__``, so such an import is an
@@ -42,6 +46,8 @@ class Edge:
 
     ``lazy``: inside a function. ``via``: the module named in the import statement
     when this edge is to a package whose ``__init__`` that import runs, else ``""``.
+    ``on_first_use``: a name the importer loads from ``imported`` on first access
+    (:func:`_lazy_names`); no import of the importer runs it, so it is in no cycle.
     """
 
     importer: str
@@ -49,6 +55,7 @@ class Edge:
     line: int
     lazy: bool
     via: str = ""
+    on_first_use: bool = False
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -91,8 +98,26 @@ def _known(name: str, modules: dict[str, Path]) -> str:
     return name
 
 
-def _targets(node: ast.AST, importer: str, is_package: bool, modules: dict[str, Path]):
-    """The dotted names of the package's modules that ``node`` imports."""
+def _lazy_names(tree: ast.Module, modules: dict[str, Path]) -> dict[str, str]:
+    """Name -> module of a module that loads names on first use (PEP 562): a
+    module-level ``__getattr__`` and a dict literal of names to module names."""
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+        return {}
+    table = {}
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if isinstance(value, ast.Dict):
+            for key, item in zip(value.keys, value.values, strict=True):
+                named = isinstance(item, ast.Constant) and isinstance(item.value, str)
+                target = _known(item.value, modules) if named else None
+                if isinstance(key, ast.Constant) and target in modules:
+                    table[key.value] = target
+    return table
+
+
+def _targets(node: ast.AST, importer: str, is_package: bool, modules, lazy_names):
+    """The dotted names of the package's modules that ``node`` imports (``lazy_names``:
+    module -> its names loaded on first use, see :func:`_lazy_names`)."""
     package = importer.split(".")[0]
     if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
@@ -103,9 +128,13 @@ def _targets(node: ast.AST, importer: str, is_package: bool, modules: dict[str, 
             module = ".".join([*base, *([node.module] if node.module else [])])
         else:
             module = node.module or ""
-        # ``from a import b``: the module ``a.b`` if there is one, else the name b in ``a``.
+        # ``from a import b``: the module ``a.b`` if there is one, else the module
+        # that ``a`` loads b from on first use, else the name b in ``a``.
         names = [
-            f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names
+            f"{module}.{a.name}"
+            if f"{module}.{a.name}" in modules
+            else lazy_names.get(module, {}).get(a.name, module)
+            for a in node.names
         ]
     else:
         func = node.func
@@ -120,12 +149,19 @@ def _targets(node: ast.AST, importer: str, is_package: bool, modules: dict[str, 
 def read_edges(root: Path = ROOT) -> tuple[dict[str, Path], list[Edge]]:
     """Every module of the package at ``root`` and every edge between its modules."""
     modules = module_names(root)
-    edges = []
-    for importer, path in modules.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        is_package = path.name == "__init__.py"
+    trees = {
+        name: ast.parse(path.read_text(), filename=str(path)) for name, path in modules.items()
+    }
+    lazy_names = {name: _lazy_names(tree, modules) for name, tree in trees.items()}
+    edges = [
+        Edge(name, target, 0, lazy=True, on_first_use=True)
+        for name, table in lazy_names.items()
+        for target in set(table.values())
+    ]
+    for importer, tree in trees.items():
+        is_package = modules[importer].name == "__init__.py"
         for node, lazy in _statements(tree):
-            for target in _targets(node, importer, is_package, modules):
+            for target in _targets(node, importer, is_package, modules, lazy_names):
                 parts = target.split(".")
                 edges.append(Edge(importer, target, node.lineno, lazy))
                 # Importing a.b.c runs a.b's __init__ first (the root package's too,
@@ -151,7 +187,8 @@ def cycles(nodes, edges: list[Edge]) -> list[list[str]]:
     """
     graph = defaultdict(set)
     for edge in edges:
-        graph[edge.importer].add(edge.imported)
+        if not edge.on_first_use:
+            graph[edge.importer].add(edge.imported)
     index, low, on_stack, stack, found = {}, {}, set(), [], []
     counter = [0]
 
@@ -195,6 +232,8 @@ def cycles(nodes, edges: list[Edge]) -> list[list[str]]:
 
 
 def _describe(edge: Edge) -> str:
+    if edge.on_first_use:
+        return f"{edge.importer} -> {edge.imported}  [lazy, on first use of a name]"
     kind = "lazy" if edge.lazy else "top"
     via = f" (package __init__, importing {edge.via})" if edge.via else ""
     return f"{edge.importer} -> {edge.imported}  [{kind}, line {edge.line}]{via}"
