@@ -32,8 +32,8 @@ def worker(overrides: list[str], steps: int) -> None:
     from osad.data import load_openset, to_float
     from osad.distributed import barrier, init_from_env, is_main, process_device, shutdown
     from osad.runtime import resolve_device, seed_everything
-    from osad.train.loop import _optimizer, build_model_for
-    from osad.train.methods import METHODS
+    from osad.train import build_model_for
+    from osad.train.factory import make_optimizer
     from osad.train.objectives import TrainObjective
     from osad.train.parallel import DataParallelStep
 
@@ -44,10 +44,9 @@ def worker(overrides: list[str], steps: int) -> None:
     seed_everything(config.seed)
     model = build_model_for(config, data)[0].to(device)
     t = config.train
-    attack = t.attack if METHODS[config.method].adversarial else None
-    objective = TrainObjective(attack, t.reconstruction_weight, t.rotation_weight)
+    objective = TrainObjective.for_network(config)
     step = DataParallelStep(model, objective, t.grad_accumulation)
-    optimizer = _optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))
     batches = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
     batches = [b for b in batches if len(b) == t.batch_size]

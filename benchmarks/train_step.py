@@ -40,13 +40,16 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from osad.config import AttackConfig, PerfConfig
+from osad.config import AttackConfig, PerfConfig, make_config
 from osad.models import OpenSetNet
 from osad.models.denoise import EmbeddedGaussian
 from osad.perf import autocast, prepare_model
-from osad.train import TrainObjective
+from osad.train import METHODS, TrainObjective
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 5
+
+# OSDN's loss terms at the default weights (CE, rotation CE, reconstruction MSE).
+OSDN_TERMS = METHODS["osdn"].network().terms_for(make_config(overrides=["method=osdn"]).train)
 
 
 class ExplicitGaussian(nn.Module):
@@ -153,7 +156,7 @@ def check_same_results(model: OpenSetNet, x: Tensor, y: Tensor) -> None:
     results = {}
     for name, net, fuse in (("unfused", unfused, False), ("fused", fused, True)):
         torch.manual_seed(1)  # the same rotations as the naive step
-        loss = osad_step(net, TrainObjective(attack, fused_branches=fuse), x, y)
+        loss = osad_step(net, TrainObjective(attack, OSDN_TERMS, fused_branches=fuse), x, y)
         results[name] = (
             abs(loss - naive_loss).item() / naive_loss.item(),
             gradient_gap(net, naive),
@@ -213,7 +216,8 @@ def main() -> None:
     attack = AttackConfig(eps=EPS * 255, alpha=ALPHA * 255, steps=STEPS)
     naive = naive_copy(model)
     osad = prepare_model(copy.deepcopy(model), perf, device)
-    fused, unfused = TrainObjective(attack), TrainObjective(attack, fused_branches=False)
+    fused = TrainObjective(attack, OSDN_TERMS)
+    unfused = TrainObjective(attack, OSDN_TERMS, fused_branches=False)
 
     def run_osad(objective: TrainObjective) -> Tensor:
         kernels = sdpa_kernel(SDPBackend.MATH) if args.sdpa == "math" else contextlib.nullcontext()

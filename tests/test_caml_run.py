@@ -119,17 +119,17 @@ def test_resumed_caml_run_ends_bit_identical_peer_included(finished_caml, tmp_pa
 
 
 def test_non_finite_peer_loss_names_the_peer_update(tmp_path, monkeypatch, capsys):
-    from osad.train import mutual
+    from osad.train import terms
 
     calls = {"n": 0}
-    original = mutual.softened_kl
+    original = terms.softened_kl
 
     def poisoned(student, teacher, temperature=1.0):
         calls["n"] += 1  # two calls a step: OSDN's term, then the peer's
         value = original(student, teacher, temperature)
         return value * float("nan") if calls["n"] == 4 else value
 
-    monkeypatch.setattr(mutual, "softened_kl", poisoned)
+    monkeypatch.setattr(terms, "softened_kl", poisoned)
     run = tmp_path / "nan"
     with one_torch_thread():
         assert main(["train", "--out", str(run), "--no-progress", *RESUMABLE_CAML]) == 2

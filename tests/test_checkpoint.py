@@ -26,7 +26,7 @@ from osad.cli import main
 from osad.config import make_config
 from osad.errors import CheckpointError, ConfigError, StorageError
 from osad.rundir import RunDir
-from osad.train.state import TrainState
+from osad.train.state import Network, TrainState
 from tests.conftest import TINY_NET, tiny_net
 
 
@@ -228,10 +228,8 @@ def test_train_state_round_trip_includes_scheduler_optimizer_and_generators():
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
         generators = {"g": torch.Generator().manual_seed(1)}
         state = TrainState(
-            model,
-            optimizer,
+            {"main": Network(model, optimizer, ("linear", {}))},
             generators,
-            recipe=("linear", {}),
             context={"config": {"lr": 0.1}, "data": "d", "device": "cpu"},
             scheduler=scheduler,
         )
@@ -264,10 +262,8 @@ def test_a_config_key_added_since_the_checkpoint_does_not_block_resume():
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 2)
         return TrainState(
-            model,
-            torch.optim.SGD(model.parameters(), lr=0.1),
+            {"main": Network(model, torch.optim.SGD(model.parameters(), lr=0.1), ("linear", {}))},
             {},
-            recipe=("linear", {}),
             context={"config": config, "data": "d", "device": "cpu"},
             complete_config=complete,
         )

@@ -22,8 +22,7 @@ from osad.config import make_config
 from osad.data import OpenSetData, dataset_info
 from osad.errors import ConfigError
 from osad.models import DenoiseBlock
-from osad.train import METHODS, train
-from osad.train.loop import build_model_for
+from osad.train import METHODS, build_model_for, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Open-set presets; the anti-spoofing presets (task: fas) are tested in tests/test_fas_*.

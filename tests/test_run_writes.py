@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from osad.cli import main
+from osad.eval.results import METRICS_FORMAT, read_metrics
 from tests.conftest import TINY, one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +240,23 @@ def test_test_adds_conditions_and_keeps_the_earlier_ones(evaluated, tmp_path, ca
         json.loads((other / "metrics.json").read_text())["conditions"]["pgd"]["attack"]["steps"]
         == 2
     )
+    assert _tree(run / "eval") == before
+
+
+@pytest.mark.slow
+def test_metrics_json_records_its_format_and_a_newer_one_is_kept(evaluated, tmp_path, capsys):
+    run = shutil.copytree(evaluated, tmp_path / "run")
+    path = run / "eval" / "metrics.json"
+    document = json.loads(path.read_text())
+    assert document["format_version"] == METRICS_FORMAT
+    assert read_metrics(path).format_version == METRICS_FORMAT
+    # Results written by a newer osad are neither reused nor overwritten by this one.
+    document["format_version"] = METRICS_FORMAT + 1
+    path.write_text(json.dumps(document))
+    before = _tree(run / "eval")
+    assert main(["test", str(run), "--no-progress", "--attacks", "fgsm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "newer than this osad" in err and "--force" in err, err
     assert _tree(run / "eval") == before
 
 

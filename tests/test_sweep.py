@@ -12,6 +12,7 @@ import pytest
 
 from osad.cli import main
 from osad.config import make_config
+from osad.eval.results import SUMMARY_FORMAT, read_summary
 from osad.sweep import load_sweep
 from osad.sweep.summary import WORST, paired_differences, worst_case
 from osad.train import TrainObjective
@@ -72,6 +73,8 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
     out = finished_sweep[1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == summary["runs"] == 2 and summary["missing"] == []
+    assert summary["format_version"] == SUMMARY_FORMAT
+    assert read_summary(out / "summary.json").methods == summary["methods"]
     assert list(summary["methods"]) == ["plain", "osdn"]
     assert list(summary["conditions"]) == ["clean", "fgsm", "pgd", WORST]
     for label in ("plain", "osdn"):

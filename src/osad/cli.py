@@ -17,7 +17,7 @@ from pathlib import Path
 
 from osad import __version__
 from osad.errors import OsadError, TrainingInterrupted
-from osad.rundir import RUN_MODELS, RunDir
+from osad.rundir import MAIN, RUN_MODELS, RunDir
 
 
 class _UsageError(Exception):
@@ -105,13 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute every condition and replace the earlier results (default: reuse "
         "the conditions computed under identical settings, add the new ones)",
     )
-    te.add_argument("--out", help="folder for the results (default: RUN_DIR/eval, or eval-peer/)")
+    te.add_argument(
+        "--out", help="folder for the results (default: RUN_DIR/eval, or RUN_DIR/eval-NAME/)"
+    )
     _add_progress_option(te)
     te.add_argument(
         "--model",
         choices=RUN_MODELS,
-        default="main",
-        help="'peer': evaluate the peer network of an osdn-caml run (writes RUN_DIR/eval-peer/)",
+        default=MAIN,
+        metavar="NAME",
+        help="the network of the run to evaluate: main (its model, default) or another the "
+        "method trains, e.g. peer of an osdn-caml run (writes RUN_DIR/eval-NAME/)",
     )
     te.add_argument(
         "--attacks",

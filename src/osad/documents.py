@@ -3,8 +3,9 @@
 A :class:`DocumentCheck` is bound to one file and one error type; each of its
 getters returns a value of the expected JSON type and range or raises that
 error naming the file and the dotted key, so a reader validates its file kind
-in one function (``state.json``: :mod:`osad.train.state`; ``metrics.json``:
-:mod:`osad.eval.aggregate`) and never indexes a document it has not checked.
+in one function (``state.json``: :mod:`osad.train.state`; ``metrics.json`` and
+``summary.json``: :mod:`osad.eval.results`) and never indexes a document it has not
+checked.
 """
 
 from __future__ import annotations

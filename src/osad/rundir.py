@@ -3,11 +3,14 @@
 RUN_DIR/
   config.yaml          resolved configuration (with its format version)
   data.json            where the training images came from (osad.data.load_openset's source)
-  model.safetensors    trained weights and the recipe that rebuilds the model
-  peer.safetensors     the peer network of mutual learning (osdn-caml runs only)
+  model.safetensors    trained weights of the run's model (network ``main``) and the recipe
+                       that rebuilds it
+  NAME.safetensors     the same for each further network of the method (``peer.safetensors``:
+                       the peer network of mutual learning, osdn-caml runs only)
   history.jsonl        one JSON line of training metrics per epoch
   checkpoints/         training checkpoints (see osad.checkpoint and osad.train.state)
-    step-00000042/     model.safetensors, state.safetensors, state.json, manifest.json
+    step-00000042/     model.safetensors (NAME.safetensors), state.safetensors, state.json,
+                       manifest.json
     latest             the name of the newest complete checkpoint
   tensorboard/         TensorBoard event files
   eval/metrics.json    metrics of ``osad test``
@@ -15,7 +18,7 @@ RUN_DIR/
   eval/results.md      the result table
   eval/roc.png         ROC figure (face anti-spoofing runs)
   eval/figures/        figures of open-set runs (ROC, histograms, eps sweep, reconstructions)
-  eval-peer/           the same results for the peer network (osad test --model peer)
+  eval-NAME/           the same results for network NAME (osad test --model peer: eval-peer/)
   check.json           gradient-masking sanity checks of ``osad check``
   .lock                the writer's lock and pid (see osad.runlock)
 """
@@ -33,8 +36,11 @@ from osad.storage import remove_path, staging_paths, storage_error
 
 _CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 
-# The networks a run can hold: its model, and the peer network of an osdn-caml run.
-RUN_MODELS = ("main", "peer")
+# The run's model: the network ``osad test`` evaluates unless ``--model`` names another.
+MAIN = "main"
+# The names of the networks a run can hold (osad.train.methods declares which a method
+# trains): its model, and the peer network of an osdn-caml run.
+RUN_MODELS = (MAIN, "peer")
 
 
 def plain_name_inside(folder: Path, name: object, source: str) -> Path:
@@ -73,19 +79,22 @@ class RunDir:
 
     @property
     def model(self) -> Path:
-        return self.root / "model.safetensors"
+        return self.weights(MAIN)
 
-    @property
-    def peer_model(self) -> Path:
-        return self.root / "peer.safetensors"
+    @staticmethod
+    def weights_name(network: str = MAIN) -> str:
+        """The file name of network ``network``'s weights, in the run directory and in
+        each checkpoint: ``model.safetensors`` for ``main``, ``NAME.safetensors`` else."""
+        return "model.safetensors" if network == MAIN else f"{network}.safetensors"
 
-    def weights(self, which: str = "main") -> Path:
-        """The weights file of the run's ``main`` model or of its ``peer`` network."""
-        return self.peer_model if which == "peer" else self.model
+    def weights(self, network: str = MAIN) -> Path:
+        """The weights file of the run's network ``network`` (``main``, ``peer``, ...)."""
+        return self.root / self.weights_name(network)
 
-    def eval_dir_of(self, which: str = "main") -> Path:
-        """Where ``osad test`` writes the results of the ``main`` model or the ``peer``."""
-        return self.root / "eval-peer" if which == "peer" else self.eval_dir
+    def eval_dir_of(self, network: str = MAIN) -> Path:
+        """Where ``osad test`` writes the results of network ``network``: ``eval/`` for
+        ``main``, ``eval-NAME/`` else."""
+        return self.eval_dir if network == MAIN else self.root / f"eval-{network}"
 
     @property
     def history(self) -> Path:
@@ -133,9 +142,9 @@ class RunDir:
     def roc_figure(self) -> Path:
         return self.eval_dir / "roc.png"
 
-    def figures_of(self, which: str = "main") -> Path:
-        """Where ``osad test`` draws the figures of the ``main`` model or the ``peer``."""
-        return self.eval_dir_of(which) / "figures"
+    def figures_of(self, network: str = MAIN) -> Path:
+        """Where ``osad test`` draws the figures of network ``network``."""
+        return self.eval_dir_of(network) / "figures"
 
     @property
     def check(self) -> Path:
@@ -147,12 +156,11 @@ class RunDir:
 
     def owned_paths(self) -> tuple[Path, ...]:
         """Every file and folder a run writes (and what an interrupted evaluation left)."""
-        evals = (self.eval_dir, self.eval_dir_of("peer"))
+        evals = tuple(self.eval_dir_of(network) for network in RUN_MODELS)
         return (
             self.config,
             self.data_record,
-            self.model,
-            self.peer_model,
+            *(self.weights(network) for network in RUN_MODELS),
             self.history,
             self.checkpoints,
             self.tensorboard,

@@ -8,7 +8,9 @@ itself survives a power cut. A reader sees the old file or the new one, never a
 mix, and a failed write (a full disk) leaves the old file untouched.
 
 :data:`FORMAT_VERSION` numbers the layout of everything osad writes
-(``config.yaml``, weights files, training checkpoints). The rule: osad reads
+(``config.yaml``, weights files, training checkpoints); the results files
+``metrics.json`` and ``summary.json`` are numbered apart, with their own rule
+(:mod:`osad.eval.results`), through the same :func:`check_format`. The rule: osad reads
 files of its own format version only. An older file is refused with a hint to
 re-create it (a format change that can convert old files would add that
 conversion here), a newer one with a hint to upgrade osad, a file without a
@@ -32,20 +34,28 @@ from osad.errors import OsadError, StorageError
 FORMAT_VERSION = 1
 
 
-def check_format(found: object, source: str, error: type[OsadError]) -> None:
-    """Raise ``error`` unless ``found`` is this osad's :data:`FORMAT_VERSION`."""
+def check_format(
+    found: object,
+    source: str,
+    error: type[OsadError],
+    current: int = FORMAT_VERSION,
+    kind: str = "format",
+) -> None:
+    """Raise ``error`` unless ``found`` is ``current``: this osad's :data:`FORMAT_VERSION`,
+    or the version of a file kind numbered apart (``kind`` names it in the message, e.g.
+    ``"metrics format"``: :mod:`osad.eval.results`)."""
     if isinstance(found, str) and found.isdigit():
         found = int(found)
-    if found == FORMAT_VERSION:
+    if found == current:
         return
-    ours = f"osad {__version__} reads format {FORMAT_VERSION}"
+    ours = f"osad {__version__} reads {kind} {current}"
     if found is None:
         raise error(f"{source} has no format_version: it was not written by osad ({ours})")
     if not isinstance(found, int) or isinstance(found, bool):
         raise error(f"{source} has an invalid format_version {found!r} ({ours})")
-    if found > FORMAT_VERSION:
-        raise error(f"{source} has format {found}, newer than this osad ({ours}); upgrade osad")
-    raise error(f"{source} has format {found}, older than this osad ({ours}); re-create it")
+    if found > current:
+        raise error(f"{source} has {kind} {found}, newer than this osad ({ours}); upgrade osad")
+    raise error(f"{source} has {kind} {found}, older than this osad ({ours}); re-create it")
 
 
 def write_synced(path: Path, data: bytes) -> None:

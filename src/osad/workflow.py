@@ -59,17 +59,19 @@ from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
 from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
+from osad.eval.results import read_metrics
 from osad.eval.sanity import CheckResult, CheckSettings, run_checks
 from osad.fas_config import FasConfig
 from osad.perf import prepare_model
-from osad.rundir import RUN_MODELS, RunDir
+from osad.rundir import MAIN, RUN_MODELS, RunDir
 from osad.runlock import run_lock
 from osad.runtime import deterministic_mode, resolve_device
 from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256, write_atomic
 from osad.train import TrainResult, build_model_for, train
-from osad.train.loop import check_parallel_support, check_training
+from osad.train.factory import check_training
 from osad.train.meta import check_meta_training, train_meta
-from osad.train.methods import PEER_METHOD
+from osad.train.methods import METHODS
+from osad.train.parallel import check_parallel_support
 
 
 def train_run(
@@ -119,12 +121,11 @@ def _writing(root: Path) -> Iterator[None]:
 
 
 def save_trained(run: RunDir, result: TrainResult) -> None:
-    """Write the trained weights, and those of the peer network if the method has one
-    (under torchrun: on rank 0, through :func:`osad.distributed.agree`)."""
-    save_model(run.model, result.model, result.model_name, result.model_kwargs)
-    if result.peer is not None:
-        peer = result.peer
-        save_model(run.peer_model, peer.model, peer.model_name, peer.model_kwargs)
+    """Write the weights of every trained network (``model.safetensors`` for the run's
+    model, ``NAME.safetensors`` for network ``NAME``; under torchrun: on rank 0, through
+    :func:`osad.distributed.agree`)."""
+    for name, network in result.networks().items():
+        save_model(run.weights(name), network.model, network.model_name, network.model_kwargs)
 
 
 def _create_run(config: Config | FasConfig, out: str | Path, force: bool) -> RunDir:
@@ -240,18 +241,18 @@ def _resolved_root(config: Config | FasConfig, root: str) -> Path:
 
 
 def load_run_model(
-    run: RunDir, config: Config, data: OpenSetData, device: torch.device, which: str = "main"
+    run: RunDir, config: Config, data: OpenSetData, device: torch.device, network: str = MAIN
 ) -> nn.Module:
-    """The run's trained weights in the model its configuration describes, in eval mode;
-    ``which="peer"``: the peer network of an osdn-caml run.
+    """The trained weights of the run's network ``network`` (``main``: its model;
+    ``peer``: the peer network of an osdn-caml run) in the model its configuration
+    describes, in eval mode.
 
     Weights of another architecture are refused naming the first mismatching
     parameter; weights of the same shapes but another recipe (e.g. another
     denoising filter) naming the setting that differs.
     """
-    method = PEER_METHOD if which == "peer" else None
-    model, name, kwargs = build_model_for(config, data, method)
-    path = run.weights(which)
+    model, name, kwargs = build_model_for(config, data, network)
+    path = run.weights(network)
     state, (saved_name, saved_kwargs) = read_weights(path)
     source = f"weights file {path}"
     load_state_checked(model, state, source)
@@ -271,7 +272,7 @@ def test_run(
     progress: bool = True,
     data_root: str | None = None,
     verify: bool = True,
-    model: str = "main",
+    model: str = MAIN,
     attacks: Sequence[str] | None = None,
     scores: Sequence[str] | None = None,
     pairings: Sequence[str] | None = None,
@@ -283,8 +284,9 @@ def test_run(
 
     ``data_root`` and ``verify`` say where the data are and whether to check them
     (see :func:`confirm_data_source`: the run directory does not choose them).
-    ``model="peer"`` evaluates the peer network of an ``osdn-caml`` run instead,
-    with the same protocol, into ``eval-peer/``. ``overrides`` (``key=value``, the
+    ``model`` names the network of the run to evaluate (``main``, the run's model, into
+    ``eval/``; another, e.g. ``peer`` of an ``osdn-caml`` run, with the same protocol
+    into ``eval-NAME/``). ``overrides`` (``key=value``, the
     ``eval.*`` keys only) change the run's evaluation settings; ``attacks``, ``scores``,
     ``pairings`` and the ensemble ``version`` narrow or extend them (see
     :func:`osad.eval.options.select_evaluation`).
@@ -423,15 +425,8 @@ def _reusable(
         )
     if force:
         return [], {}
-    try:
-        stored = json.loads(path.read_text())["conditions"]
-        if not isinstance(stored, dict) or not all(isinstance(c, dict) for c in stored.values()):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise RunDirError(
-            f"{path} cannot be read; pass --force to replace the evaluation, or --out DIR "
-            "to write elsewhere"
-        ) from None
+    remedy = "pass --force to replace the evaluation, or --out DIR to write elsewhere"
+    stored = read_metrics(path, remedy=remedy).document["conditions"]
     reused = []
     for name, wanted in settings.items():
         if name not in stored:
@@ -491,16 +486,18 @@ def _test_fas(
 def _test_target(run: RunDir, model: str) -> Config | FasConfig:
     weights = run.weights(model)
     if not weights.is_file():
+        methods = [m.name for m in METHODS.values() if any(n.name == model for n in m.networks)]
         raise RunDirError(
-            f"{run.root} has no {weights.name}: only osdn-caml runs train a peer network"
+            f"{run.root} has no {weights.name}: only {', '.join(methods)} runs train a "
+            f"{model} network"
         )
     return load_run_config(run)
 
 
-def run_title(config: Config, model: str = "main") -> str:
+def run_title(config: Config, model: str = MAIN) -> str:
     d = config.data
     classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
-    method = f"{config.method} peer network" if model == "peer" else config.method
+    method = config.method if model == MAIN else f"{config.method} {model} network"
     unknown = f", unknowns from {unknown_source_name(d)}" if d.unknown else ""
     return f"{method} on {source_name(d)} {classes}{unknown}"
 

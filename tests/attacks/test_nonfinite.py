@@ -10,8 +10,9 @@ from torch import nn
 
 from osad.attacks import ATTACKS, Square, score_objective
 from osad.attacks.engine import NonFiniteWarning
+from osad.attacks.outputs import outputs_under_attack
 from osad.config import AttackConfig
-from osad.eval.protocol import ConditionResult, PairingResult, outputs_under_attack
+from osad.eval.protocol import ConditionResult, PairingResult
 from osad.eval.report import condition_dict
 from osad.openset import Scorer
 

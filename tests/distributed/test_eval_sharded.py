@@ -6,7 +6,7 @@ import torch
 
 from osad.config import make_config
 from osad.eval import evaluate
-from osad.train.loop import build_model_for
+from osad.train import build_model_for
 from tests.conftest import TINY, one_torch_thread
 from tests.distributed.spawn import run_ranks
 

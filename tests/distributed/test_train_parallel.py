@@ -8,7 +8,8 @@ from osad.config import make_config
 from osad.data import to_float
 from osad.distributed import sync_batchnorm
 from osad.errors import ConfigError
-from osad.train.loop import _optimizer, build_model_for, train
+from osad.train import build_model_for, train
+from osad.train.factory import make_optimizer
 from osad.train.objectives import TrainObjective
 from osad.train.parallel import DataParallelStep, check_split, micro_batches
 from osad.workflow import train_run
@@ -44,9 +45,9 @@ def _steps(config, data, accumulation: int, sync: bool, frozen_bn: bool = False)
     if sync:
         sync_batchnorm(model)
     t = config.train
-    objective = TrainObjective(t.attack, t.reconstruction_weight, t.rotation_weight)
+    objective = TrainObjective.for_network(config)
     step = DataParallelStep(model, objective, accumulation)
-    optimizer = _optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))
     model.train(not frozen_bn)
     losses = []
@@ -83,8 +84,7 @@ def _check_in_rank(rank: int, config, data, single, single_frozen) -> None:
 
 def _check_attack_has_no_collectives(rank: int, config, data) -> None:
     model = build_model_for(config, data)[0]
-    t = config.train
-    objective = TrainObjective(t.attack, t.reconstruction_weight, t.rotation_weight)
+    objective = TrainObjective.for_network(config)
     step = DataParallelStep(model, objective)
     calls = []
 

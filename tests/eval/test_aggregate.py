@@ -153,6 +153,14 @@ METRICS_FAULTS = {
         "'conditions.pgd.attack' does not describe an attack",
     ),
     "config without data": (_edit(lambda d: d["config"].pop("data")), "'config.data' is missing"),
+    "newer format": (
+        _edit(lambda d: d.update(format_version=2)),
+        "has metrics format 2, newer than this osad",
+    ),
+    "format as text": (
+        _edit(lambda d: d.update(format_version="two")),
+        "invalid format_version 'two'",
+    ),
 }
 
 

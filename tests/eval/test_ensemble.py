@@ -21,7 +21,7 @@ from osad.eval.ensemble import (
 )
 from osad.eval.options import select_evaluation
 from osad.openset import OpenMax, make_scorer
-from osad.train.loop import build_model_for
+from osad.train import build_model_for
 from tests.conftest import TINY
 
 

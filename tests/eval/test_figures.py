@@ -7,7 +7,7 @@ import pytest
 from osad.config import make_config
 from osad.eval import evaluate
 from osad.eval.figures import eps_sweep, write_figures
-from osad.train.loop import build_model_for
+from osad.train import build_model_for
 from tests.conftest import TINY
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from osad.errors import ConfigError
 from osad.eval import evaluate
 from osad.eval.options import select_evaluation
 from osad.eval.protocol import combine_pairings
-from osad.train.loop import build_model_for
+from osad.train import build_model_for
 from tests.conftest import TINY
 
 

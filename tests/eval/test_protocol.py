@@ -1,12 +1,13 @@
 import pytest
 import torch
 
+from osad.attacks.outputs import Outputs
 from osad.config import make_config
 from osad.data import to_float
 from osad.eval import evaluate
-from osad.eval.protocol import Outputs, score_outputs
+from osad.eval.protocol import score_outputs
 from osad.openset import ODIN, SCORERS
-from osad.train.loop import build_model_for
+from osad.train import build_model_for
 from tests.conftest import TINY
 
 

@@ -68,7 +68,8 @@ def test_a_gradient_masked_model_is_flagged(masked):
 
 
 def test_a_randomised_model_fails_the_repeat_check(plain_model, digits_split0):
-    from osad.eval.protocol import make_scorers, outputs_under_attack
+    from osad.attacks.outputs import outputs_under_attack
+    from osad.eval.protocol import make_scorers
     from osad.eval.sanity import check_deterministic, make_probe
 
     class Noisy(QuantisedInput):
@@ -96,8 +97,8 @@ def test_a_randomised_model_fails_the_repeat_check(plain_model, digits_split0):
 
 @pytest.mark.slow
 def test_the_ensemble_check_flags_a_weak_attack(plain_model, digits_split0, single_thread):
+    from osad.attacks.outputs import outputs_under_attack
     from osad.eval.options import paper_budget
-    from osad.eval.protocol import outputs_under_attack
     from osad.eval.sanity import check_ensemble, make_probe
 
     # one PGD step of 1/255 at eps 32/255: far from the worst case

@@ -10,6 +10,12 @@ from osad.train import METHODS, TrainObjective, model_spec
 from osad.train.objectives import rotation_branch_objective
 
 
+def _osdn_terms(**train):
+    """OSDN's (term, weight) pairs under ``train.*`` settings."""
+    config = make_config(overrides=["method=osdn", *[f"train.{k}={v}" for k, v in train.items()]])
+    return METHODS["osdn"].network().terms_for(config.train)
+
+
 def _model(method="osdn", **over):
     config = make_config(
         overrides=[
@@ -61,7 +67,10 @@ def test_osdn_losses_match_their_definition():
     torch.manual_seed(0)
     model = _model().train()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
-    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=2), 0.5, 2.0)
+    objective = TrainObjective(
+        AttackConfig(eps=8, alpha=2, steps=2),
+        _osdn_terms(reconstruction_weight=0.5, rotation_weight=2.0),
+    )
     out = objective(model, x, y)
     assert set(out.terms) == {"ce", "rotation", "reconstruction"}
     expected = out.terms["ce"] + 2.0 * out.terms["rotation"] + 0.5 * out.terms["reconstruction"]
@@ -80,7 +89,7 @@ def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     model = _model().train()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 6, (32,))
-    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=1))
+    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=1), _osdn_terms())
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     losses = []
     for _ in range(15):
@@ -97,8 +106,8 @@ def test_fused_and_separate_branches_share_the_attack_and_differ_only_by_batchno
     model = _model().train()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
     budget = AttackConfig(eps=16, alpha=4, steps=2)
-    fused = TrainObjective(budget)
-    separate = TrainObjective(budget, fused_branches=False)
+    fused = TrainObjective(budget, _osdn_terms())
+    separate = TrainObjective(budget, _osdn_terms(), fused_branches=False)
     torch.manual_seed(3)
     inputs, labels = fused.attacked_inputs(model, x, y)
     torch.manual_seed(3)
@@ -108,18 +117,19 @@ def test_fused_and_separate_branches_share_the_attack_and_differ_only_by_batchno
 
     # BatchNorm on running statistics: the two forms are the same function.
     model.eval()
-    a, b = fused.losses(model, x, y, inputs, labels), separate.losses(model, x, y, inputs, labels)
+    a = fused.losses(fused.forward_on(model, x, y, inputs, labels))
+    b = separate.losses(separate.forward_on(model, x, y, inputs, labels))
     assert torch.allclose(a.loss, b.loss, atol=1e-6)
 
     # Training mode: the separate form normalises each branch with its own batch
     # statistics, as two forward passes of the authors' code do...
     model.train()
     reference = copy.deepcopy(model)
-    b = separate.losses(model, x, y, inputs, labels)
+    b = separate.losses(separate.forward_on(model, x, y, inputs, labels))
     by_hand = F.cross_entropy(reference.classifier(reference.encode(inputs[:8])), y)
     assert torch.allclose(b.terms["ce"], by_hand, atol=1e-6)
     # ...and the fused form with those of the whole 2B batch: a different loss.
-    a = fused.losses(copy.deepcopy(reference), x, y, inputs, labels)
+    a = fused.losses(fused.forward_on(copy.deepcopy(reference), x, y, inputs, labels))
     assert not torch.allclose(a.terms["ce"], b.terms["ce"], atol=1e-4)
 
 
@@ -137,7 +147,8 @@ def test_running_statistics_update_once_fused_and_once_per_branch_separate():
         (False, (1 - m) * ((1 - m) * start + m * means[0]) + m * means[1]),
     ):
         net = copy.deepcopy(model)
-        TrainObjective(None, fused_branches=fuse).losses(net, x, y, inputs, labels)
+        objective = TrainObjective(None, _osdn_terms(), fused_branches=fuse)
+        objective.losses(objective.forward_on(net, x, y, inputs, labels))
         assert torch.allclose(net.encoder.stem[1].running_mean, expected, atol=1e-6)
 
 

@@ -18,7 +18,7 @@ from osad.eval.metrics import (
     oscr,
     summarize_splits,
 )
-from osad.eval.protocol import ConditionResult, EvalResult, evaluate, outputs_under_attack
+from osad.eval.protocol import ConditionResult, EvalResult, evaluate
 from osad.eval.report import metrics_dict, results_table, write_results
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "open_set_metrics",
     "operating_point",
     "oscr",
-    "outputs_under_attack",
     "results_table",
     "summarize_splits",
     "write_results",

@@ -7,6 +7,10 @@ and setting, and its runs are its splits and seeds. Each cell is the mean and
 sample standard deviation (ddof 1) over the group's runs, from their
 ``eval/metrics.json``. Attack settings must agree across all runs for every
 condition reported; the caption states them.
+
+The cells and captions (:func:`mean_std_cell`, :func:`metric_header`,
+:func:`metric_cells`, :func:`attack_captions`) are also the sweep summary's
+(:mod:`osad.sweep.summary`), and both read runs through :mod:`osad.eval.results`.
 """
 
 from __future__ import annotations
@@ -14,37 +18,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from osad.documents import DocumentCheck, kind_of
-from osad.errors import ConfigError, OsadError, RunDirError
+from osad.documents import DocumentCheck
+from osad.errors import ConfigError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
-from osad.eval.report import attack_text, markdown_table, score_label
+from osad.eval.report import markdown_table, score_label
+from osad.eval.results import RunMetrics, attack_text, read_metrics
 from osad.rundir import RunDir
 from osad.storage import interrupted_dir, storage_error, write_atomic
+
+Cell = TypeVar("Cell")  # what a table cell is made from: a MeanStd, a summary.json cell
 
 # Config keys that differ between repetitions of one experiment.
 REPETITION_KEYS = {
     "": ("seed", "device", "perf", "eval"),
     "data": ("split", "partition_seed", "root", "download", "verify"),
 }
-
-
-@dataclass
-class RunMetrics:
-    path: Path
-    metrics: dict[str, Any]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.metrics["config"]
-
-    @property
-    def split(self) -> str:
-        data = self.config["data"]
-        return str(data["known"] or data["split"])
 
 
 @dataclass
@@ -66,17 +59,17 @@ class Report:
 
 
 def load_run(path: str | Path) -> RunMetrics:
-    """The ``eval/metrics.json`` of run ``path``, checked by :func:`check_metrics`; an
+    """The ``eval/metrics.json`` of run ``path`` (:func:`osad.eval.results.read_metrics`)
+    with the configuration keys a report groups by (:func:`check_run_config`); an
     incomplete ``eval/`` (a file missing, or left by an interrupted ``osad test``) is
-    refused."""
+    refused. Raises :class:`RunDirError`."""
     run = RunDir(Path(path))
-    metrics_path = run.metrics
     leftover = interrupted_dir(run.eval_dir)
     if leftover is not None:
         raise RunDirError(
             f"{leftover} is left by an interrupted 'osad test'; run 'osad test {path}' again"
         )
-    if not metrics_path.is_file():
+    if not run.metrics.is_file():
         raise RunDirError(f"{path} has no eval/metrics.json; run 'osad test {path}' first")
     for needed in (run.scores, run.results):
         if not needed.is_file():
@@ -84,45 +77,21 @@ def load_run(path: str | Path) -> RunMetrics:
                 f"{run.eval_dir} is incomplete: {needed.name} is missing; run "
                 f"'osad test {path} --force' again"
             )
-    try:
-        document = json.loads(metrics_path.read_bytes())
-    except ValueError:
-        raise RunDirError(
-            f"{metrics_path} is not valid JSON (truncated?); evaluate the run again with "
-            f"'osad test {path} --force'"
-        ) from None
-    return RunMetrics(Path(path), check_metrics(document, str(metrics_path)))
+    metrics = read_metrics(run.metrics, run=path)
+    check_run_config(metrics.config, str(run.metrics))
+    return metrics
 
 
-def check_metrics(document: Any, source: str) -> dict[str, Any]:
-    """A ``metrics.json`` document (schema: docs/evaluation.md) with every key the
-    report reads of the right type: the configuration's method and data keys, and
-    per condition the attack, closed-set accuracy in [0, 1] and AUROC per score.
-    Raises :class:`RunDirError` naming ``source`` and the key."""
+def check_run_config(config: dict[str, Any], source: str) -> None:
+    """The configuration keys of a run's ``metrics.json`` that a report groups and names
+    runs by: ``method`` and ``data.{name,split,known}``. Raises :class:`RunDirError`
+    naming ``source`` and the key."""
     check = DocumentCheck(source, RunDirError)
-    if not isinstance(document, dict):
-        raise RunDirError(f"{source} must hold a JSON object, got {kind_of(document)}")
-    config = check.field(document, "config", dict)
     check.field(config, "method", str, prefix="config.")
     data = check.field(config, "data", dict, prefix="config.")
     check.field(data, "name", str, prefix="config.data.")
     check.field(data, "split", int, prefix="config.data.")
     check.field(data, "known", list, prefix="config.data.")
-    conditions = check.field(document, "conditions", dict)
-    check.field(conditions, "clean", dict, prefix="conditions.")
-    for name, condition in conditions.items():
-        key = f"conditions.{name}"
-        check.value(condition, key, dict)
-        check.field(condition, "closed_set_accuracy", float, prefix=f"{key}.", low=0, high=1)
-        check.field(condition, "auroc", dict, prefix=f"{key}.")
-        check.numbers(condition["auroc"], f"{key}.auroc", finite=False)
-        attack = check.field(condition, "attack", dict, prefix=f"{key}.")
-        check.field(attack, "name", str, prefix=f"{key}.attack.")
-        try:
-            attack_text(attack)
-        except (TypeError, ValueError, OsadError):
-            check.fail(f"{key}.attack", "does not describe an attack")
-    return document
 
 
 def experiment_key(config: dict[str, Any]) -> str:
@@ -200,11 +169,11 @@ def settings_mismatches(
         if expected is not None:
             wanted, source = expected.get(condition), reference
         else:
-            first = next(r for r in runs if condition in r.metrics["conditions"])
-            wanted, source = first.metrics["conditions"][condition]["attack"], str(first.path)
+            first = next(r for r in runs if condition in r.conditions)
+            wanted, source = first.conditions[condition].attack, str(first.path)
         for run in runs:
-            found = run.metrics["conditions"].get(condition)
-            attack = None if found is None else found["attack"]
+            found = run.conditions.get(condition)
+            attack = None if found is None else found.attack
             if expected is None and attack is None:
                 continue
             if json.dumps(attack, sort_keys=True) != json.dumps(wanted, sort_keys=True):
@@ -224,19 +193,29 @@ def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, 
             f"runs disagree on attack '{m.condition}': {m.reference} has {m.expected}, "
             f"{m.path} has {m.found}; report them separately"
         )
-    return {c: attack_text(runs[0].metrics["conditions"][c]["attack"]) for c in conditions}
+    return attack_captions(runs, conditions)
+
+
+def attack_captions(runs: list[RunMetrics], conditions: Iterable[str]) -> dict[str, str]:
+    """Each condition's attack, described (:func:`osad.eval.results.attack_text`), as
+    the first of ``runs`` that has it records it: the caption of ``osad report`` and
+    the section titles of the sweep summary (their runs agree, by
+    :func:`settings_mismatches`)."""
+    return {
+        c: next(r.conditions[c] for r in runs if c in r.conditions).attack_text for c in conditions
+    }
 
 
 def aggregate(paths: list[str | Path]) -> Report:
     """Mean +- std of accuracy and AUROC per group and condition over the runs ``paths``."""
     runs = [load_run(p) for p in paths]
-    per_run = [list(r.metrics["conditions"]) for r in runs]
+    per_run = [list(r.conditions) for r in runs]
     conditions = [c for c in per_run[0] if all(c in names for names in per_run)]
     left_out = sorted({c for names in per_run for c in names} - set(conditions))
     scores = [
         s
-        for s in runs[0].metrics["conditions"]["clean"]["auroc"]
-        if all(s in r.metrics["conditions"]["clean"]["auroc"] for r in runs)
+        for s in runs[0].conditions["clean"].auroc
+        if all(s in r.conditions["clean"].auroc for r in runs)
     ]
     attacks = _shared_attacks(runs, conditions)
     names = _group_names(runs)
@@ -246,22 +225,43 @@ def aggregate(paths: list[str | Path]) -> Report:
     rows = []
     for group, members in groups.items():
         for condition in conditions:
-            cells = [m.metrics["conditions"][condition] for m in members]
+            cells = [m.conditions[condition] for m in members]
             rows.append(
                 Row(
                     group=group,
                     condition=condition,
                     runs=len(members),
                     splits=sorted({m.split for m in members}),
-                    accuracy=mean_std([c["closed_set_accuracy"] for c in cells]),
-                    auroc={s: mean_std([c["auroc"][s] for c in cells]) for s in scores},
+                    accuracy=mean_std([c.closed_set_accuracy for c in cells]),
+                    auroc={s: mean_std([c.auroc[s] for c in cells]) for s in scores},
                 )
             )
     return Report(rows, scores, attacks, left_out)
 
 
-def _cell(value: MeanStd) -> str:
-    return f"{value.mean:.4f}" if value.n == 1 else f"{value.mean:.4f} ± {value.std:.4f}"
+def mean_std_cell(value: MeanStd | None, signed: bool = False) -> str:
+    """A table cell: ``mean ± std`` to four decimals, the mean alone for one value, "—"
+    for none; ``signed``: the mean with its sign (a difference)."""
+    if value is None:
+        return "—"
+    mean = f"{value.mean:+.4f}" if signed else f"{value.mean:.4f}"
+    return mean if value.n == 1 else f"{mean} ± {value.std:.4f}"
+
+
+def metric_header(scores: Iterable[str]) -> list[str]:
+    """The metric columns of a results table: closed-set accuracy, AUROC per score."""
+    return ["closed-set acc"] + [f"AUROC {score_label(s)}" for s in scores]
+
+
+def metric_cells(
+    accuracy: Cell | None,
+    auroc: Mapping[str, Cell],
+    scores: Iterable[str],
+    cell: Callable[[Cell | None], str] = mean_std_cell,
+) -> list[str]:
+    """The cells under :func:`metric_header`, each by ``cell``; a score missing from
+    ``auroc`` gives ``cell(None)``."""
+    return [cell(accuracy)] + [cell(auroc.get(s)) for s in scores]
 
 
 def caption(report: Report) -> str:
@@ -276,11 +276,14 @@ def caption(report: Report) -> str:
 
 
 def markdown(report: Report) -> str:
-    header = ["group", "condition", "runs", "closed-set acc"]
-    header += [f"AUROC {score_label(s)}" for s in report.scores]
+    header = ["group", "condition", "runs", *metric_header(report.scores)]
     rows = [
-        [row.group, row.condition, str(row.runs), _cell(row.accuracy)]
-        + [_cell(row.auroc[s]) for s in report.scores]
+        [
+            row.group,
+            row.condition,
+            str(row.runs),
+            *metric_cells(row.accuracy, row.auroc, report.scores),
+        ]
         for row in report.rows
     ]
     return "\n".join(markdown_table(header, rows)) + "\n\n" + caption(report)

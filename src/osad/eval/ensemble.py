@@ -431,7 +431,7 @@ def run_ensemble(
             are fitted on (class means).
         images, labels: the test images (N, C, H, W) and labels (N,; -1 unknown).
         outputs: ``outputs(images, labels, attack_config, seed, desc, objective)``
-            giving the model's :class:`~osad.eval.protocol.Outputs` under attack.
+            giving the model's :class:`~osad.attacks.outputs.Outputs` under attack.
         score: ``score(name, outputs)``, the score ``name`` of some outputs, on CPU.
         seed: the evaluation's seed; each member's attack is seeded from it.
 

@@ -22,17 +22,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from osad.attacks import eval_mode
+from osad.attacks.outputs import outputs_under_attack
 from osad.config import Config
 from osad.data import OpenSetData, to_float
 from osad.distributed import is_main
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.eval.options import at_eps, paper_budget
-from osad.eval.protocol import (
-    EvalResult,
-    make_scorers,
-    outputs_under_attack,
-    score_outputs,
-)
+from osad.eval.protocol import EvalResult, make_scorers, score_outputs
 from osad.eval.report import score_label
 
 RECONSTRUCTED_IMAGES = 8

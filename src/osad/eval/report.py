@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from osad import __version__
-from osad.config import AttackConfig, Config
+from osad.config import Config
 from osad.errors import RunDirError
-from osad.eval.ensemble import describe as describe_ensemble
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
+from osad.eval.results import METRICS_FORMAT, attack_text
 from osad.storage import write_atomic
 
 SCORE_LABELS = {
@@ -67,7 +67,8 @@ def metrics_dict(
     settings: dict[str, dict[str, Any]] | None = None,
     run_config: bool = False,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` document (schema: docs/evaluation.md).
+    """The ``metrics.json`` document (schema: docs/evaluation.md; read back by
+    :func:`osad.eval.results.read_metrics`).
 
     ``evaluated``: what was evaluated (model file, data). ``settings``: per condition
     name, what produced it (:func:`osad.eval.protocol.condition_settings`).
@@ -83,6 +84,7 @@ def metrics_dict(
         if settings and name in settings:
             cond["settings"] = settings[name]
     document = {
+        "format_version": METRICS_FORMAT,  # osad.eval.results reads it
         "osad_version": __version__,
         "seed": config.seed,
         # The printed figures depend on the floating-point summation order, which
@@ -98,16 +100,6 @@ def metrics_dict(
     if evaluated is not None:
         document["evaluated"] = evaluated
     return document
-
-
-def attack_text(attack: dict[str, Any] | None) -> str:
-    """One line describing a condition's ``attack`` entry of metrics.json."""
-    if attack is None or attack.get("name") == "none":
-        return "none"
-    if attack.get("name") == "ensemble":
-        base = AttackConfig(norm=attack["norm"], eps=attack["eps"])
-        return describe_ensemble(attack["version"], base)
-    return AttackConfig(**attack).describe()
 
 
 PAIRING_TEXT = {

@@ -41,19 +41,14 @@ from tqdm.auto import tqdm
 
 from osad.attacks import eval_mode, margin, model_outputs
 from osad.attacks.objectives import Objective, objective_values, score_objective
+from osad.attacks.outputs import Outputs, outputs_under_attack
 from osad.config import AttackConfig, Config
 from osad.data import OpenSetData, to_float
 from osad.errors import ConfigError, unknown_name
 from osad.eval.ensemble import get_version, run_ensemble
 from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.eval.options import at_eps, paper_budget
-from osad.eval.protocol import (
-    Outputs,
-    adaptive_objective,
-    make_scorers,
-    outputs_under_attack,
-    score_outputs,
-)
+from osad.eval.protocol import adaptive_objective, make_scorers, score_outputs
 from osad.openset import SCORERS, Scorer
 
 

@@ -8,17 +8,32 @@ with fewer splits than the sweep has says so in its ``splits`` column, and the
 header names every missing run and every stale one (evaluated under other
 settings, by the check ``osad report`` makes: it is left out of the tables until
 ``osad sweep`` re-evaluates it).
+
+Runs are read by :func:`osad.eval.aggregate.load_run` (checked, versioned); the
+cells and section titles are ``osad report``'s (:func:`osad.eval.aggregate.mean_std_cell`,
+:func:`~osad.eval.aggregate.attack_captions`). ``summary.json`` carries
+``format_version`` (:data:`osad.eval.results.SUMMARY_FORMAT`) and is read back by
+:func:`osad.eval.results.read_summary`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from osad.eval.metrics import mean_std
-from osad.eval.report import attack_text, markdown_table, score_label
+from osad.eval.aggregate import (
+    attack_captions,
+    load_run,
+    mean_std_cell,
+    metric_cells,
+    metric_header,
+)
+from osad.eval.metrics import MeanStd, mean_std
+from osad.eval.report import markdown_table
+from osad.eval.results import SUMMARY_FORMAT, RunMetrics
 from osad.sweep.runner import expected_attacks, is_finished, plan, stale_conditions
 from osad.sweep.spec import Sweep
 
@@ -55,8 +70,9 @@ def _append(values: dict[str, Any], name: str, condition: dict[str, Any]) -> Non
 
 def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
     """The ``summary.json`` document of the finished runs of ``sweep`` under ``out``."""
-    conditions: dict[str, str] = {}
+    conditions: list[str] = []
     scores: list[str] = []
+    tabulated: list[RunMetrics] = []
     methods: dict[str, Any] = {}
     missing = []
     stale = []
@@ -72,16 +88,18 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
             found = {m.condition: {"found": m.found, "preset": m.expected} for m in mismatches}
             stale.append({"method": item.method.label, "split": item.split, "conditions": found})
             continue
-        metrics = json.loads(item.run.metrics.read_text())
+        metrics = load_run(item.run.root)
+        tabulated.append(metrics)
         entry = methods.setdefault(item.method.label, {"splits": [], "values": {}})
         entry["splits"].append(item.split)
         run = per_run.setdefault((item.method.label, item.split), {})
         # Only the preset's conditions: one a run has beyond them (an attack added by
         # hand, or dropped from the preset since) is in no other run's results.
         preset = expected_attacks(config)
-        kept = {n: c for n, c in metrics["conditions"].items() if n in preset}
+        kept = {n: asdict(c) for n, c in metrics.conditions.items() if n in preset}
         for name, condition in kept.items():
-            conditions.setdefault(name, attack_text(condition["attack"]))
+            if name not in conditions:
+                conditions.append(name)
             run[name] = condition
             for score in condition["auroc"]:
                 if score not in scores:
@@ -99,18 +117,20 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
             }
             for name, values in entry.pop("values").items()
         }
+    captions = attack_captions(tabulated, conditions)
     if any(WORST in entry["conditions"] for entry in methods.values()):
-        conditions[WORST] = (
+        captions[WORST] = (
             "per run and score, the lowest accuracy and AUROC over the attacked conditions"
         )
     return {
+        "format_version": SUMMARY_FORMAT,
         "sweep": sweep.name,
         "splits": list(sweep.splits),
         "runs": len(sweep.methods) * len(sweep.splits),
         "finished": len(sweep.methods) * len(sweep.splits) - len(missing) - len(stale),
         "missing": missing,
         "stale": stale,
-        "conditions": conditions,
+        "conditions": captions,
         "scores": scores,
         "methods": {m.label: methods[m.label] for m in sweep.methods if m.label in methods},
         "paired": [paired_differences(per_run, a, b, sweep.splits) for a, b in sweep.compare],
@@ -195,19 +215,28 @@ def _compute_markdown(compute: dict[str, Any]) -> list[str]:
     ]
 
 
-def _cell(stats: dict[str, Any] | None) -> str:
+# The cells of a condition a method (or pair) has no value for: "—".
+_ABSENT: dict[str, Any] = {"closed_set_accuracy": None, "auroc": {}}
+
+
+def _mean_std(stats: dict[str, Any] | None) -> MeanStd | None:
+    """A summary.json cell (``mean``, ``std`` null for one value, ``n``) as a MeanStd."""
     if stats is None:
-        return "—"
-    if stats["std"] is None:
-        return f"{stats['mean']:.4f}"
-    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+        return None
+    std = math.nan if stats["std"] is None else stats["std"]
+    return MeanStd(stats["mean"], std, stats["n"])
+
+
+def _cell(stats: dict[str, Any] | None) -> str:
+    return mean_std_cell(_mean_std(stats))
 
 
 def _difference_cell(stats: dict[str, Any] | None) -> str:
+    """A paired difference: signed mean ± std, and on how many splits ``a`` is ahead."""
     if stats is None:
         return "—"
-    spread = "" if stats["std"] is None else f" ± {stats['std']:.4f}"
-    return f"{stats['mean']:+.4f}{spread} ({stats['ahead']}/{stats['n']})"
+    text = mean_std_cell(_mean_std(stats), signed=True)
+    return f"{text} ({stats['ahead']}/{stats['n']})"
 
 
 def _paired_markdown(summary: dict[str, Any]) -> list[str]:
@@ -218,18 +247,18 @@ def _paired_markdown(summary: dict[str, Any]) -> list[str]:
         "a - b on each split both finished (same known/unknown classes), mean ± std over "
         "those splits; in brackets, on how many of them a is ahead.",
     ]
-    header = ["a - b", "closed-set acc"]
-    header += [f"AUROC {score_label(s)}" for s in summary["scores"]]
+    header = ["a - b", *metric_header(summary["scores"])]
     for name in summary["conditions"]:
         rows = []
         for pair in summary["paired"]:
-            condition = pair["conditions"].get(name)
-            cells = [f"{pair['a']} - {pair['b']}"]
-            cells.append(_difference_cell(condition and condition["closed_set_accuracy"]))
-            cells += [
-                _difference_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]
-            ]
-            rows.append(cells)
+            condition = pair["conditions"].get(name, _ABSENT)
+            cells = metric_cells(
+                condition["closed_set_accuracy"],
+                condition["auroc"],
+                summary["scores"],
+                _difference_cell,
+            )
+            rows.append([f"{pair['a']} - {pair['b']}", *cells])
         lines += ["", f"### {name}", "", *markdown_table(header, rows)]
     return lines
 
@@ -262,16 +291,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"**STALE**, left out: evaluated under other settings than the preset: {names}. "
             "Run osad sweep again (without --summary-only) to re-evaluate them.",
         ]
-    header = ["method", "splits", "closed-set acc"]
-    header += [f"AUROC {score_label(s)}" for s in summary["scores"]]
+    header = ["method", "splits", *metric_header(summary["scores"])]
     for name, attack in summary["conditions"].items():
         rows = []
         for label, method in summary["methods"].items():
-            condition = method["conditions"].get(name)
-            cells = [label, ",".join(map(str, method["splits"]))]
-            cells.append(_cell(condition and condition["closed_set_accuracy"]))
-            cells += [_cell(condition and condition["auroc"].get(s)) for s in summary["scores"]]
-            rows.append(cells)
+            condition = method["conditions"].get(name, _ABSENT)
+            cells = metric_cells(
+                condition["closed_set_accuracy"], condition["auroc"], summary["scores"], _cell
+            )
+            rows.append([label, ",".join(map(str, method["splits"])), *cells])
         lines += ["", f"## {name}: {attack}", "", *markdown_table(header, rows)]
     if summary["paired"]:
         lines += _paired_markdown(summary)

@@ -1,6 +1,8 @@
-"""Training objectives: one per step, built from the method's parts.
+"""The training objective of one network: its inputs (attacked or not) and its terms.
 
-All methods share one objective, whose parts follow the model:
+Every method's networks share one objective, whose parts follow the network's
+entry in :data:`osad.train.methods.METHODS` (the loss terms of
+:mod:`osad.train.terms`, weighted):
 
 * ``plain``: ``CE(C(E(x)), y)`` on clean images.
 * ``pgd-at``, ``fd``: ``CE(C(E(x_adv)), y)`` with ``x_adv`` attacking the classifier.
@@ -30,17 +32,21 @@ train mode the losses differ only through those batch statistics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from osad.attacks import build_attack
 from osad.attacks.objectives import Objective, cross_entropy, get_objective
-from osad.config import AttackConfig
+from osad.config import AttackConfig, Config
 from osad.data import rotate_batch
+from osad.errors import ConfigError
 from osad.models import OpenSetNet
+from osad.rundir import MAIN
+from osad.train.methods import METHODS
+from osad.train.terms import ClassificationCE, NetworkPass, Teacher, Term
 
 
 @dataclass
@@ -67,8 +73,14 @@ def rotation_branch_objective(
     return objective
 
 
+def _no_teacher(name: str) -> Tensor:
+    raise ConfigError(f"a loss term asks for network {name!r}, which this step does not train")
+
+
 class TrainObjective:
-    """The loss of one training step; ``attack=None`` trains on clean images.
+    """The loss of one network's training step: the weighted sum of ``terms`` (pairs of
+    a :class:`~osad.train.terms.Term` and its weight, in order) on its inputs, attacked
+    with ``attack`` (``None``: clean images).
 
     ``generator`` (on the images' device) draws the rotations and the attack's
     random starts, so that a run owns, saves and restores this stream.
@@ -77,17 +89,30 @@ class TrainObjective:
     def __init__(
         self,
         attack: AttackConfig | None,
-        reconstruction_weight: float = 1.0,
-        rotation_weight: float = 1.0,
+        terms: Sequence[tuple[Term, float]] = ((ClassificationCE(), 1.0),),
         *,
         fused_branches: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         self.attack = attack
-        self.reconstruction_weight = reconstruction_weight
-        self.rotation_weight = rotation_weight
+        self.terms = tuple(terms)
         self.fused_branches = fused_branches
         self.generator = generator
+
+    @classmethod
+    def for_network(
+        cls, config: Config, network: str = MAIN, *, generator: torch.Generator | None = None
+    ) -> TrainObjective:
+        """The objective of network ``network`` of ``config.method``: the training attack
+        if the network trains on it, the terms ``config.train`` keeps, weighted."""
+        spec = METHODS[config.method].network(network)
+        t = config.train
+        return cls(
+            t.attack if spec.attack else None,
+            spec.terms_for(t),
+            fused_branches=t.fused_branches,
+            generator=generator,
+        )
 
     def attacked_inputs(self, model: OpenSetNet, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The training images and their labels, attacked: ``[x_adv; x_r_adv]`` and
@@ -113,22 +138,27 @@ class TrainObjective:
             return model.encode(inputs)
         return torch.cat([model.encode(inputs[:b]), model.encode(inputs[b:])])
 
-    def __call__(self, model: OpenSetNet, x: Tensor, y: Tensor) -> StepLosses:
-        return self.losses(model, x, y, *self.attacked_inputs(model, x, y))
+    def forward(self, model: OpenSetNet, x: Tensor, y: Tensor) -> NetworkPass:
+        """``model``'s pass over the clean batch ``x, y``: attack, then encode in train mode."""
+        return self.forward_on(model, x, y, *self.attacked_inputs(model, x, y))
 
-    def losses(
+    def forward_on(
         self, model: OpenSetNet, x: Tensor, y: Tensor, inputs: Tensor, labels: Tensor
-    ) -> StepLosses:
-        """The step's losses on the clean batch ``x, y`` and its attacked ``inputs, labels``."""
-        b = x.shape[0]
-        z = self._encode(model, inputs, b)
-        logits = model.classifier(z[:b])
-        terms = {"ce": F.cross_entropy(logits, y)}
-        loss = terms["ce"]
-        if model.rotation_head is not None:
-            terms["rotation"] = F.cross_entropy(model.rotation_head(z[b:]), labels[b:])
-            loss = loss + self.rotation_weight * terms["rotation"]
-        if model.decoder is not None:
-            terms["reconstruction"] = F.mse_loss(model.decoder(z[:b]), x)
-            loss = loss + self.reconstruction_weight * terms["reconstruction"]
-        return StepLosses(loss, terms, logits, inputs[:b])
+    ) -> NetworkPass:
+        """``model``'s pass over given (attacked) ``inputs, labels`` of the batch ``x, y``."""
+        z = self._encode(model, inputs, x.shape[0])
+        return NetworkPass(model, x, y, inputs, labels, z, model.classifier(z[: x.shape[0]]))
+
+    def losses(self, p: NetworkPass, teacher: Teacher = _no_teacher) -> StepLosses:
+        """The weighted sum of the terms on pass ``p``; ``teacher`` gives other networks'
+        logits to the terms that need them (mutual learning)."""
+        terms: dict[str, Tensor] = {}
+        loss: Tensor | None = None
+        for term, weight in self.terms:
+            value = terms[term.name] = term(p, teacher)
+            loss = weight * value if loss is None else loss + weight * value
+        assert loss is not None, "a method's network has at least one term"
+        return StepLosses(loss, terms, p.logits, p.inputs[: p.batch])
+
+    def __call__(self, model: OpenSetNet, x: Tensor, y: Tensor) -> StepLosses:
+        return self.losses(self.forward(model, x, y))

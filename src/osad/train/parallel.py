@@ -41,9 +41,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from osad.config import Config
 from osad.distributed import all_reduce_sum, rank_block, world
 from osad.errors import ConfigError
 from osad.models import OpenSetNet
+from osad.train.methods import METHODS
 from osad.train.objectives import TrainObjective
 
 
@@ -84,6 +86,24 @@ def check_split(batch_size: int, accumulation: int, ranks: int) -> None:
             f"train.batch_size={batch_size} is the global batch: it cannot give each of "
             f"{ranks} process(es) x {accumulation} accumulation step(s) 2 images; use "
             f"train.batch_size>={2 * accumulation * ranks} or fewer processes or steps"
+        )
+
+
+def check_parallel_support(config: Config) -> None:
+    """Refuse what the data-parallel step cannot do: a method with several networks
+    (osdn-caml's mutual learning) updates them in turn on the whole batch
+    (:mod:`osad.train.turns`), in one process and without accumulation."""
+    if len(METHODS[config.method].networks) == 1:
+        return
+    if world().distributed:
+        raise ConfigError(
+            f"method {config.method} (mutual learning) trains in one process only; run it "
+            f"without torchrun or with --nproc_per_node=1 (docs/distributed.md)"
+        )
+    if config.train.grad_accumulation != 1:
+        raise ConfigError(
+            f"method {config.method} (mutual learning) steps on the whole batch; set "
+            f"train.grad_accumulation=1, got {config.train.grad_accumulation}"
         )
 
 

@@ -4,18 +4,25 @@
 step), the epoch's data permutation, the running sums of the epoch's metrics,
 the history of finished epochs, and references to the model, the optimizer,
 an optional LR scheduler and every random generator the loop draws from. It
-turns all of that into the files of a checkpoint and back:
+turns all of that into the files of a checkpoint and back. A run trains one or
+more named networks (``main``, the run's model, then e.g. ``peer`` of
+``osdn-caml``), each with its own optimizer; none is a special case:
 
-* ``model.safetensors``: the weights file of :mod:`osad.checkpoint`;
-* ``peer.safetensors``: the same for the peer network of mutual learning
-  (``osdn-caml`` runs only);
-* ``state.safetensors``: optimizer tensors (the peer's optimizer too), RNG
-  states (torch CPU, each CUDA device, each owned generator) and the epoch
-  permutation;
-* ``state.json``: counters, metric sums, history, optimizer hyper-parameters,
-  scheduler state, Python and NumPy RNG states, and the context the state is
-  only valid in (the configuration, a fingerprint of the training data, the
-  device type), which a resume must match.
+* ``model.safetensors`` for ``main``, ``NAME.safetensors`` for network ``NAME``
+  (:meth:`osad.rundir.RunDir.weights_name`): the weights file of
+  :mod:`osad.checkpoint`;
+* ``state.safetensors``: optimizer tensors (named ``optimizer.*`` for ``main``,
+  ``NAME_optimizer.*`` else), RNG states (torch CPU, each CUDA device, each
+  owned generator) and the epoch permutation;
+* ``state.json``: counters, metric sums, history, optimizer hyper-parameters
+  (key ``optimizer`` for ``main``, ``NAME_optimizer`` else), scheduler state,
+  Python and NumPy RNG states, and the context the state is only valid in (the
+  configuration, a fingerprint of the training data, the device type), which a
+  resume must match.
+
+Checkpoints written before networks had names (one network, or ``osdn-caml``'s
+model and peer) have exactly these files; they wrote ``"peer_optimizer": null``
+for a run without a peer, read as no such network.
 
 No pickle anywhere: tensors in safetensors, everything else in JSON.
 """
@@ -44,9 +51,8 @@ from osad.checkpoint import weights_bytes as model_file_bytes
 from osad.data import OpenSetData
 from osad.documents import DocumentCheck, kind_of
 from osad.errors import CheckpointError
+from osad.rundir import MAIN, RunDir
 
-MODEL_FILE = "model.safetensors"
-PEER_FILE = "peer.safetensors"
 TENSORS_FILE = "state.safetensors"
 JSON_FILE = "state.json"
 
@@ -80,12 +86,21 @@ def data_fingerprint(data: OpenSetData) -> str:
 
 @dataclass
 class Network:
-    """A network trained alongside the model (the peer of mutual learning): the
-    module, its optimizer and the registry recipe that rebuilds it."""
+    """A network a run trains: the module, its optimizer and the registry recipe that
+    rebuilds it."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     recipe: tuple[str, dict[str, Any]]
+
+
+def optimizer_key(network: str) -> str:
+    """The key of ``network``'s optimizer state in ``state.json`` and the prefix of its
+    tensors in ``state.safetensors``."""
+    return "optimizer" if network == MAIN else f"{network}_optimizer"
+
+
+_OPTIMIZER_SUFFIX = "_optimizer"
 
 
 def _optimizer_parts(
@@ -235,16 +250,16 @@ def check_state_document(document: Any, source: str, schedule: Schedule | None) 
         check.fail("history", f"must hold {expected}, holds {len(history)}")
     for i, record in enumerate(history):
         check.numbers(record, f"history[{i}]", finite=False)
-    for key in ("optimizer", "peer_optimizer"):
-        if key == "optimizer" or document.get(key) is not None:
-            saved = check.mapping(document.get(key), key, ("type", "param_groups", "state"))
-            check.field(saved, "type", str, prefix=f"{key}.")
-            for i, group in enumerate(check.field(saved, "param_groups", list, prefix=f"{key}.")):
-                check.value(group, f"{key}.param_groups[{i}]", dict)
-            for index, values in check.field(saved, "state", dict, prefix=f"{key}.").items():
-                if not index.isdigit():
-                    check.fail(f"{key}.state", f"must be keyed by parameter index, has {index!r}")
-                check.value(values, f"{key}.state.{index}", dict)
+    named = [k for k in document if k.endswith(_OPTIMIZER_SUFFIX) and document[k] is not None]
+    for key in (optimizer_key(MAIN), *named):
+        saved = check.mapping(document.get(key), key, ("type", "param_groups", "state"))
+        check.field(saved, "type", str, prefix=f"{key}.")
+        for i, group in enumerate(check.field(saved, "param_groups", list, prefix=f"{key}.")):
+            check.value(group, f"{key}.param_groups[{i}]", dict)
+        for index, values in check.field(saved, "state", dict, prefix=f"{key}.").items():
+            if not index.isdigit():
+                check.fail(f"{key}.state", f"must be keyed by parameter index, has {index!r}")
+            check.value(values, f"{key}.state.{index}", dict)
     check.field(document, "scheduler", (dict, type(None)))
     rng = check.mapping(document.get("rng"), "rng", ("python", "numpy"))
     python = check.field(rng, "python", list, prefix="rng.")
@@ -277,26 +292,23 @@ class TrainState:
 
     def __init__(
         self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        networks: dict[str, Network],
         generators: dict[str, torch.Generator],
         *,
-        recipe: tuple[str, dict[str, Any]],
         context: dict[str, Any],
         scheduler: Any = None,
-        peer: Network | None = None,
         complete_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         schedule: Schedule | None = None,
     ) -> None:
-        """``context`` (config, data fingerprint, device type) must match on resume;
-        ``complete_config`` fills a saved config with the defaults of keys added to
-        osad since the checkpoint was written, so those alone do not block a resume;
-        ``schedule`` bounds the counters a checkpoint may hold."""
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        """``networks``: the run's networks by name, ``main`` among them; ``scheduler``
+        steps ``main``'s optimizer. ``context`` (config, data fingerprint, device type)
+        must match on resume; ``complete_config`` fills a saved config with the defaults
+        of keys added to osad since the checkpoint was written, so those alone do not
+        block a resume; ``schedule`` bounds the counters a checkpoint may hold."""
+        assert MAIN in networks, f"a run trains a network named {MAIN!r}"
+        self.networks, self.scheduler = networks, scheduler
         self.schedule = schedule
-        self.peer = peer
         self.generators = generators
-        self.recipe = recipe
         self.context = context
         self.complete_config = complete_config
         self.epoch = 1  # the epoch in progress (1-based)
@@ -305,6 +317,15 @@ class TrainState:
         self.permutation: Tensor | None = None  # this epoch's data order, None before it
         self.meter = EpochMeter()
         self.history: list[dict[str, float]] = []
+
+    @property
+    def model(self) -> nn.Module:
+        """The run's model (network ``main``)."""
+        return self.networks[MAIN].model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.networks[MAIN].optimizer
 
     # -- progress --------------------------------------------------------------
 
@@ -321,7 +342,7 @@ class TrainState:
         self.meter = EpochMeter()
 
     def weights_finite(self) -> bool:
-        models = [self.model] + ([self.peer.model] if self.peer is not None else [])
+        models = [n.model for n in self.networks.values()]
         floats = [t for m in models for t in m.state_dict().values() if t.is_floating_point()]
         return bool(torch.stack([t.isfinite().all() for t in floats]).all())
 
@@ -329,12 +350,11 @@ class TrainState:
 
     def _tensors_and_document(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
-        optimizer_tensors, optimizer = _optimizer_parts(self.optimizer, "optimizer")
-        tensors.update(optimizer_tensors)
-        peer_optimizer = None
-        if self.peer is not None:
-            peer_tensors, peer_optimizer = _optimizer_parts(self.peer.optimizer, "peer_optimizer")
-            tensors.update(peer_tensors)
+        optimizers: dict[str, Any] = {}
+        for name, network in self.networks.items():
+            key = optimizer_key(name)
+            optimizer_tensors, optimizers[key] = _optimizer_parts(network.optimizer, key)
+            tensors.update(optimizer_tensors)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             for i, state in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = state
@@ -351,8 +371,7 @@ class TrainState:
             "step": self.step,
             "meter": asdict(self.meter),
             "history": self.history,
-            "optimizer": optimizer,
-            "peer_optimizer": peer_optimizer,
+            **optimizers,
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": {
                 "python": random.getstate(),
@@ -366,19 +385,19 @@ class TrainState:
         """The files of a checkpoint of this state."""
         tensors, document = self._tensors_and_document()
         files = {
-            MODEL_FILE: model_file_bytes(self.model, *self.recipe),
-            TENSORS_FILE: tensors_bytes(tensors, {}),
-            JSON_FILE: json.dumps(document, allow_nan=False).encode(),
+            RunDir.weights_name(name): model_file_bytes(network.model, *network.recipe)
+            for name, network in self.networks.items()
         }
-        if self.peer is not None:
-            files[PEER_FILE] = model_file_bytes(self.peer.model, *self.peer.recipe)
+        files[TENSORS_FILE] = tensors_bytes(tensors, {})
+        files[JSON_FILE] = json.dumps(document, allow_nan=False).encode()
         return files
 
     # -- restoring -------------------------------------------------------------
 
     def restore(self, files: dict[str, bytes], source: str) -> None:
         """Load a checkpoint's (verified) files into this state, or refuse naming why."""
-        missing = [name for name in (JSON_FILE, MODEL_FILE, TENSORS_FILE) if name not in files]
+        weights = {RunDir.weights_name(name): name for name in self.networks}
+        missing = [name for name in (JSON_FILE, *weights, TENSORS_FILE) if name not in files]
         if missing:
             raise CheckpointError(f"{source} is incomplete: it does not list {missing[0]}")
         try:
@@ -388,20 +407,24 @@ class TrainState:
         if isinstance(document, dict):
             storage.check_format(document.get("format_version"), source, CheckpointError)
         check_state_document(document, source, self.schedule)
-        _load_network(self.model, self.recipe, files[MODEL_FILE], f"{source}/{MODEL_FILE}")
-        if (PEER_FILE in files) != (self.peer is not None):
-            has = "holds" if PEER_FILE in files else "has no"
+        main_file = RunDir.weights_name(MAIN)
+        main = self.networks[MAIN]
+        _load_network(main.model, main.recipe, files[main_file], f"{source}/{main_file}")
+        extra = [f for f in files if f.endswith(".safetensors") and f != TENSORS_FILE]
+        extra += [k for k in document if k.endswith(_OPTIMIZER_SUFFIX) and document[k] is not None]
+        extra = sorted(set(extra) - set(weights) - {optimizer_key(n) for n in self.networks})
+        if extra:
             raise CheckpointError(
-                f"{source} {has} a peer network ({PEER_FILE}) and this run does not agree"
+                f"{source} holds a network this run does not train ({extra[0]}); resume "
+                "with the method it was trained with"
             )
         self._check_context(document["context"], source)
         tensors, _ = parse_tensors(files[TENSORS_FILE], f"{source}/{TENSORS_FILE}")
-        _restore_optimizer(self.optimizer, "optimizer", document["optimizer"], tensors, source)
-        if self.peer is not None:
-            peer = self.peer
-            _load_network(peer.model, peer.recipe, files[PEER_FILE], f"{source}/{PEER_FILE}")
-            saved = document.get("peer_optimizer")
-            _restore_optimizer(peer.optimizer, "peer_optimizer", saved, tensors, source)
+        for file, name in weights.items():
+            network, key = self.networks[name], optimizer_key(name)
+            if name != MAIN:
+                _load_network(network.model, network.recipe, files[file], f"{source}/{file}")
+            _restore_optimizer(network.optimizer, key, document.get(key), tensors, source)
         if (document["scheduler"] is None) != (self.scheduler is None):
             raise CheckpointError(f"{source} and this run disagree on having an LR scheduler")
         if self.scheduler is not None:
