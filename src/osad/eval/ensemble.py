@@ -22,11 +22,8 @@ clean: an image counts as correct, accepted or rejected only if it is so clean
 samples not yet broken for the metric it targets (a known image misclassified;
 for a score, an image ranked wrongly against every image of the other side and,
 at the clean-validation threshold, a known image rejected or an unknown one
-accepted), so no queries go to samples already broken. Square on a score, which
-stops a sample at its first point past the threshold, attacks only the samples
-still on the right side of it (AutoAttack runs Square only on the points still
-robust). A point whose outputs are not finite is never kept; such samples are
-counted.
+accepted), so no queries go to samples already broken. A point whose outputs
+are not finite is never kept; such samples are counted.
 
 Members come in three kinds:
 
@@ -342,18 +339,11 @@ class WorstCase:
         highest_unknown = values[~known].max() if (~known).any() else -torch.inf
         lowest_known = values[known].min() if known.any() else torch.inf
         wrong = torch.where(known, values > highest_unknown, values < lowest_known)
-        if self.thresholds[score] is not None:
-            wrong &= self.past_threshold(score)
-        return wrong
-
-    def past_threshold(self, score: str) -> Tensor:
-        """Samples on the wrong side of ``score``'s clean-validation threshold at their
-        held point (a known image rejected, an unknown one accepted); none without one."""
         threshold = self.thresholds[score]
-        if threshold is None:
-            return torch.zeros_like(self.is_known)
-        rejected = self.scores[score] > threshold
-        return torch.where(self.is_known, rejected, ~rejected)
+        if threshold is not None:
+            rejected = values > threshold
+            wrong &= torch.where(known, rejected, ~rejected)
+        return wrong
 
     def broken_everywhere(self) -> Tensor:
         """Samples broken for every metric: accuracy (known images) and every score."""
@@ -504,15 +494,8 @@ def run_ensemble(
                     objective = SurrogateObjective(surrogate, scorer, threshold)
                 else:
                     objective = score_objective(scorer, "by_label", threshold)
-                active = ~worst.detected_wrong(name)
-                if member.attack == "square":
-                    # Square stops a sample at its first success (past the threshold): on
-                    # a sample past it already, its point can be worse than the held one
-                    # only if its first point past the threshold is. Robust samples only,
-                    # as AutoAttack runs Square only on the points still correct.
-                    active &= ~worst.past_threshold(name)
                 desc = f"ensemble {member.name} on {name}"
-                attack(member, desc, active, objective)
+                attack(member, desc, ~worst.detected_wrong(name), objective)
     logits, scores = worst.results()
     report = {
         "version": version,
