@@ -66,7 +66,7 @@ class Profile:
         setattr(model, forward_name, counted)
         self.timed(protocol, "outputs_under_attack", lambda kw: self.pass_name(kw["desc"]))
         self.timed(protocol, "score_outputs", lambda kw: "scoring")
-        self.timed(figures, "outputs_under_attack", lambda kw: kw["desc"])
+        self.timed(figures, "outputs_under_attack", lambda kw: kw.get("desc", "figures"))
         self.timed(figures, "score_outputs", lambda kw: "scoring")
 
     @staticmethod
