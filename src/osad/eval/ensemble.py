@@ -263,6 +263,8 @@ class SurrogateObjective(ScoreObjective):
     on the true score at its threshold: the attack prefers points that fool the detector
     under test, whatever the surrogate says."""
 
+    success_from_value = None  # the value is the surrogate's, success the true score's
+
     def __init__(self, surrogate: Scorer, scorer: Scorer, threshold: float | None) -> None:
         super().__init__(surrogate, "by_label")
         self.true = score_objective(scorer, "by_label", threshold)
