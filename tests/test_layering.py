@@ -16,12 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. cli and workflow on top; train below eval; data, models, attacks,
-# openset below both; config imports only the foundation.
+# openset below both. The configuration sits above the parts whose registries
+# (datasets, models, attacks, scores, methods) check its sections, below what runs it.
 LAYERS = (
     # foundation: no osad knowledge beyond errors, files and logging
     ("osad", "errors", "inputs", "storage", "documents", "runlock", "rundir", "runtime", "runlog"),
-    ("config", "perf"),
     ("data", "models", "attacks", "openset", "distributed", "checkpoint", "modelio"),
+    ("config", "perf"),
     ("train",),
     ("eval",),
     # the anti-spoofing slice (fas_config until it moves into osad.fas)

@@ -12,9 +12,10 @@ import pytest
 
 from osad.cli import main
 from osad.config import make_config
+from osad.eval.aggregate import worst_case
 from osad.eval.results import SUMMARY_FORMAT, read_summary
 from osad.sweep import load_sweep
-from osad.sweep.summary import WORST, paired_differences, worst_case
+from osad.sweep.summary import WORST, paired_differences
 from osad.train import TrainObjective
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -239,7 +239,9 @@ def test_a_score_attack_scores_each_point_once(attack):
         forwards += len(args[0])
 
     model.register_forward_hook(count)
-    build_attack(model, AttackConfig(name=attack, eps=8, params=budget), objective=objective)(x, labels)
+    build_attack(model, AttackConfig(name=attack, eps=8, params=budget), objective=objective)(
+        x, labels
+    )
     assert scorer.scored == forwards  # one score per model pass, not two
     # and the success it reports is the score's own at the threshold
     logits = model(x)

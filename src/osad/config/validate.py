@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from osad.attacks.registry import attack_spec, train_attack_names
+from osad.attacks.versions import get_version
 from osad.config.schema import ALL_SCORES, PAIRINGS, AttackConfig, Config, PerfConfig
 from osad.data.section import check_data_section
 from osad.errors import require, shown, unknown_name
@@ -130,8 +131,6 @@ def validate(config: Config) -> None:
         f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {shown(e.eps_sweep)}",
     )
     if e.version is not None:
-        from osad.eval.ensemble import get_version
-
         get_version(e.version)
     for name in e.pairings:
         if name not in PAIRINGS:
