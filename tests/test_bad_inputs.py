@@ -52,7 +52,7 @@ CLI_CASES = [
     (["train", "--out", "{tmp}/a", "checkpoint.every_steps=-2"], "must be >= 0, got -2"),
     (["train", "--out", "{tmp}/a", "checkpoint.evry_steps=3"], "did you mean 'checkpoint.every_"),
     (["train", "--out", "{tmp}/a", "deterministic=1"], "'deterministic' must be true or false"),
-    (["train", "--out", "{tmp}/a", "--config", "{newer}"], "has format 2, newer than this osad"),
+    (["train", "--out", "{tmp}/a", "--config", "{newer}"], "has format 3, newer than this osad"),
     (["train", "--out", "{tmp}/a", "format_version=1"], "unknown config key 'format_version'"),
 ]
 
@@ -75,7 +75,7 @@ def places(finished_run, tmp_path):
     latest = corrupted / "checkpoints" / (corrupted / "checkpoints" / "latest").read_text().strip()
     (latest / "state.json").write_text((latest / "state.json").read_text().replace("1", "2", 1))
     newer = tmp_path / "newer.yaml"
-    newer.write_text("format_version: 2\nmethod: plain\n")
+    newer.write_text("format_version: 3\nmethod: plain\n")
     return {
         "newer": str(newer),
         "edited": str(edited),

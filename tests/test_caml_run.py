@@ -27,6 +27,7 @@ def caml_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_peer_is_saved_with_its_recipe(caml_run):
     name, kwargs = read_recipe(caml_run / "peer.safetensors")
     _, osdn = read_recipe(caml_run / "model.safetensors")
@@ -41,6 +42,7 @@ def test_the_peer_is_saved_with_its_recipe(caml_run):
     assert 0 <= record["val_peer_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_peer_is_tested_on_its_own(caml_run, capsys):
     with one_torch_thread():
         assert main(["test", str(caml_run), "--no-progress", "--model", "peer"]) == 0
@@ -60,6 +62,7 @@ def test_peer_is_tested_on_its_own(caml_run, capsys):
     assert (caml_run / "eval-peer" / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_run_without_a_peer_says_so(caml_run, tmp_path, capsys):
     run = tmp_path / "no-peer"
     shutil.copytree(caml_run, run)
@@ -86,6 +89,7 @@ def _weights(path):
     return read_weights(path)[0]
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_peer_and_its_optimizer(finished_caml):
     latest = CheckpointStore(RunDir(finished_caml), keep=3).latest()
     assert (latest / "peer.safetensors").is_file()
@@ -98,6 +102,7 @@ def test_checkpoints_hold_the_peer_and_its_optimizer(finished_caml):
     assert all(torch.equal(final[k], saved[k]) for k in final)
 
 
+@pytest.mark.slow
 def test_resumed_caml_run_ends_bit_identical_peer_included(finished_caml, tmp_path):
     run = tmp_path / "resumed"
     shutil.copytree(finished_caml, run)

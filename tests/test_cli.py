@@ -28,6 +28,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_and_test_write_the_run_directory(tiny_run, capsys):
     for name in (
         "config.yaml",
@@ -61,6 +62,7 @@ def test_train_and_test_write_the_run_directory(tiny_run, capsys):
     assert history[-1]["epoch"] == 1 and "val_attacked_accuracy" in history[-1]
 
 
+@pytest.mark.slow
 def test_scores_h5_holds_per_sample_results(tiny_run):
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     with h5py.File(tiny_run / "eval" / "scores.h5") as f:
@@ -74,6 +76,7 @@ def test_scores_h5_holds_per_sample_results(tiny_run):
         assert acc == pytest.approx(metrics["conditions"]["pgd"]["closed_set_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_test_options_select_attacks_scores_and_pairings(tmp_path, capsys):
     run = tmp_path / "adaptive"
     small_adaptive = "eval.attacks.adaptive={name: apgd, eps: 32, steps: 2, target: score}"
@@ -100,6 +103,7 @@ def test_test_options_select_attacks_scores_and_pairings(tmp_path, capsys):
         assert {"score_openmax", "logits", "predicted"} <= set(f["pgd/known"])
 
 
+@pytest.mark.slow
 def test_check_prints_each_verdict_and_saves_them(tiny_run, capsys):
     with one_torch_thread():
         status = main(["check", str(tiny_run), "--images", "32", "--queries", "20"])
@@ -114,6 +118,7 @@ def test_check_prints_each_verdict_and_saves_them(tiny_run, capsys):
     assert "did you mean 'msp'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_rebuilt_model_gives_identical_logits(tmp_path):
     from osad.checkpoint import save_model
     from osad.config import make_config
@@ -130,6 +135,7 @@ def test_rebuilt_model_gives_identical_logits(tmp_path):
         assert torch.equal(result.model.eval()(x), rebuilt(x))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(tiny_run, tmp_path):
     again = tmp_path / "again"
     assert main(["train", "--out", str(again), "--no-progress", *TINY]) == 0
@@ -142,6 +148,7 @@ def test_same_seed_gives_identical_metrics(tiny_run, tmp_path):
     assert first["conditions"] == second["conditions"]
 
 
+@pytest.mark.slow
 def test_existing_output_is_not_overwritten(tiny_run, capsys):
     before = (tiny_run / "model.safetensors").read_bytes()
     assert main(["train", "--out", str(tiny_run), "--no-progress", *TINY]) == 2
@@ -183,6 +190,7 @@ def test_bad_input_gives_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_console_script_error_has_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "osad", "test", str(tmp_path / "nothing")],
@@ -194,6 +202,7 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_seed_entry_point_trains_and_tests(tmp_path):
     run_dir = tmp_path / "main-run"
     common = [sys.executable, str(ROOT / "main.py"), "--run_dir", str(run_dir), "--no-progress"]
@@ -239,6 +248,7 @@ def paper_run(tmp_path_factory):
     return out, data_root
 
 
+@pytest.mark.slow
 def test_paper_preset_starts_a_real_run(paper_run):
     out, data_root = paper_run
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -248,6 +258,7 @@ def test_paper_preset_starts_a_real_run(paper_run):
     assert history[-1]["epoch"] == 1 and history[-1]["step"] > 0
 
 
+@pytest.mark.slow
 def test_moved_data_needs_the_test_time_flag(paper_run, tmp_path, capsys):
     """The run's config.yaml records the root and data.verify=false; osad test takes
     neither from it (a run directory may be someone else's), only from its flags."""

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osad.config import AttackConfig, Config, make_config, make_task_config, parse_override
+from osad.attacks import ATTACK_SPECS
+from osad.config import AttackConfig, Config, make_config, parse_override
 from osad.errors import ConfigError
 from osad.fas.config import FasConfig
+from osad.tasks import make_task_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,13 +31,13 @@ def test_overrides_are_typed():
         ]
     )
     assert c.train.epochs == 3 and c.model.denoise_places == [0, 4]
-    assert c.train.reconstruction is False and c.eval.attacks["pgd"].steps == 20
+    assert c.train.reconstruction is False and c.eval.attacks["pgd"].params["steps"] == 20
     assert c.eval.attacks["fgsm"].eps == 32.0 and c.method == "pgd-at"
 
 
 def test_new_eval_attack_by_override():
     c = make_config(overrides=["eval.attacks.pgd50.steps=50", "eval.attacks.pgd50.eps=16"])
-    assert c.eval.attacks["pgd50"].steps == 50 and c.eval.attacks["pgd50"].name == "pgd"
+    assert c.eval.attacks["pgd50"].params["steps"] == 50 and c.eval.attacks["pgd50"].name == "pgd"
 
 
 def test_file_attacks_replace_the_default_set(tmp_path):
@@ -104,7 +106,8 @@ def test_round_trip_through_dict_and_a_saved_file(tmp_path):
 
     import yaml
 
-    from osad.config import load_saved_config, save_config
+    from osad.config import save_config
+    from osad.tasks import load_saved_config
 
     c = make_config(overrides=["train.epochs=2"])
     assert make_config(c.to_dict()) == c
@@ -130,10 +133,10 @@ def test_new_attacks_from_overrides_take_their_defaults():
         ]
     )
     attacks = {k: a.resolved() for k, a in c.eval.attacks.items()}
-    assert attacks["apgd"].steps == 100 and attacks["apgd"].alpha is None
-    assert attacks["square"].loss == "margin" and attacks["square"].p_init == 0.8
-    assert attacks["rs"].alpha == 10.0 and attacks["rs"].random_start is True
-    assert attacks["pgd"].alpha == 8.0  # eps / 4
+    assert attacks["apgd"].params == {"steps": 100, "random_start": True}
+    assert attacks["square"].loss == "margin" and attacks["square"].params["p_init"] == 0.8
+    assert attacks["rs"].params["alpha"] == 10.0 and attacks["rs"].params["random_start"] is True
+    assert attacks["pgd"].params["alpha"] == 8.0  # eps / 4
     assert attacks["apgd"].describe() == "APGD-DLR linf eps 32/255, 100 steps"
     assert attacks["square"].describe() == "Square linf eps 32/255, 100 queries, p_init 0.8"
     assert c.eval.attacks["pgd"].describe() == "PGD linf eps 32/255, step 8/255, 10 steps"
@@ -157,15 +160,16 @@ def test_undotted_keys_name_the_one_section_that_has_them():
 def test_attack_step_defaults_follow_the_attack():
     def step(*overrides, attack="train"):
         c = make_config(overrides=list(overrides))
-        return (c.train.attack if attack == "train" else c.eval.attacks[attack]).resolved().alpha
+        chosen = c.train.attack if attack == "train" else c.eval.attacks[attack]
+        return chosen.resolved().params["alpha"]
 
     assert step() == 8.0  # PGD: eps/4
     assert step("train.attack.name=fgsm-rs") == 40.0  # FGSM-RS: 1.25 eps (Wong et al. 2020)
     assert step("train.attack.name=fgsm-rs", "train.attack.alpha=10") == 10.0
     assert step("train.attack.name=fgsm-rs", "train.attack.eps=8") == 10.0
     assert step("eval.attacks.pgd16.eps=16", attack="pgd16") == 4.0
-    assert AttackConfig(name="fgsm-rs", eps=8).alpha_unit == 10 / 255
-    assert AttackConfig(eps=8, alpha=3).alpha_unit == 3 / 255
+    assert AttackConfig(name="fgsm-rs", eps=8).resolved().params["alpha"] == 10
+    assert AttackConfig(eps=8, params={"alpha": 3}).resolved().params["alpha"] == 3
 
 
 @pytest.mark.parametrize(
@@ -188,15 +192,20 @@ def test_bad_perf_and_training_switches(overrides, message):
 
 def test_renaming_an_attack_keeps_its_budget_and_resets_its_own_keys():
     fast = make_config(overrides=["train.attack.name=fgsm-rs"]).train.attack.resolved()
-    assert (fast.name, fast.eps, fast.steps, fast.alpha) == ("fgsm-rs", 32.0, 1, 40.0)
+    assert (fast.name, fast.eps, fast.params["steps"], fast.params["alpha"]) == (
+        "fgsm-rs",
+        32.0,
+        1,
+        40.0,
+    )
     apgd = make_config(overrides=["eval.attacks.pgd.name=apgd"]).eval.attacks["pgd"]
-    assert apgd.resolved().steps == 100 and apgd.alpha is None and apgd.eps == 32.0
+    assert apgd.resolved().params == {"steps": 100, "random_start": True} and apgd.eps == 32.0
     # Keys set in the same command survive the rename, in either order.
     for order in (
         ("train.attack.alpha=10", "train.attack.name=fgsm-rs"),
         ("train.attack.name=fgsm-rs", "train.attack.alpha=10"),
     ):
-        assert make_config(overrides=list(order)).train.attack.resolved().alpha == 10.0
+        assert make_config(overrides=list(order)).train.attack.resolved().params["alpha"] == 10.0
     with pytest.raises(
         ConfigError, match=re.escape("'train.attack.steps' is always 1 for fgsm-rs")
     ):
@@ -209,7 +218,8 @@ def test_saved_config_states_every_resolved_attack_key(tmp_path):
     config = make_config(overrides=["train.attack.name=fgsm-rs"])
     save_config(config, tmp_path / "c.yaml")
     saved = yaml.safe_load((tmp_path / "c.yaml").read_text())
-    assert saved["train"]["attack"]["alpha"] == 40.0 and saved["train"]["attack"]["steps"] == 1
+    params = saved["train"]["attack"]["params"]
+    assert params["alpha"] == 40.0 and params["steps"] == 1 and saved["format_version"] == 2
     assert (
         make_config(tmp_path / "c.yaml").train.attack.resolved() == config.train.attack.resolved()
     )
@@ -328,8 +338,13 @@ def _float_keys(schema: type, prefix: str = "") -> list[str]:
         args = typing.get_args(tp)
         if dataclasses.is_dataclass(tp):
             keys += _float_keys(tp, key + ".")
-        elif typing.get_origin(tp) is dict:
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):
             keys += _float_keys(args[1], key + ".pgd.")
+        elif schema is AttackConfig and f.name == "params":  # every attack's own floats
+            names = {
+                n for s in ATTACK_SPECS.values() for n, p in s.params.items() if p.type is float
+            }
+            keys += [prefix + name for name in sorted(names)]
         elif tp is float or float in args:
             keys.append(key)
     return keys
@@ -372,3 +387,80 @@ def test_integers_and_devices_out_of_range(override, message):
     if override.startswith(("seed", "device")):  # the anti-spoofing schema has both
         with pytest.raises(ConfigError, match=re.escape(message)):
             make_task_config(overrides=["task=fas", override])
+
+
+# ---------------------------------------------------------------------------
+# Attacks own their parameters; config format 2 (issue 16 item 1)
+
+FORMAT1 = Path(__file__).parent / "config_format1.yaml"  # written by osad before issue 16
+
+
+def test_a_format_1_saved_run_loads_with_its_attacks_and_tail():
+    from osad.tasks import load_saved_config
+
+    config = load_saved_config(yaml.safe_load(FORMAT1.read_text()), str(FORMAT1))
+    attacks = config.eval.attacks
+    # The captions the run wrote, by the code of its time (tests/config_format1.yaml).
+    assert [a.describe() for a in attacks.values()] == [
+        "FGSM linf eps 32/255",
+        "PGD linf eps 32/255, step 8/255, 10 steps",
+        "Square linf eps 16/255, 100 queries, p_init 0.8",
+        "Patch 3x3, 20 candidate positions, step 12.75/255, 10 steps",
+    ]
+    assert config.train.attack.describe() == "FGSM-RS linf eps 32/255, step 40/255"
+    assert attacks["sq"].params == {"queries": 100, "p_init": 0.8}
+    tail = {"tail_size": 10}
+    assert config.eval.score_options == {"openmax": tail, "openmax-bb": tail}
+    assert config.train.epochs == 2
+
+
+def test_flat_and_params_spellings_are_one_setting():
+    flat = make_config(overrides=["eval.attacks.pgd.steps=50", "train.attack.alpha=4"])
+    nested = make_config(
+        overrides=["eval.attacks.pgd.params.steps=50", "train.attack.params.alpha=4"]
+    )
+    assert flat == nested and flat.eval.attacks["pgd"].params["steps"] == 50
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("eval.attacks.pgd.params.querys=3", "did you mean 'eval.attacks.pgd.queries'"),
+        ("eval.attacks.pgd.params.queries=3", "'eval.attacks.pgd.queries' does not apply to pgd"),
+        ("eval.attacks.sq={name: square, alpha: 2}", "a parameter of fgsm, fgsm-rs, patch, pgd"),
+        ("eval.attacks.pgd.params=3", "'eval.attacks.pgd.params' must be a mapping"),
+        ("eval.score_options.openmax.tail=3", "did you mean 'tail_size'"),
+        ("eval.score_options.openmx.tail_size=3", "did you mean 'openmax'"),
+        ("eval.score_options.openmax.tail_size=1", "'tail_size' of score 'openmax' must be >= 2"),
+        ("eval.score_options.knn.k=two", "'eval.score_options.knn.k' must be an integer"),
+    ],
+)
+def test_attack_params_and_score_options_are_checked_by_their_owner(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_config(overrides=[override])
+
+
+def test_score_options_reach_the_scorers():
+    from osad.eval.protocol import make_scorers
+
+    config = make_config(
+        overrides=["eval.scores=[openmax,openmax-bb,knn]", "eval.score_options.knn.k=3"]
+    )
+    config.eval.score_options["openmax"] = {"tail_size": 7}
+    scorers = make_scorers(config, model=None)
+    assert (scorers["openmax"].tail_size, scorers["openmax-bb"].tail_size) == (7, 20)
+    assert scorers["knn"].k == 3
+
+
+def test_default_captions_are_unchanged():
+    c = make_config()
+    assert c.train.attack.describe() == "PGD linf eps 32/255, step 8/255, 5 steps"
+    assert [a.describe() for a in c.eval.attacks.values()] == [
+        "FGSM linf eps 32/255",
+        "PGD linf eps 32/255, step 8/255, 10 steps",
+    ]
+    score = make_config(overrides=["eval.attacks.a={name: apgd, target: score, restarts: 2}"])
+    assert (
+        score.eval.attacks["a"].describe()
+        == "APGD linf eps 8/255, 100 steps, 2 restarts, on each score"
+    )

@@ -23,6 +23,7 @@ def _metrics(method: str, data) -> dict[str, float]:
     return {c.name: c.closed_set_accuracy for c in result.conditions}
 
 
+@pytest.mark.slow
 def test_osdn_is_accurate_and_robust_where_plain_is_not(default_data):
     osdn = _metrics("osdn", default_data)
     plain = _metrics("plain", default_data)

@@ -58,6 +58,7 @@ def test_cuda_only_switches_are_refused_on_cpu():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow
 def test_training_with_channels_last_matches_the_default_layout(digits_split0):
     histories = []
     for layout in ("false", "true"):

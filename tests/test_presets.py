@@ -76,7 +76,7 @@ def test_osdn_caml_presets_have_the_ijcv_setting(dataset):
     assert c.model.denoise_places == [0, 1, 2, 3, 4]
     assert (c.train.mutual_weight, c.train.mutual_temperature) == (2.0, 1.0)
     patch = c.eval.attacks["patch"].resolved()
-    assert (patch.name, patch.patch_size, patch.eps) == ("patch", 5, 255.0)
+    assert (patch.name, patch.params["patch_size"], patch.eps) == ("patch", 5, 255.0)
 
 
 @pytest.mark.parametrize("preset", PAPER, ids=lambda p: p.stem)
@@ -94,13 +94,14 @@ def test_preset_has_the_paper_hyperparameters(preset):
     attack = c.train.attack
     assert attack.norm == "linf" and attack.eps == eps
     if preset.stem.endswith("fgsm"):
-        assert (attack.name, attack.steps, attack.alpha) == ("fgsm", 1, eps)
+        assert (attack.name, attack.params["steps"], attack.params["alpha"]) == ("fgsm", 1, eps)
     else:
-        assert (attack.name, attack.steps, attack.alpha) == ("pgd", 5, eps / 4)
+        assert (attack.name, attack.params["steps"], attack.params["alpha"]) == ("pgd", 5, eps / 4)
     tests = c.eval.attacks
-    assert tests["fgsm"].eps == tests["pgd"].eps == eps and tests["pgd"].steps == 5
+    assert tests["fgsm"].eps == tests["pgd"].eps == eps and tests["pgd"].params["steps"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_builds_the_full_model(preset):
     config = make_config(preset)
@@ -117,11 +118,12 @@ def test_preset_builds_the_full_model(preset):
         if model.rotation_head is not None:
             assert model.rotation_head(z).shape == (2, 4)
     blocks = [m for m in model.modules() if isinstance(m, DenoiseBlock)]
-    assert len(blocks) == (len(config.model.denoise_places) if method.denoise else 0)
+    assert len(blocks) == (len(config.model.denoise_places) if method.network().denoise else 0)
     assert (model.decoder is not None) == (method.decoder and config.train.reconstruction)
     assert model.encoder.out_features == 8 * config.model.width
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_trains_one_step(preset):
     config = make_config(

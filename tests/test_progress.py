@@ -30,6 +30,7 @@ def _stderr(capsys, argv: list[str], status: tuple[int, ...] = (0,)) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_progress_hides_every_bar_and_bars_show_otherwise(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert _stderr(capsys, ["train", "--out", run, "--no-progress", *TINY]) == ""

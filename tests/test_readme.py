@@ -26,6 +26,10 @@ def test_ci_runs_the_readme_test_command():
     run_cmd, test_cmd = blocks[0], blocks[1]
     assert run_cmd.endswith("osad run") and "pytest" in test_cmd
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
+    # CI and users run every tier: `-m "not slow"` is only the inner loop.
+    pyproject = (ROOT / "pyproject.toml").read_text().splitlines()
+    addopts = next(line for line in pyproject if line.startswith("addopts"))
+    assert "slow" not in test_cmd and "slow" not in addopts
 
 
 def _figure_checker():

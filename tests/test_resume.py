@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from osad import storage
@@ -61,6 +62,7 @@ def _state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "state.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(finished_run, tmp_path):
     run = tmp_path / "killed"
     proc = _spawn_train(run, *RESUMABLE)
@@ -77,6 +79,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(finished_run, tmp_path):
     assert_same_training(run, finished_run)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(finished_run, tmp_path):
     run = tmp_path / "terminated"
     # No periodic checkpoints: the one that exists after SIGTERM is the one it saved.
@@ -109,6 +112,7 @@ def _objective_calling(action, at_call: int, monkeypatch):
     monkeypatch.setattr(TrainObjective, "__call__", patched)
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(
     finished_run, tmp_path, monkeypatch, capsys
 ):
@@ -180,6 +184,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     assert all(t.isfinite().all() for t in weights.values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_from_an_older_checkpoint_discards_newer_ones(finished_run, tmp_path):
     import shutil
 
@@ -220,6 +225,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch, capsys
     assert CheckpointStore(RunDir(run), keep=3).steps() == [1]
 
 
+@pytest.mark.slow
 def test_deterministic_mode_changes_no_bit_on_cpu(finished_run, tmp_path):
     run = tmp_path / "deterministic"
     argv = ["train", "--out", str(run), "--no-progress", *RESUMABLE, "deterministic=true"]

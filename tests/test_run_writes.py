@@ -82,6 +82,7 @@ def holder(tmp_path):
         proc.wait()
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_with_the_holders_pid(tmp_path, holder, capsys):
     run = _fake_run(tmp_path / "run")
     unfinished = _fake_run(tmp_path / "unfinished", trained=False)
@@ -101,6 +102,7 @@ def test_second_writer_is_refused_with_the_holders_pid(tmp_path, holder, capsys)
     assert (run / "config.yaml").read_text() == "format_version: 1\n"  # nothing touched
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_process_is_recovered(tmp_path, holder):
     from osad.runlock import run_lock
 
@@ -122,6 +124,7 @@ def test_a_refused_lock_leaves_no_directory_behind(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_force_never_follows_a_symlinked_eval(tmp_path):
     """``train --force`` over a run whose eval/ is a link to a folder elsewhere: the link is
     removed, the folder it points to is not, and nothing is lost before training starts."""
@@ -156,6 +159,7 @@ def _limited(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_full_disk_during_test_keeps_the_earlier_results(evaluated, tmp_path):
     run = shutil.copytree(evaluated, tmp_path / "run")
     before = _tree(run / "eval")
@@ -169,6 +173,7 @@ def test_full_disk_during_test_keeps_the_earlier_results(evaluated, tmp_path):
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
 
 
+@pytest.mark.slow
 def test_killed_test_leaves_results_that_a_rerun_and_report_accept(evaluated, tmp_path):
     run = shutil.copytree(evaluated, tmp_path / "run")
     before = _tree(run / "eval")
@@ -195,6 +200,7 @@ def test_killed_test_leaves_results_that_a_rerun_and_report_accept(evaluated, tm
     assert not (run / ".eval.partial").exists() and not (run / ".eval.previous").exists()
 
 
+@pytest.mark.slow
 def test_test_adds_conditions_and_keeps_the_earlier_ones(evaluated, tmp_path, capsys):
     run = shutil.copytree(evaluated, tmp_path / "run")
     first = json.loads((run / "eval" / "metrics.json").read_text())
@@ -237,6 +243,7 @@ def test_test_adds_conditions_and_keeps_the_earlier_ones(evaluated, tmp_path, ca
     assert _tree(run / "eval") == before
 
 
+@pytest.mark.slow
 def test_metrics_json_records_its_format_and_a_newer_one_is_kept(evaluated, tmp_path, capsys):
     run = shutil.copytree(evaluated, tmp_path / "run")
     path = run / "eval" / "metrics.json"
@@ -253,6 +260,7 @@ def test_metrics_json_records_its_format_and_a_newer_one_is_kept(evaluated, tmp_
     assert _tree(run / "eval") == before
 
 
+@pytest.mark.slow
 def test_test_overrides_touch_eval_only(evaluated, capsys):
     for override, message in (
         ("train.lr=0.5", "eval.* overrides only, not 'train.lr'"),
@@ -265,16 +273,18 @@ def test_test_overrides_touch_eval_only(evaluated, capsys):
 
 
 def test_every_attack_osad_has_is_nameable():
-    from osad.config import ATTACK_NAMES, make_config
+    from osad.attacks import ATTACK_SPECS
+    from osad.config import make_config
     from osad.eval.options import select_evaluation
 
     config = make_config()
-    chosen = select_evaluation(config, attacks=list(ATTACK_NAMES)).eval.attacks
-    assert list(chosen) == list(ATTACK_NAMES)
+    chosen = select_evaluation(config, attacks=list(ATTACK_SPECS)).eval.attacks
+    assert list(chosen) == list(ATTACK_SPECS)
     assert chosen["apgd"].name == "apgd" and chosen["apgd"].eps == config.eval.attacks["pgd"].eps
     assert chosen["square"].name == "square" and chosen["patch"].eps == 255.0
 
 
+@pytest.mark.slow
 def test_check_never_overwrites_without_force(evaluated, tmp_path, capsys):
     run = shutil.copytree(evaluated, tmp_path / "run")
     (run / "check.json").write_text("{}\n")
@@ -303,6 +313,7 @@ def test_full_disk_before_the_first_checkpoint_is_one_line(tmp_path, monkeypatch
     assert "No space left on device" in err and thread_errors == []
 
 
+@pytest.mark.slow
 def test_test_out_never_replaces_a_folder_that_is_not_an_evaluation(evaluated, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -12,9 +12,10 @@ import pytest
 
 from osad.cli import main
 from osad.config import make_config
+from osad.eval.aggregate import worst_case
 from osad.eval.results import SUMMARY_FORMAT, read_summary
 from osad.sweep import load_sweep
-from osad.sweep.summary import WORST, paired_differences, worst_case
+from osad.sweep.summary import WORST, paired_differences
 from osad.train import TrainObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,7 @@ def finished_sweep(tmp_path_factory, one_thread):
     return preset, out
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
     out = finished_sweep[1]
     summary = json.loads((out / "summary.json").read_text())
@@ -114,6 +116,7 @@ def test_sweep_runs_every_method_and_tabulates_its_metrics(finished_sweep):
     assert "| osdn | 1 |" in table.split("## compute")[1]
 
 
+@pytest.mark.slow
 def test_figures_and_the_budget_curve_agree_with_the_runs(finished_sweep):
     out = finished_sweep[1]
     figures = out / "figures"
@@ -131,6 +134,7 @@ def test_figures_and_the_budget_curve_agree_with_the_runs(finished_sweep):
             assert curve["auroc"][eps_index] == auroc["openmax"]["mean"]
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped(finished_sweep, capsys):
     preset, out = finished_sweep
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -142,6 +146,7 @@ def test_finished_runs_are_skipped(finished_sweep, capsys):
             assert path.stat().st_mtime_ns == mtime, path
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_and_matches_the_uninterrupted_one(
     finished_sweep, tmp_path, monkeypatch, capsys
 ):
@@ -180,6 +185,7 @@ def test_an_interrupted_sweep_resumes_and_matches_the_uninterrupted_one(
     assert resumed == reference  # bit-identical resume gives the same numbers
 
 
+@pytest.mark.slow
 def test_a_run_made_with_another_config_is_refused(finished_sweep, tmp_path, capsys):
     out = finished_sweep[1]
     changed = _write(tmp_path, MINIATURE.replace("train.epochs=1", "train.epochs=2"))
@@ -189,6 +195,7 @@ def test_a_run_made_with_another_config_is_refused(finished_sweep, tmp_path, cap
     assert "was made with train.epochs=1, the sweep now gives 2" in err
 
 
+@pytest.mark.slow
 def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_path):
     reference = finished_sweep[1]
     out = tmp_path / "out"
@@ -209,6 +216,7 @@ def test_a_changed_evaluation_re_evaluates_without_training(finished_sweep, tmp_
         assert now["auroc"]["openmax"] == condition["auroc"]["openmax"]
 
 
+@pytest.mark.slow
 def test_stale_runs_are_named_left_out_of_the_summary_and_re_evaluated(
     finished_sweep, tmp_path, capsys
 ):

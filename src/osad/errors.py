@@ -86,6 +86,12 @@ def shown(value: Any, quoted: bool = True) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with the one-line ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     """A ConfigError for a name that is not among ``choices``, with a suggestion."""
     choices = sorted(choices)

@@ -7,9 +7,10 @@ atomic on POSIX and Windows) and the directory is fsync'ed so that the rename
 itself survives a power cut. A reader sees the old file or the new one, never a
 mix, and a failed write (a full disk) leaves the old file untouched.
 
-:data:`FORMAT_VERSION` numbers the layout of everything osad writes
-(``config.yaml``, weights files, training checkpoints); the results files
-``metrics.json`` and ``summary.json`` are numbered apart, with their own rule
+:data:`FORMAT_VERSION` numbers the layout of everything else osad writes
+(weights files, training checkpoints); ``config.yaml`` has its own number,
+:data:`osad.config.CONFIG_FORMAT_VERSION`, and converts older layouts; the results
+files ``metrics.json`` and ``summary.json`` are numbered apart, with their own rule
 (:mod:`osad.eval.results`), through the same :func:`check_format`. The rule: osad reads
 files of its own format version only. An older file is refused with a hint to
 re-create it (a format change that can convert old files would add that
@@ -40,13 +41,18 @@ def check_format(
     error: type[OsadError],
     current: int = FORMAT_VERSION,
     kind: str = "format",
+    *,
+    oldest: int | None = None,
 ) -> None:
-    """Raise ``error`` unless ``found`` is ``current``: this osad's :data:`FORMAT_VERSION`,
-    or the version of a file kind numbered apart (``kind`` names it in the message, e.g.
-    ``"metrics format"``: :mod:`osad.eval.results`)."""
+    """Raise ``error`` unless ``found`` is a version osad reads: ``current`` (this osad's
+    :data:`FORMAT_VERSION`, or the version of a file kind numbered apart; ``kind`` names
+    it in the message, e.g. ``"metrics format"``: :mod:`osad.eval.results`), or back to
+    ``oldest`` for a file whose reader converts older layouts (``config.yaml``, see
+    :mod:`osad.config`)."""
     if isinstance(found, str) and found.isdigit():
         found = int(found)
-    if found == current:
+    oldest = current if oldest is None else oldest
+    if isinstance(found, int) and not isinstance(found, bool) and oldest <= found <= current:
         return
     ours = f"osad {__version__} reads {kind} {current}"
     if found is None:

@@ -113,7 +113,7 @@ def test_a_clean_attack_warns_nothing_and_flags_nothing():
 def test_protocol_counts_nonfinite_samples_once_over_all_batches():
     model = _model()
     images = (_images() * 255).to(torch.uint8).repeat(2, 1, 1, 1)  # 12 images, 6 planted
-    config = AttackConfig(name="pgd", eps=8, steps=2, target="score")
+    config = AttackConfig(name="pgd", eps=8, target="score", params={"steps": 2})
     objective = score_objective(_Planted(poison_value=False), "by_label")
     labels = torch.zeros(len(images), dtype=torch.long)
     with warnings.catch_warnings(record=True) as caught:

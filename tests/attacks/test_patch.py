@@ -113,8 +113,10 @@ def test_patch_from_the_config():
     assert isinstance(atk, Patch) and (atk.size, atk.candidates, atk.steps) == (5, 20, 10)
     assert atk.alpha == pytest.approx(0.05)
     trained = make_config(overrides=["train.attack.name=patch", "train.attack.patch_size=3"])
-    assert (trained.train.attack.eps, trained.train.attack.patch_size) == (255, 3)
-    built = build_attack(torch.nn.Linear(1, 1), AttackConfig(name="patch", eps=255, steps=4))
+    assert (trained.train.attack.eps, trained.train.attack.params["patch_size"]) == (255, 3)
+    built = build_attack(
+        torch.nn.Linear(1, 1), AttackConfig(name="patch", eps=255, params={"steps": 4})
+    )
     assert built.steps == 4 and built.size == 5
 
 

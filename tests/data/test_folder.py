@@ -59,6 +59,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_osdn_trains_and_tests_on_a_folder_of_pngs_through_the_cli(
     folder, tmp_path, one_thread, capsys
 ):
@@ -162,6 +163,7 @@ def test_a_folder_dataset_needs_its_folder(tmp_path):
         _load("data.name=folder", f"data.root={flat}")
 
 
+@pytest.mark.slow
 def test_folder_unknowns_are_named_and_found_from_another_directory(
     folder, tmp_path, monkeypatch, one_thread
 ):

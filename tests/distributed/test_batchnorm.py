@@ -1,5 +1,6 @@
 """SyncBatchNorm on CPU: two half batches behave as one BatchNorm on the whole batch."""
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -53,6 +54,7 @@ def _check_half_batches(rank: int, expected) -> None:
         assert type(restore_batchnorm(model)[0]) is type(layer)
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_on_two_ranks_equals_batchnorm_on_the_whole_batch():
     run_ranks(_check_half_batches, 2, _reference())
 

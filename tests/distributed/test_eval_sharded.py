@@ -1,6 +1,7 @@
 """The attacked evaluation shared out among 2 Gloo processes equals the single-process one,
 for classifier and adaptive (per-score) attacks and every pairing."""
 
+import pytest
 import torch
 
 from osad.config import make_config
@@ -36,6 +37,7 @@ def _evaluate_in_rank(rank: int, model, data, config, expected) -> None:
         assert got.nonfinite_gradients == want.nonfinite_gradients
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(digits_split0):
     config = make_config(overrides=OVERRIDES)
     model = build_model_for(config, digits_split0)[0].eval()

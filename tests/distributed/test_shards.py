@@ -1,5 +1,6 @@
 """Batches shared out among ranks come back complete and in order."""
 
+import pytest
 import torch
 
 from osad.distributed import batch_slices, derive_seed, map_batches, rank_block
@@ -41,6 +42,7 @@ def _check_map(rank: int, expected: list) -> None:
         torch.testing.assert_close(got[1], noise, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_three_ranks_gather_what_one_process_computes():
     cpu = torch.device("cpu")
     expected = [map_batches(_batch_outputs, n, b, cpu)[:2] for n, b in CASES]

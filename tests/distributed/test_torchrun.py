@@ -31,6 +31,9 @@ from tests.distributed.test_train_parallel import OVERRIDES
 # and 1.2e-7 relative), far inside the tolerances of _assert_same_training. The
 # attacked steps under 2 processes are compared in float64 by
 # test_train_parallel.py::test_two_process_steps_equal_one_process_steps.
+# Every test spawns torchrun processes that train or evaluate.
+pytestmark = pytest.mark.slow
+
 RUN = [
     *OVERRIDES,
     "train.attack.eps=0",

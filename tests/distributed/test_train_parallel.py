@@ -113,6 +113,7 @@ def _check_attack_has_no_collectives(rank: int, config, data) -> None:
     assert bn.running_var.max() < 2.5  # ... and DDP did broadcast rank 0's buffers
 
 
+@pytest.mark.slow
 def test_two_process_steps_equal_one_process_steps(digits_split0):
     config = make_config(overrides=OVERRIDES)
     with one_torch_thread():
@@ -141,6 +142,7 @@ def _train_caml_in_rank(rank: int, out) -> None:
         train_run(config, out, progress=False)
 
 
+@pytest.mark.slow
 def test_mutual_learning_is_refused_under_two_processes_before_anything_is_written(tmp_path):
     out = tmp_path / "caml"
     run_ranks(_train_caml_in_rank, 2, out)

@@ -72,6 +72,7 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_function_and_cli_evaluate_an_outside_model_alike(digits, trained, tmp_path, capsys):
     model, weights = trained
     api = osad.evaluate_model(
@@ -126,6 +127,7 @@ def test_function_and_cli_evaluate_an_outside_model_alike(digits, trained, tmp_p
         assert "method" not in json.dumps(document["config"])
 
 
+@pytest.mark.slow
 def test_features_from_a_tuple_forward_or_a_callable(digits, trained):
     model, _ = trained
     tuple_model = SmallCNN(with_features=True)
@@ -146,6 +148,7 @@ def test_features_from_a_tuple_forward_or_a_callable(digits, trained):
         osad.evaluate_model(model, **_inputs(digits, attacks=[], scores=["knn"], figures=False))
 
 
+@pytest.mark.slow
 def test_osad_models_give_their_latent_and_decoder(digits):
     net = tiny_net()  # an OpenSetNet with a decoder (untrained: only the path is checked)
     result = osad.evaluate_model(net, **_inputs(digits, attacks=[], figures=False))
@@ -155,6 +158,7 @@ def test_osad_models_give_their_latent_and_decoder(digits):
     assert model_info["feature_dim"] == TINY_NET["latent_dim"]
 
 
+@pytest.mark.slow
 def test_datasets_and_uint8_images_are_accepted(digits, trained):
     model, _ = trained
     base = osad.evaluate_model(model, **_inputs(digits, attacks=[], figures=False))
@@ -250,6 +254,7 @@ def test_labels_must_be_the_models_outputs(digits, trained):
         osad.evaluate_model(torch.nn.Linear(3, 6), **_inputs(digits, attacks=[], figures=False))
 
 
+@pytest.mark.slow
 def test_out_is_replaced_only_after_success(digits, trained, tmp_path, monkeypatch):
     model, _ = trained
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from osad.attacks import ATTACKS, OBJECTIVES
+from osad.attacks import ATTACKS, OBJECTIVES, build_attack, score_objective
 from osad.config import AttackConfig, make_config
 from osad.errors import ConfigError
 from osad.eval import evaluate, write_results
@@ -20,7 +20,7 @@ from osad.eval.ensemble import (
     run_ensemble,
 )
 from osad.eval.options import select_evaluation
-from osad.openset import OpenMax, make_scorer
+from osad.openset import OpenMax, Scorer, make_scorer
 from osad.train import build_model_for
 from tests.conftest import TINY
 
@@ -207,3 +207,45 @@ def test_a_rejected_known_image_is_attacked_on_until_no_unknown_scores_above_it(
     # an unknown image below every known one, but above the threshold, is still attacked
     worst = WorstCase(logits, {"s": torch.tensor([0.5, 2.0, 0.2])}, labels, {"s": 0.0})
     assert worst.detected_wrong("s").tolist() == [True, True, False]
+
+
+class _CountingMaxLogit(Scorer):
+    """``-max logit``, counting the images it scores (a score that runs the model, as ODIN
+    or reconstruction, pays a model pass for each)."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.scored = 0
+
+    def score(self, logits, features=None, images=None):
+        self.scored += len(logits)
+        return -logits.amax(dim=1)
+
+
+@pytest.mark.parametrize("attack", ["apgd", "square"])
+def test_a_score_attack_scores_each_point_once(attack):
+    # the threshold's success comes from the objective's own value, not a second score
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, -1, -1, -1])
+    scorer = _CountingMaxLogit()
+    objective = score_objective(scorer, "by_label", threshold=0.0)
+    budget = {"steps": 5} if attack == "apgd" else {"queries": 5}
+    forwards = 0
+
+    def count(module, args, output):
+        nonlocal forwards
+        forwards += len(args[0])
+
+    model.register_forward_hook(count)
+    build_attack(model, AttackConfig(name=attack, eps=8, params=budget), objective=objective)(
+        x, labels
+    )
+    assert scorer.scored == forwards  # one score per model pass, not two
+    # and the success it reports is the score's own at the threshold
+    logits = model(x)
+    value = objective(logits, None, labels)
+    assert torch.equal(
+        objective.success_from_value(value, labels), objective.success(logits, None, labels)
+    )

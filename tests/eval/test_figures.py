@@ -27,6 +27,7 @@ def evaluated(digits_split0, single_thread):
     return model, config, evaluate(model, digits_split0, config, progress=False)
 
 
+@pytest.mark.slow
 def test_every_figure_is_a_png(evaluated, digits_split0, tmp_path):
     model, config, result = evaluated
     paths = write_figures(result, model, digits_split0, config, tmp_path / "figures")

@@ -54,6 +54,7 @@ def paired(untrained, digits_split0, single_thread):
     return {c.name: c for c in result.conditions}
 
 
+@pytest.mark.slow
 def test_pairings_combine_attacked_and_clean_images(paired, digits_split0):
     known = digits_split0.test_known
     clean = paired["clean"].headline
@@ -76,6 +77,7 @@ def test_pairings_combine_attacked_and_clean_images(paired, digits_split0):
             assert only_known.metrics[score]["auroc"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_adaptive_attack_moves_each_score_the_wrong_way(paired, digits_split0):
     known = digits_split0.test_known
     clean, adaptive, pgd = (paired[n].headline for n in ("clean", "adaptive", "pgd"))
@@ -88,6 +90,7 @@ def test_adaptive_attack_moves_each_score_the_wrong_way(paired, digits_split0):
     assert paired["adaptive"].attack["target"] == "score"
 
 
+@pytest.mark.slow
 def test_joint_attack_adds_the_classifier_loss_on_known_images_only(paired, digits_split0):
     known = digits_split0.test_known
     labels = digits_split0.test_labels[known]
@@ -98,6 +101,7 @@ def test_joint_attack_adds_the_classifier_loss_on_known_images_only(paired, digi
         assert loss > F.cross_entropy(adaptive.logits[score][known], labels)
 
 
+@pytest.mark.slow
 def test_metrics_hold_every_metric_and_the_threshold(paired):
     metrics = paired["pgd"].headline.metrics["msp"]
     for key in ("auroc", "aupr_in", "aupr_out", "fpr95_known_positive", "oscr", "threshold"):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from osad.attacks.outputs import Outputs
@@ -10,6 +11,7 @@ from osad.train import build_model_for
 from tests.conftest import TINY
 
 
+@pytest.mark.slow
 def test_evaluate_scores_with_every_registered_score(digits_split0):
     # wiring only: an untrained OSDN without denoisers, one FGSM condition, one fit
     config = make_config(

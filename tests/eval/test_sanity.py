@@ -46,12 +46,14 @@ def masked(plain_model, digits_split0, single_thread):
     return {r.name: r for r in run_checks(model, digits_split0, CONFIG, SETTINGS)}
 
 
+@pytest.mark.slow
 def test_a_normal_model_passes_every_check(normal):
     failed = {name: r.summary for name, r in normal.items() if not r.passed}
     assert not failed
     assert normal["eps_monotone"].figures["eps"] == [0.0, 32.0, 255.0]
 
 
+@pytest.mark.slow
 def test_a_gradient_masked_model_is_flagged(masked):
     assert not masked["gradients"].passed
     assert masked["gradients"].figures["margin"]["nonzero_share"] == 0.0

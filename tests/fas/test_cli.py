@@ -107,6 +107,7 @@ def test_bad_fas_override_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "did you mean 'rfmeta'" in err
 
 
+@pytest.mark.slow
 def test_seed_entry_point_runs_the_fas_task(tmp_path):
     run_dir = tmp_path / "main-fas"
     common = [sys.executable, str(ROOT / "main.py"), "--run_dir", str(run_dir), "--no-progress"]

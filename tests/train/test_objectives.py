@@ -68,7 +68,7 @@ def test_osdn_losses_match_their_definition():
     model = _model().train()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
     objective = TrainObjective(
-        AttackConfig(eps=8, alpha=2, steps=2),
+        AttackConfig(eps=8, params={"alpha": 2, "steps": 2}),
         _osdn_terms(reconstruction_weight=0.5, rotation_weight=2.0),
     )
     out = objective(model, x, y)
@@ -89,7 +89,7 @@ def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     model = _model().train()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 6, (32,))
-    objective = TrainObjective(AttackConfig(eps=8, alpha=2, steps=1), _osdn_terms())
+    objective = TrainObjective(AttackConfig(eps=8, params={"alpha": 2, "steps": 1}), _osdn_terms())
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     losses = []
     for _ in range(15):
@@ -105,7 +105,7 @@ def test_a_few_steps_lower_the_loss():
 def test_fused_and_separate_branches_share_the_attack_and_differ_only_by_batchnorm():
     model = _model().train()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 6, (8,))
-    budget = AttackConfig(eps=16, alpha=4, steps=2)
+    budget = AttackConfig(eps=16, params={"alpha": 4, "steps": 2})
     fused = TrainObjective(budget, _osdn_terms())
     separate = TrainObjective(budget, _osdn_terms(), fused_branches=False)
     torch.manual_seed(3)

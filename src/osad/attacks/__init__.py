@@ -30,16 +30,17 @@ from osad.attacks.objectives import (
 )
 from osad.attacks.patch import Patch
 from osad.attacks.pgd import FGSM, FGSMRS, PGD
+from osad.attacks.registry import (
+    ATTACK_SPECS,
+    ATTACKS,
+    TARGETS,
+    AttackSpec,
+    Param,
+    attack_spec,
+    register_attack,
+    train_attack_names,
+)
 from osad.attacks.square import Square, square
-
-ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM,
-    "fgsm-rs": FGSMRS,
-    "pgd": PGD,
-    "apgd": APGD,
-    "square": Square,
-    "patch": Patch,
-}
 
 
 def build_attack(
@@ -50,64 +51,45 @@ def build_attack(
     select: str = "best",
     generator: torch.Generator | None = None,
 ) -> Attack:
-    """An :class:`Attack` from an :class:`~osad.config.AttackConfig` (budgets in 1/255).
+    """An :class:`Attack` from an :class:`~osad.config.AttackConfig` (budgets in 1/255),
+    through the registry (:data:`~osad.attacks.registry.ATTACK_SPECS`).
 
-    Keys the config leaves unset take the attack's defaults. ``objective``, when
-    given, replaces the config's ``loss``; ``select`` applies to the PGD family
-    (APGD and Square always return the best point per sample).
+    Parameters the config leaves unset take the attack's defaults. ``objective``, when
+    given, replaces the config's ``loss``; ``select`` applies to the attacks that take
+    it (the PGD family and the patch; APGD and Square always return the best point
+    per sample).
     """
     c = config.resolved()
-    common = dict(restarts=c.restarts, loss=c.loss, objective=objective, generator=generator)
-    if c.name == "patch":  # always linf: the patch's budget is the whole pixel range
-        return Patch(
-            model,
-            size=c.patch_size,
-            alpha=c.alpha_unit,
-            steps=c.steps,
-            candidates=c.candidates,
-            random_start=c.random_start,
-            select=select,
-            **common,
-        )
-    common["norm"] = c.norm
-    if c.name == "square":
-        return Square(model, eps=c.eps_unit, queries=c.queries, p_init=c.p_init, **common)
-    if c.name == "apgd":
-        return APGD(model, eps=c.eps_unit, steps=c.steps, random_start=c.random_start, **common)
-    if c.name == "fgsm":
-        return FGSM(model, eps=c.eps_unit, random_start=c.random_start, select=select, **common)
-    if c.name == "fgsm-rs":
-        return FGSMRS(model, eps=c.eps_unit, alpha=c.alpha_unit, select=select, **common)
-    return PGD(
-        model,
-        eps=c.eps_unit,
-        alpha=c.alpha_unit,
-        steps=c.steps,
-        random_start=c.random_start,
-        select=select,
-        **common,
+    spec = attack_spec(c.name)
+    return spec.cls(
+        model, **spec.arguments(c, objective=objective, select=select, generator=generator)
     )
 
 
 __all__ = [
     "APGD",
     "ATTACKS",
+    "ATTACK_SPECS",
     "DIRECTIONS",
     "FGSM",
     "FGSMRS",
     "OBJECTIVES",
     "PGD",
+    "TARGETS",
     "Attack",
+    "AttackSpec",
     "BestPoint",
     "JointObjective",
     "Objective",
     "Oracle",
+    "Param",
     "Patch",
     "ScoreObjective",
     "Square",
     "apgd",
     "attack",
     "attack_mode",
+    "attack_spec",
     "build_attack",
     "cross_entropy",
     "dlr",
@@ -117,7 +99,9 @@ __all__ = [
     "joint_objective",
     "margin",
     "model_outputs",
+    "register_attack",
     "score_objective",
     "square",
     "step_checkpoints",
+    "train_attack_names",
 ]

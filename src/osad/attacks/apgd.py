@@ -41,6 +41,7 @@ from osad.attacks.engine import (
     steepest_ascent,
 )
 from osad.attacks.objectives import Objective, cross_entropy
+from osad.attacks.registry import Param, register_attack
 from osad.inputs import inputs_checked
 
 MOMENTUM = 0.75
@@ -170,6 +171,14 @@ def apgd(
     return best.images.detach().to(x.dtype)
 
 
+@register_attack(
+    "apgd",
+    "Auto-PGD: momentum and a self-adapting step size (Croce & Hein 2020)",
+    params={
+        "steps": Param(100, "gradient steps per restart", at_least=1, caption="{} steps"),
+        "random_start": Param(True, "start uniformly in the eps-ball, else at the image"),
+    },
+)
 class APGD(Attack):
     """Auto-PGD (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690): PGD with
     momentum 0.75 and a step size that starts at ``2 eps`` and halves at checkpoints
@@ -192,6 +201,14 @@ class APGD(Attack):
 
         >>> x_adv = APGD(model, eps=8/255, steps=100, loss="dlr")(images, labels)
     """
+
+    caption_names_loss = True
+
+    @classmethod
+    def caption(cls, config: Any) -> str:
+        # A score attack has no classification loss, so its APGD carries no loss name.
+        name = "APGD" if config.target == "score" else f"APGD-{config.loss.upper()}"
+        return f"{name} {config.norm} eps {config.eps:g}/255"
 
     def __init__(
         self,

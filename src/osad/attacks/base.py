@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,23 @@ class Attack(ABC):
     attack returns adversarial images of the same shape, detached, with
     ``||x_adv - x|| <= eps`` in the attack's norm and every pixel in [0, 1].
     """
+
+    name: ClassVar[str] = ""  # set by osad.attacks.registry.register_attack
+    label: ClassVar[str] = ""  # how captions name it (default: the name in capitals)
+    caption_names_loss: ClassVar[bool] = False  # whether caption() shows the loss
+
+    @classmethod
+    def caption(cls, config: Any) -> str:
+        """The head of the one-line description of a resolved AttackConfig (budget in
+        1/255), e.g. ``PGD linf eps 8/255``; see :func:`osad.attacks.registry.describe`."""
+        return f"{cls.label or cls.name.upper()} {config.norm} eps {config.eps:g}/255"
+
+    @classmethod
+    def check_config(cls, params: dict[str, Any], key: str, image_size: int | None) -> None:
+        """Checks of the resolved ``params`` of an AttackConfig named ``key`` that need
+        the images' side ``image_size`` (pixels; None: not known yet); raise
+        :class:`~osad.errors.ConfigError` if wrong."""
+        return None
 
     def __init__(
         self,

@@ -350,7 +350,11 @@ class Oracle:
         value = self.sign * objective_values(self.objective, logits, features, self.labels, x_adv)
         self._note_nonfinite(value.unsqueeze(1))
         success = None
-        if not self.targeted:
+        from_value = getattr(self.objective, "success_from_value", None)
+        if not self.targeted and from_value is not None:
+            with torch.no_grad():  # the objective's own value decides: no second score
+                success = from_value(value.detach(), self.labels)
+        elif not self.targeted:
             with torch.no_grad():
                 success = objective_success(
                     self.objective,

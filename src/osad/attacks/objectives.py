@@ -219,6 +219,14 @@ class ScoreObjective:
         sign = self._sign(labels, logits)
         return sign * self.scorer.score(logits, features, images) > sign * self.threshold
 
+    def success_from_value(self, value: Tensor, labels: Tensor) -> Tensor | None:
+        """:meth:`success` from this objective's own value ``d * s`` at the same point
+        (``d * s > d * threshold``), so an attack that has the value does not compute the
+        score a second time (for ODIN or reconstruction, more passes of the model)."""
+        if self.threshold is None:
+            return None
+        return value > self._sign(labels, value) * self.threshold
+
     def __repr__(self) -> str:
         return (
             f"<objective score {self.scorer.name or type(self.scorer).__name__} {self.direction}>"

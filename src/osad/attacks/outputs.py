@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +18,11 @@ from torch import Tensor, nn
 from osad.attacks import build_attack
 from osad.attacks.engine import NonFiniteWarning, eval_mode, model_outputs, warn_nonfinite
 from osad.attacks.objectives import Objective
-from osad.config import AttackConfig
 from osad.data import to_float
 from osad.distributed import derive_seed, is_main, map_batches
+
+if TYPE_CHECKING:
+    from osad.config import AttackConfig
 
 
 @dataclass

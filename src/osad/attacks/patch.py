@@ -38,7 +38,8 @@ from osad.attacks.engine import (
     resolve_labels,
 )
 from osad.attacks.objectives import Objective
-from osad.errors import InputError
+from osad.attacks.registry import Param, register_attack
+from osad.errors import ConfigError, InputError
 
 GRAY = 0.5
 
@@ -65,6 +66,26 @@ def filled(x: Tensor, mask: Tensor, value: float | Tensor) -> Tensor:
     return x * (1 - mask) + value * mask
 
 
+# The patch may take any value in [0, 1], so its budget is the whole range; alpha
+# 0.05 eps = 12.75/255 per step.
+@register_attack(
+    "patch",
+    "rectangular occlusion placed by gradient search (Wu et al. 2020)",
+    params={
+        "alpha": Param(
+            0.05,
+            "step size in 1/255 (default: 0.05 eps)",
+            per_eps=True,
+            above=0,
+            caption="step {:g}/255",
+        ),
+        "steps": Param(10, "PGD iterations on the patch", at_least=1, caption="{} steps"),
+        "random_start": Param(False, "start from a random patch, else gray"),
+        "patch_size": Param(5, "side of the square patch in pixels", at_least=1, arg="size"),
+        "candidates": Param(20, "best-ranked positions tried exactly", at_least=1),
+    },
+    fixed={"eps": 255.0, "norm": "linf"},
+)
 class Patch(Attack):
     """Rectangular occlusion attack (Wu et al., ICLR 2020, https://arxiv.org/abs/1909.09552).
 
@@ -87,6 +108,19 @@ class Patch(Attack):
 
         >>> x_adv = Patch(model, size=5, steps=10)(images, labels)
     """
+
+    @classmethod
+    def caption(cls, config: Any) -> str:
+        size = config.params["patch_size"]
+        return f"Patch {size}x{size}, {config.params['candidates']} candidate positions"
+
+    @classmethod
+    def check_config(cls, params: dict[str, Any], key: str, image_size: int | None) -> None:
+        size = params["patch_size"]
+        if image_size is not None and size > image_size:
+            raise ConfigError(
+                f"'{key}.patch_size' {size} does not fit the {image_size}x{image_size} images"
+            )
 
     def __init__(
         self,

@@ -19,8 +19,24 @@ from torch import Tensor, nn
 from osad.attacks.base import Attack
 from osad.attacks.engine import attack, check_budget
 from osad.attacks.objectives import Objective
+from osad.attacks.registry import Param, register_attack
 
 
+@register_attack(
+    "pgd",
+    "projected gradient descent from a random start (Madry et al. 2018)",
+    params={
+        "alpha": Param(
+            0.25,
+            "step size in 1/255 (default: 0.25 eps)",
+            per_eps=True,
+            above=0,
+            caption="step {:g}/255",
+        ),
+        "steps": Param(10, "iterations", at_least=1, caption="{} steps"),
+        "random_start": Param(True, "start uniformly in the eps-ball, else at the image"),
+    },
+)
 class PGD(Attack):
     """Projected gradient descent (Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083).
 
@@ -87,6 +103,15 @@ class PGD(Attack):
         return {"alpha": f"{self.alpha * 255:g}/255", "steps": self.steps}
 
 
+@register_attack(
+    "fgsm",
+    "one signed-gradient step of size eps (Goodfellow et al. 2015)",
+    params={
+        "alpha": Param(1.0, "step size in 1/255: eps", per_eps=True, fixed=True),
+        "steps": Param(1, "iterations: one", fixed=True),
+        "random_start": Param(False, "start uniformly in the eps-ball, else at the image"),
+    },
+)
 class FGSM(PGD):
     """Fast gradient sign method (Goodfellow et al., ICLR 2015,
     https://arxiv.org/abs/1412.6572): one step of size eps, ``x + eps * sign(grad)``.
@@ -100,6 +125,21 @@ class FGSM(PGD):
         super().__init__(model, eps=eps, alpha=eps, steps=1, **kwargs)
 
 
+@register_attack(
+    "fgsm-rs",
+    "one signed-gradient step from a random start (Wong et al. 2020)",
+    params={
+        "alpha": Param(
+            1.25,
+            "step size in 1/255 (default: 1.25 eps)",
+            per_eps=True,
+            above=0,
+            caption="step {:g}/255",
+        ),
+        "steps": Param(1, "iterations: one", fixed=True),
+        "random_start": Param(True, "always from a random start", fixed=True),
+    },
+)
 class FGSMRS(PGD):
     """FGSM from a random start (Wong, Rice & Kolter, ICLR 2020, "Fast is better than
     free", https://arxiv.org/abs/2001.03994)::

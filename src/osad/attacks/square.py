@@ -51,6 +51,7 @@ from osad.attacks.engine import (
     working_dtype,
 )
 from osad.attacks.objectives import Objective, margin
+from osad.attacks.registry import Param, register_attack
 from osad.errors import InputError
 from osad.inputs import inputs_checked
 
@@ -321,6 +322,16 @@ def square(
     return best.images.to(x.dtype), used
 
 
+@register_attack(
+    "square",
+    "black-box random search over square windows (Andriushchenko et al. 2020)",
+    params={
+        "queries": Param(5000, "forward passes per sample", at_least=1, caption="{} queries"),
+        "p_init": Param(0.8, "initial window fraction", above=0, at_most=1, caption="p_init {:g}"),
+    },
+    can_train=False,
+    loss="margin",
+)
 class Square(Attack):
     """Square attack (Andriushchenko et al., ECCV 2020, https://arxiv.org/abs/1912.00049):
     score-based black-box random search over square windows; forward passes only.
@@ -347,6 +358,8 @@ class Square(Attack):
         >>> atk = Square(model, eps=8/255, queries=1000, generator=torch.Generator().manual_seed(0))
         >>> x_adv = atk(images, labels); atk.queries_used.float().mean()
     """
+
+    label = "Square"
 
     def __init__(
         self,

@@ -1,38 +1,42 @@
 """Evaluation: the test protocol, metrics and reports.
 
-The public names below load their module on first use (PEP 562), so that importing
-one light submodule (``osad.eval.metrics``) does not load the protocol, the attacks
-and the scores.
+The names below load their module on first use (PEP 562), so that importing one
+light submodule (:mod:`osad.eval.metrics`, used by the anti-spoofing slice) does not
+load the protocol, the attacks and the scores.
 """
 
 from __future__ import annotations
 
-from osad.lazy import lazy_exports
+from importlib import import_module
+from typing import Any
 
-# Public name -> the submodule that defines it.
-_EXPORTS = {
-    "MeanStd": "metrics",
-    "acceptance_threshold": "metrics",
-    "aupr_in": "metrics",
-    "aupr_out": "metrics",
-    "auroc": "metrics",
-    "closed_set_accuracy": "metrics",
-    "fpr_at_tpr": "metrics",
-    "mean_std": "metrics",
-    "open_set_eer": "metrics",
-    "open_set_hter": "metrics",
-    "open_set_metrics": "metrics",
-    "operating_point": "metrics",
-    "oscr": "metrics",
-    "summarize_splits": "metrics",
-    "ConditionResult": "protocol",
-    "EvalResult": "protocol",
-    "evaluate": "protocol",
-    "metrics_dict": "report",
-    "results_table": "report",
-    "write_results": "report",
+_MODULES = {
+    "MeanStd": "osad.eval.metrics",
+    "acceptance_threshold": "osad.eval.metrics",
+    "aupr_in": "osad.eval.metrics",
+    "aupr_out": "osad.eval.metrics",
+    "auroc": "osad.eval.metrics",
+    "closed_set_accuracy": "osad.eval.metrics",
+    "fpr_at_tpr": "osad.eval.metrics",
+    "mean_std": "osad.eval.metrics",
+    "open_set_eer": "osad.eval.metrics",
+    "open_set_hter": "osad.eval.metrics",
+    "open_set_metrics": "osad.eval.metrics",
+    "operating_point": "osad.eval.metrics",
+    "oscr": "osad.eval.metrics",
+    "summarize_splits": "osad.eval.metrics",
+    "ConditionResult": "osad.eval.protocol",
+    "EvalResult": "osad.eval.protocol",
+    "evaluate": "osad.eval.protocol",
+    "metrics_dict": "osad.eval.report",
+    "results_table": "osad.eval.report",
+    "write_results": "osad.eval.report",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_MODULES)
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'osad.eval' has no attribute {name!r}")
+    return getattr(import_module(_MODULES[name]), name)

@@ -317,3 +317,17 @@ def write_report(report: Report, out: str | Path, force: bool = False) -> tuple[
     write_atomic(table, rows.getvalue())
     write_atomic(md, markdown(report) + "\n")
     return md, table
+
+
+def worst_case(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lowest closed-set accuracy and, per score, the lowest AUROC over ``conditions``
+    (metrics.json entries): what a run keeps against the strongest of the attacks tried,
+    which may be a different attack for each score."""
+    scores = {score for c in conditions for score in c["auroc"]}
+    return {
+        "closed_set_accuracy": min(c["closed_set_accuracy"] for c in conditions),
+        "auroc": {
+            score: min(c["auroc"][score] for c in conditions if score in c["auroc"])
+            for score in sorted(scores)
+        },
+    }

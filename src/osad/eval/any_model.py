@@ -150,7 +150,7 @@ class ModelEvaluation:
         """Over the attacked conditions: the lowest closed-set accuracy and, per score, the
         lowest AUROC (possibly a different attack per score); the clean figures when no
         attack ran."""
-        from osad.sweep.summary import worst_case
+        from osad.eval.aggregate import worst_case
 
         conditions = self.metrics["conditions"]
         attacked = [c for name, c in conditions.items() if name != "clean"]

@@ -43,7 +43,6 @@ look known (:func:`osad.attacks.score_objective` with ``"by_label"``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,85 +52,11 @@ from torch import Tensor
 from osad.attacks import get_objective, score_objective
 from osad.attacks import margin as margin_loss
 from osad.attacks.objectives import ScoreObjective
+from osad.attacks.versions import KINDS, VERSIONS, Member, describe, get_version
 from osad.config import AttackConfig
 from osad.distributed import derive_seed
-from osad.errors import unknown_name
 from osad.openset import KNN, OpenMax, Scorer, make_scorer
 from osad.openset.openmax import DISTANCES
-
-KINDS = ("closed", "surrogate", "score")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One attack of a version: a registry attack on one objective, at a fixed cost.
-
-    ``objective`` names a classification loss of :data:`osad.attacks.OBJECTIVES`
-    (kind ``closed``), a surrogate of :data:`SURROGATES` (kind ``surrogate``), or
-    ``score``/``smooth`` (kind ``score``: the score itself, or its smooth
-    surrogate of :data:`SMOOTH`). ``budget`` is APGD's steps or Square's queries.
-    ``targets`` > 0: a targeted run towards each of the ``targets`` highest other
-    classes of the clean logits, one after the other.
-    """
-
-    name: str
-    kind: str
-    attack: str
-    objective: str
-    budget: int
-    targets: int = 0
-
-    def config(self, base: AttackConfig) -> AttackConfig:
-        """The :class:`~osad.config.AttackConfig` of this member at ``base``'s eps and norm."""
-        budget = {"queries": self.budget} if self.attack == "square" else {"steps": self.budget}
-        return AttackConfig(name=self.attack, norm=base.norm, eps=base.eps, **budget)
-
-
-_FAST = (
-    Member("apgd-ce", "closed", "apgd", "ce", 100),
-    Member("apgd-mav", "surrogate", "apgd", "mav", 100),
-    Member("apgd-maxlogit", "surrogate", "apgd", "maxlogit", 100),
-    Member("apgd-score", "score", "apgd", "score", 100),
-    Member("apgd-smooth", "score", "apgd", "smooth", 100),
-)
-_STANDARD = (
-    *_FAST[:1],
-    Member("apgd-t", "closed", "apgd", "margin", 100, targets=9),
-    *_FAST[1:3],
-    Member("apgd-mav-latent", "surrogate", "apgd", "mav-latent", 100),
-    Member("apgd-top2", "surrogate", "apgd", "top2-margin", 100),
-    Member("apgd-energy", "surrogate", "apgd", "energy", 100),
-    *_FAST[3:],
-    Member("square", "closed", "square", "margin", 1000),
-    Member("square-score", "score", "square", "score", 1000),
-)
-_PLUS = (
-    *_STANDARD[:2],
-    Member("apgd-dlr", "closed", "apgd", "dlr", 100),
-    *_STANDARD[2:-2],
-    Member("square", "closed", "square", "margin", 5000),
-    Member("square-score", "score", "square", "score", 5000),
-)
-
-VERSIONS: dict[str, tuple[Member, ...]] = {
-    "fast": _FAST,
-    "standard": _STANDARD,
-    "plus": _PLUS,
-}
-
-
-def get_version(name: str) -> tuple[Member, ...]:
-    """The members of version ``name``; :class:`~osad.errors.ConfigError` if unknown."""
-    if name not in VERSIONS:
-        raise unknown_name("ensemble version (eval.version)", name, VERSIONS)
-    return VERSIONS[name]
-
-
-def describe(version: str, base: AttackConfig) -> str:
-    """One line for tables, e.g. ``ensemble fast (linf eps 32/255): apgd-ce, ...``."""
-    members = ", ".join(m.name for m in get_version(version))
-    return f"ensemble {version} ({base.norm} eps {base.eps:g}/255): {members}"
-
 
 # ---------------------------------------------------------------------------
 # Surrogate detector objectives: Scorers (higher = more unknown) that are attacked,
@@ -262,6 +187,8 @@ class SurrogateObjective(ScoreObjective):
     """A surrogate pushed the wrong way per image (``by_label``), whose success is judged
     on the true score at its threshold: the attack prefers points that fool the detector
     under test, whatever the surrogate says."""
+
+    success_from_value = None  # the value is the surrogate's, success the true score's
 
     def __init__(self, surrogate: Scorer, scorer: Scorer, threshold: float | None) -> None:
         super().__init__(surrogate, "by_label")
@@ -460,7 +387,9 @@ def run_ensemble(
             return
         device_index = index.to(images.device)
         y = labels[device_index] if targets is None else targets[index].to(labels.device)
-        config = member.config(base)
+        config = AttackConfig(
+            name=member.attack, norm=base.norm, eps=base.eps, params=member.params
+        )
         out = outputs(images[device_index], y, config, derive_seed(seed, runs), desc, objective)
         worst.offer(member.name, index, out.logits.cpu(), {s: score(s, out) for s in scorers})
 

@@ -8,7 +8,7 @@
 * ``joint``: the same plus the cross-entropy of known images (misclassified or
   rejected).
 
-and every attack osad implements (:data:`~osad.config.ATTACK_NAMES`: ``fgsm``,
+and every registered attack (:data:`~osad.attacks.ATTACK_SPECS`: ``fgsm``,
 ``fgsm-rs``, ``pgd``, ``apgd``, ``square``, ``patch``) by its name, with its
 default settings on the classifier.
 
@@ -25,16 +25,8 @@ import copy
 import dataclasses
 from collections.abc import Sequence
 
-from osad.config import (
-    ALL_SCORES,
-    ATTACK_KEYS,
-    ATTACK_NAMES,
-    DIGITS_EPS,
-    PAIRINGS,
-    AttackConfig,
-    Config,
-    validate,
-)
+from osad.attacks.registry import ATTACK_SPECS
+from osad.config import ALL_SCORES, DIGITS_EPS, PAIRINGS, AttackConfig, Config, validate
 from osad.errors import unknown_name
 
 ADAPTIVE_ATTACKS = {"adaptive": "score", "joint": "joint"}
@@ -52,10 +44,18 @@ def paper_budget(config: Config) -> AttackConfig:
 
 
 def at_eps(attack: AttackConfig, eps: float) -> AttackConfig:
-    """``attack`` at budget ``eps`` (1/255 units), its step size scaled in proportion."""
+    """``attack`` at budget ``eps`` (1/255 units), its step sizes (the parameters
+    stated in units of eps) scaled in proportion."""
     c = attack.resolved()
-    alpha = None if c.alpha is None or c.eps == 0 else c.alpha * eps / c.eps
-    return dataclasses.replace(c, eps=eps, alpha=alpha)
+    spec = ATTACK_SPECS[c.name]
+    params = {}
+    for key, value in c.params.items():
+        param = spec.params[key]
+        if not param.per_eps:
+            params[key] = value
+        elif c.eps != 0 and not param.fixed:
+            params[key] = value * eps / c.eps
+    return dataclasses.replace(c, eps=eps, params=params)
 
 
 def adaptive_attack(config: Config, target: str) -> AttackConfig:
@@ -65,10 +65,10 @@ def adaptive_attack(config: Config, target: str) -> AttackConfig:
 
 
 def named_attack(config: Config, name: str) -> AttackConfig:
-    """Attack ``name`` of :data:`~osad.config.ATTACK_NAMES` with its defaults on the
-    classifier, at the paper budget (unless the attack fixes its own, as the patch does)."""
+    """Registered attack ``name`` with its defaults on the classifier, at the paper
+    budget (unless the attack fixes its own, as the patch does)."""
     base = paper_budget(config)
-    fixed = ATTACK_KEYS[name].fixed
+    fixed = ATTACK_SPECS[name].fixed
     return AttackConfig(
         name=name, norm=fixed.get("norm", base.norm), eps=fixed.get("eps", base.eps)
     )
@@ -82,7 +82,7 @@ def select_evaluation(
     version: str | None = None,
 ) -> Config:
     """A copy of ``config`` evaluating only ``attacks`` (names of ``eval.attacks``, of
-    :data:`ADAPTIVE_ATTACKS` or of :data:`~osad.config.ATTACK_NAMES`), ``scores`` (names,
+    :data:`ADAPTIVE_ATTACKS` or registered attacks), ``scores`` (names,
     or ``all``), ``pairings`` (names, or ``all``; ``both`` is always included) and the
     ensemble ``version`` (``fast``, ``standard``, ``plus``, or ``none``). ``None`` keeps
     the config's choice.
@@ -97,10 +97,10 @@ def select_evaluation(
                 chosen[name] = config.eval.attacks[name]
             elif name in ADAPTIVE_ATTACKS:
                 chosen[name] = adaptive_attack(config, ADAPTIVE_ATTACKS[name])
-            elif name in ATTACK_NAMES:
+            elif name in ATTACK_SPECS:
                 chosen[name] = named_attack(config, name)
             else:
-                known = {*config.eval.attacks, *ADAPTIVE_ATTACKS, *ATTACK_NAMES}
+                known = {*config.eval.attacks, *ADAPTIVE_ATTACKS, *ATTACK_SPECS}
                 raise unknown_name("attack", name, known)
         config.eval.attacks = chosen
     if scores is not None:

@@ -30,7 +30,7 @@ the batches among several processes.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ from osad.distributed import is_main, map_batches
 from osad.eval.ensemble import run_ensemble
 from osad.eval.metrics import acceptance_threshold, open_set_metrics
 from osad.eval.options import paper_budget
-from osad.openset import OpenMax, Scorer, make_scorer, scorer_options
+from osad.openset import OpenMax, Scorer, make_scorer
 from osad.perf import autocast
 
 
@@ -108,14 +108,12 @@ class EvalResult:
 
 
 def make_scorers(config: Config, model: nn.Module) -> dict[str, Scorer]:
-    """The scorers of ``eval.scores``, unfitted; both OpenMax variants use ``eval.openmax_tail``."""
-    scorers: dict[str, Scorer] = {}
-    for name in score_names(config):
-        options = {}
-        if "tail_size" in scorer_options(name):
-            options["tail_size"] = config.eval.openmax_tail
-        scorers[name] = make_scorer(name, model=model, **options)
-    return scorers
+    """The scorers of ``eval.scores``, unfitted, with their ``eval.score_options``."""
+    options = config.eval.score_options
+    return {
+        name: make_scorer(name, model=model, **options.get(name, {}))
+        for name in score_names(config)
+    }
 
 
 def score_outputs(scorer: Scorer, model: nn.Module, outputs: Outputs, batch_size: int) -> Tensor:
@@ -226,7 +224,7 @@ def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, d
     e = config.eval
     shared = {
         "scores": score_names(config),
-        "openmax_tail": e.openmax_tail,
+        "score_options": e.score_options,
         "batch_size": e.batch_size,
         "seed": config.seed,
         "bf16": config.perf.bf16,
@@ -238,7 +236,7 @@ def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, d
     }
     for name, attack in e.attacks.items():
         settings[name] = {
-            "attack": asdict(attack.resolved()),
+            "attack": attack.record(),
             "pairings": list(e.pairings),
             "fit": "attacked" if fits_attacked(config, attack) else "clean",
             **shared,
@@ -362,7 +360,7 @@ def evaluate(
         results.append(
             ConditionResult(
                 name=name,
-                attack=None if attack is None else asdict(attack.resolved()),
+                attack=None if attack is None else attack.record(),
                 pairings=pairings,
                 scorer_fit=fit.report,
                 nonfinite_gradients=nonfinite,

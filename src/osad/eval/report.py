@@ -15,20 +15,9 @@ from osad.config import Config
 from osad.errors import RunDirError
 from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
 from osad.eval.results import METRICS_FORMAT, attack_text
+from osad.openset import score_label
 from osad.storage import write_atomic
 from osad.writers import h5_bytes, markdown_table
-
-SCORE_LABELS = {
-    "msp": "MSP",
-    "maxlogit": "MaxLogit",
-    "energy": "Energy",
-    "odin": "ODIN",
-    "mahalanobis": "Mahalanobis",
-    "knn": "KNN",
-    "openmax": "OpenMax",
-    "openmax-bb": "OpenMax (B&B)",
-    "reconstruction": "Reconstruction",
-}
 
 
 def _pairing_dict(pairing: PairingResult) -> dict[str, Any]:
@@ -119,11 +108,6 @@ METRIC_COLUMNS = {
     "unknown_rejected": "unknown rejected",
     "hter": "HTER",
 }
-
-
-def score_label(score: str) -> str:
-    """How tables and figures name ``score`` (``openmax`` -> ``OpenMax``)."""
-    return SCORE_LABELS.get(score, score)
 
 
 def results_table(result: EvalResult) -> str:

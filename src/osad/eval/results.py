@@ -42,7 +42,7 @@ def attack_text(attack: dict[str, Any] | None) -> str:
     if attack.get("name") == "ensemble":
         base = AttackConfig(norm=attack["norm"], eps=attack["eps"])
         return describe_ensemble(attack["version"], base)
-    return AttackConfig(**attack).describe()
+    return AttackConfig.from_dict(attack).describe()
 
 
 @dataclass(frozen=True)

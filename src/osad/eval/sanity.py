@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from osad.attacks import eval_mode, margin, model_outputs
+from osad.attacks import ATTACK_SPECS, eval_mode, margin, model_outputs
 from osad.attacks.objectives import Objective, objective_values, score_objective
 from osad.attacks.outputs import Outputs, outputs_under_attack
 from osad.config import AttackConfig, Config
@@ -195,8 +195,10 @@ def check_eps_monotone(probe: Probe, base: AttackConfig, s: CheckSettings) -> Ch
 def stronger(attack: AttackConfig) -> AttackConfig:
     """The same attack with four times the steps and two restarts."""
     c = attack.resolved()
-    steps = None if c.steps is None else 4 * c.steps
-    return dataclasses.replace(c, steps=steps, restarts=max(2, c.restarts))
+    params = dict(c.params)
+    if "steps" in params and not ATTACK_SPECS[c.name].params["steps"].fixed:
+        params["steps"] *= 4
+    return dataclasses.replace(c, params=params, restarts=max(2, c.restarts))
 
 
 def check_more_iterations(
@@ -206,8 +208,9 @@ def check_more_iterations(
     accuracy, area = probe.measure(strong)
     passed = accuracy >= baseline[0] - s.tol and area >= baseline[1] - s.tol
     summary = (
-        f"{base.resolved().steps} steps: accuracy {baseline[0]:.3f}, AUROC {baseline[1]:.3f}; "
-        f"{strong.steps} steps x {strong.restarts} restarts: "
+        f"{base.resolved().params.get('steps')} steps: accuracy {baseline[0]:.3f}, "
+        f"AUROC {baseline[1]:.3f}; {strong.params.get('steps')} steps x "
+        f"{strong.restarts} restarts: "
         f"accuracy {accuracy:.3f}, AUROC {area:.3f}"
     )
     figures = {"base": list(baseline), "stronger": [accuracy, area], "attack": strong.describe()}
@@ -215,7 +218,7 @@ def check_more_iterations(
 
 
 def black_box(base: AttackConfig, queries: int) -> AttackConfig:
-    return AttackConfig(name="square", norm=base.norm, eps=base.eps, queries=queries)
+    return AttackConfig(name="square", norm=base.norm, eps=base.eps, params={"queries": queries})
 
 
 def check_black_box(

@@ -6,6 +6,8 @@ Build any of them by name with :func:`make_scorer`.
 from __future__ import annotations
 
 import inspect
+import typing
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
@@ -38,11 +40,56 @@ SCORERS: dict[str, type[Scorer]] = {
 }
 
 
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: add the :class:`Scorer` subclass ``cls`` to :data:`SCORERS` under
+    ``cls.name`` (its options are its constructor's keywords, its table name
+    ``cls.label``)."""
+    if not cls.name or cls.name in SCORERS:
+        raise ValueError(f"score class {cls.__name__} needs a new name, got {cls.name!r}")
+    SCORERS[cls.name] = cls
+    return cls
+
+
+def scorer_option_types(name: str) -> dict[str, Any]:
+    """The keyword options of score ``name`` (constructor arguments besides the model),
+    each with its annotated type."""
+    init = SCORERS[name].__init__
+    hints = typing.get_type_hints(init)
+    parameters = inspect.signature(init).parameters.values()
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: hints.get(p.name, Any)
+        for p in parameters
+        if p.kind in keyword and p.name not in ("self", "model")
+    }
+
+
 def scorer_options(name: str) -> list[str]:
     """The keyword options of score ``name`` (constructor arguments besides the model)."""
-    parameters = inspect.signature(SCORERS[name].__init__).parameters.values()
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in parameters if p.kind in keyword and p.name not in ("self", "model")]
+    return list(scorer_option_types(name))
+
+
+def check_scorer_options(name: str, options: Iterable[str], key: str = "") -> None:
+    """Raise a one-line :class:`~osad.errors.ConfigError` for an unknown score ``name``
+    or an option it does not take; ``key`` (e.g. ``eval.score_options``) prefixes it."""
+    where = f"'{key}': " if key else ""
+    if name not in SCORERS:
+        raise unknown_name(f"score in '{key}'" if key else "score", name, SCORERS)
+    allowed = scorer_options(name)
+    for option in options:
+        if option not in allowed:
+            listed = ", ".join(allowed) if allowed else "none"
+            raise ConfigError(
+                f"{where}score '{name}' has no option '{option}'"
+                f"{did_you_mean(option, allowed)}; its options: {listed}"
+            )
+
+
+def score_label(name: str) -> str:
+    """How tables and figures name score ``name`` (``openmax`` -> ``OpenMax``); an
+    unregistered name (another task's score) is shown as it is."""
+    cls = SCORERS.get(name)
+    return (cls.label or cls.name) if cls is not None else name
 
 
 def make_scorer(name: str, model: nn.Module | None = None, **options: Any) -> Scorer:
@@ -51,17 +98,8 @@ def make_scorer(name: str, model: nn.Module | None = None, **options: Any) -> Sc
     Raises :class:`~osad.errors.ConfigError` for an unknown name or option, a
     missing model, or an option out of range.
     """
-    if name not in SCORERS:
-        raise unknown_name("score", name, SCORERS)
+    check_scorer_options(name, options)
     cls = SCORERS[name]
-    allowed = scorer_options(name)
-    for option in options:
-        if option not in allowed:
-            listed = ", ".join(allowed) if allowed else "none"
-            raise ConfigError(
-                f"score '{name}' has no option '{option}'{did_you_mean(option, allowed)}; "
-                f"its options: {listed}"
-            )
     if not cls.needs_model:
         return cls(**options)
     if model is None:
@@ -83,6 +121,10 @@ __all__ = [
     "Reconstruction",
     "Scorer",
     "WeibullTail",
+    "check_scorer_options",
     "make_scorer",
+    "register_scorer",
+    "score_label",
+    "scorer_option_types",
     "scorer_options",
 ]

@@ -13,7 +13,7 @@ from osad.errors import ConfigError
 
 
 class Scorer:
-    """Base class. Subclasses set ``name`` and implement :meth:`score`.
+    """Base class. Subclasses set ``name`` (and ``label``) and implement :meth:`score`.
 
     ``needs_features`` / ``needs_images``: whether :meth:`score` uses the latent
     features or the (possibly attacked) input images besides the logits.
@@ -22,6 +22,7 @@ class Scorer:
     """
 
     name: str = ""
+    label: str = ""  # how tables and figures name it (``OpenMax (B&B)``); default: name
     needs_features: bool = False
     needs_images: bool = False
     needs_model: bool = False

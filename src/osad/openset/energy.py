@@ -20,6 +20,7 @@ from osad.openset.base import Scorer, check_positive
 
 class Energy(Scorer):
     name = "energy"
+    label = "Energy"
 
     def __init__(self, temperature: float = 1.0) -> None:
         check_positive(temperature, "temperature", self.name)

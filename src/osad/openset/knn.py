@@ -28,6 +28,7 @@ from osad.openset.base import Scorer, require
 
 class KNN(Scorer):
     name = "knn"
+    label = "KNN"
     needs_features = True
 
     def __init__(self, k: int = 50, chunk_size: int = 1024) -> None:

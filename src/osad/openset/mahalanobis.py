@@ -34,6 +34,7 @@ from osad.openset.base import Scorer, require
 
 class Mahalanobis(Scorer):
     name = "mahalanobis"
+    label = "Mahalanobis"
     needs_features = True
 
     def __init__(self, rcond: float = 1e-6) -> None:

@@ -11,6 +11,7 @@ from osad.openset.base import Scorer
 
 class MaxLogit(Scorer):
     name = "maxlogit"
+    label = "MaxLogit"
 
     def score(
         self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None

@@ -10,6 +10,7 @@ from osad.openset.base import Scorer
 
 class MSP(Scorer):
     name = "msp"
+    label = "MSP"
 
     def score(
         self, logits: Tensor, features: Tensor | None = None, images: Tensor | None = None

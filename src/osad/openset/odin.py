@@ -47,6 +47,7 @@ from osad.openset.base import Scorer, check_positive, require, require_eval_mode
 
 class ODIN(Scorer):
     name = "odin"
+    label = "ODIN"
     needs_images = True
     needs_model = True
 

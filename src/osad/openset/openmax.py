@@ -82,6 +82,7 @@ class OpenMax(Scorer):
     """
 
     name = "openmax"
+    label = "OpenMax"
     distance = "euclidean"
 
     def __init__(self, tail_size: int = 20, translate: float = LIBMR_TRANSLATE) -> None:
@@ -210,6 +211,7 @@ class OpenMaxBB(OpenMax):
     """
 
     name = "openmax-bb"
+    label = "OpenMax (B&B)"
 
     def __init__(
         self,

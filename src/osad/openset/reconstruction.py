@@ -24,6 +24,7 @@ from osad.openset.base import Scorer, require, require_eval_mode
 
 class Reconstruction(Scorer):
     name = "reconstruction"
+    label = "Reconstruction"
     needs_features = True
     needs_images = True
     needs_model = True

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -96,7 +96,7 @@ def same_evaluation(run: RunDir, expected: Config) -> bool:
 
 def expected_attacks(config: Config) -> dict[str, dict]:
     """Each condition ``config`` evaluates, with its attack as metrics.json records it."""
-    attacks = {name: asdict(attack.resolved()) for name, attack in config.eval.attacks.items()}
+    attacks = {name: attack.record() for name, attack in config.eval.attacks.items()}
     return {"clean": {"name": "none"}, **attacks}
 
 

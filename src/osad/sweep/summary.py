@@ -30,6 +30,7 @@ from osad.eval.aggregate import (
     mean_std_cell,
     metric_cells,
     metric_header,
+    worst_case,
 )
 from osad.eval.metrics import MeanStd, mean_std
 from osad.eval.report import markdown_table
@@ -45,20 +46,6 @@ def _stats(values: list[float]) -> dict[str, Any]:
     summary = mean_std(values)
     std = None if math.isnan(summary.std) else summary.std  # one split: no spread (JSON null)
     return {"mean": summary.mean, "std": std, "n": summary.n, "values": values}
-
-
-def worst_case(conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The lowest closed-set accuracy and, per score, the lowest AUROC over ``conditions``
-    (metrics.json entries): what a run keeps against the strongest of the attacks tried,
-    which may be a different attack for each score."""
-    scores = {score for c in conditions for score in c["auroc"]}
-    return {
-        "closed_set_accuracy": min(c["closed_set_accuracy"] for c in conditions),
-        "auroc": {
-            score: min(c["auroc"][score] for c in conditions if score in c["auroc"])
-            for score in sorted(scores)
-        },
-    }
 
 
 def _append(values: dict[str, Any], name: str, condition: dict[str, Any]) -> None:

@@ -1,30 +1,33 @@
 """Training: methods from loss terms, their objectives and the loop.
 
-The names below load their module on first use (:func:`osad.lazy.lazy_exports`), so
-that importing a low module of this package (:mod:`osad.train.step`, used by the
-anti-spoofing trainer) does not load the loop and what it needs (attacks, distributed
-training).
+The names below load their module on first use, so that importing a low module of
+this package (:mod:`osad.train.step`, used by the anti-spoofing trainer) does not
+load the loop and what it needs (attacks, distributed training).
 """
 
 from __future__ import annotations
 
-from osad.lazy import lazy_exports
+from importlib import import_module
+from typing import Any
 
-# Public name -> the submodule that defines it.
-_EXPORTS = {
-    "METHODS": "methods",
-    "Method": "methods",
-    "NetworkSpec": "methods",
-    "NonFiniteLossError": "step",
-    "StepLosses": "objectives",
-    "TrainObjective": "objectives",
-    "TrainResult": "step",
-    "TrainState": "state",
-    "build_model_for": "factory",
-    "model_spec": "methods",
-    "train": "loop",
+_MODULES = {
+    "METHODS": "osad.train.methods",
+    "Method": "osad.train.methods",
+    "NetworkSpec": "osad.train.methods",
+    "NonFiniteLossError": "osad.train.step",
+    "StepLosses": "osad.train.objectives",
+    "TrainObjective": "osad.train.objectives",
+    "TrainResult": "osad.train.step",
+    "TrainState": "osad.train.state",
+    "build_model_for": "osad.train.factory",
+    "model_spec": "osad.train.methods",
+    "train": "osad.train.loop",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_MODULES)
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'osad.train' has no attribute {name!r}")
+    return getattr(import_module(_MODULES[name]), name)

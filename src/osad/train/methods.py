@@ -17,12 +17,14 @@ example in :mod:`osad.train.terms`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from osad.config import Config
 from osad.errors import ConfigError
 from osad.rundir import MAIN, RUN_MODELS
 from osad.train.terms import ClassificationCE, MutualKL, Reconstruction, RotationCE, Term
+
+if TYPE_CHECKING:
+    from osad.config import Config
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""Checks of a run's ``model`` section (:class:`osad.config.ModelConfig`) against the
+encoder and denoiser registries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from osad.errors import require, shown, unknown_name
+from osad.models import DENOISERS, ENCODERS
+from osad.models.denoise import denoise_forms
+
+
+def check_model_section(m: Any) -> None:
+    """Check the ``model`` section ``m``; one-line :class:`~osad.errors.ConfigError` if
+    wrong."""
+    if m.arch not in ENCODERS:
+        raise unknown_name("model.arch", m.arch, ENCODERS)
+    forms = denoise_forms(m.denoise)
+    for form in forms:
+        if form not in DENOISERS:
+            raise unknown_name("denoising form in 'model.denoise'", form, DENOISERS)
+    require(
+        len(set(forms)) == len(forms),
+        f"'model.denoise' repeats a form: {shown(m.denoise, quoted=False)}",
+    )
+    require(m.width >= 2, f"'model.width' must be >= 2, got {m.width}")
+    require(m.latent_dim >= 1, f"'model.latent_dim' must be >= 1, got {m.latent_dim}")
+    require(
+        all(0 <= p <= 4 for p in m.denoise_places),
+        f"'model.denoise_places' entries must be in 0..4, got {shown(m.denoise_places)}",
+    )
+    require(
+        len(set(m.denoise_places)) == len(m.denoise_places),
+        f"'model.denoise_places' has duplicates: {shown(m.denoise_places)}",
+    )
