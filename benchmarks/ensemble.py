@@ -45,7 +45,8 @@ from osad.eval.ensemble import VERSIONS
 from osad.eval.figures import write_figures
 from osad.eval.options import select_evaluation
 from osad.rundir import RunDir
-from osad.workflow import load_run_config, load_run_model
+from osad.tasks.openset import load_run_model
+from osad.workflow import load_run_config
 
 
 class Profile:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from osad.data.fas import fas_collection, load_fas
-from osad.eval.fas import evaluate_fas
-from osad.fas_config import make_fas_config
-from osad.train.meta import train_meta
+from osad.fas.config import make_fas_config
+from osad.fas.data import fas_collection, load_fas
+from osad.fas.evaluate import evaluate_fas
+from osad.fas.trainer import train_meta
 
 COLUMNS = {
     "val_auc": "source-val AUC",

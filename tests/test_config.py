@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from osad.attacks import ATTACK_SPECS
-from osad.config import AttackConfig, Config, make_config, make_task_config, parse_override
+from osad.config import AttackConfig, Config, make_config, parse_override
 from osad.errors import ConfigError
-from osad.fas_config import FasConfig
+from osad.fas.config import FasConfig
+from osad.tasks import make_task_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,8 @@ def test_round_trip_through_dict_and_a_saved_file(tmp_path):
 
     import yaml
 
-    from osad.config import load_saved_config, save_config
+    from osad.config import save_config
+    from osad.tasks import load_saved_config
 
     c = make_config(overrides=["train.epochs=2"])
     assert make_config(c.to_dict()) == c
@@ -394,7 +396,7 @@ FORMAT1 = Path(__file__).parent / "config_format1.yaml"  # written by osad befor
 
 
 def test_a_format_1_saved_run_loads_with_its_attacks_and_tail():
-    from osad.config import load_saved_config
+    from osad.tasks import load_saved_config
 
     config = load_saved_config(yaml.safe_load(FORMAT1.read_text()), str(FORMAT1))
     attacks = config.eval.attacks

@@ -25,7 +25,7 @@ from osad.models import DenoiseBlock
 from osad.train import METHODS, build_model_for, train
 
 ROOT = Path(__file__).resolve().parents[1]
-# Open-set presets; the anti-spoofing presets (task: fas) are tested in tests/test_fas_*.
+# Open-set presets; the anti-spoofing presets (task: fas) are tested in tests/fas/.
 PRESETS = [
     p
     for p in sorted((ROOT / "configs").glob("*.yaml"))

@@ -355,8 +355,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from osad.config import make_task_config
     from osad.distributed import agree, is_main
+    from osad.tasks import make_task_config, task_of
     from osad.workflow import resume_run, test_run, train_run
 
     say = print if is_main() else _quiet
@@ -422,7 +422,7 @@ def _command(args: argparse.Namespace) -> int:
     say(f"trained {config.method} into {run.root} ({time.perf_counter() - start:.0f} s)")
     if args.command == "run":
         # The configuration is this command's own: its data settings are confirmed.
-        verify = getattr(config.data, "verify", True)
+        verify = config.data.verify if task_of(config).verifies_data else True
         table = test_run(
             run.root, progress=progress, data_root=config.data.root or None, verify=verify
         )

@@ -1,4 +1,5 @@
-"""Process-level settings: seeding, device selection, determinism, stop signals."""
+"""Process-level settings: seeding, device selection, determinism, module modes, stop
+signals."""
 
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ def resolve_device(name: str) -> torch.device:
 
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu")
     return device
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put every submodule in eval mode, restoring each one's own mode on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 # cuBLAS is deterministic only with a fixed workspace (NVIDIA cuBLAS docs, "Results

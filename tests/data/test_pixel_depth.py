@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osad.data.fas import _read_image
 from osad.data.formats import read_image_folder
 from osad.errors import DataError
+from osad.fas.data import _read_image
 
 SIZE = 16
 

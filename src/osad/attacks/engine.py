@@ -44,6 +44,7 @@ from osad.attacks.objectives import (
 )
 from osad.errors import InputError
 from osad.inputs import check_images, check_labels, inputs_checked
+from osad.runtime import eval_mode
 
 NORMS = ("linf", "l2")
 SELECT = ("best", "last")
@@ -81,18 +82,6 @@ def check_budget(
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, restoring each one's own mode on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @contextlib.contextmanager

@@ -9,8 +9,8 @@ and out-of-range values raise :class:`~osad.errors.ConfigError` naming the key
 and, for misspellings, the closest valid one.
 
 The top-level ``task`` key selects the schema: ``openset`` (:class:`Config`, the
-default) or ``fas`` (:class:`osad.fas_config.FasConfig`, face anti-spoofing);
-:func:`make_task_config` dispatches on it.
+default) or ``fas`` (:class:`osad.fas.config.FasConfig`, face anti-spoofing);
+:func:`osad.tasks.make_task_config` dispatches on it.
 
 Attack budgets (``eps``, ``alpha``) are stated in units of 1/255 of the [0, 1]
 pixel range, for both norms; :meth:`AttackConfig.eps_unit` converts.
@@ -52,7 +52,6 @@ from osad.config.schema import (
     ALL_SCORES,
     DIGITS_EPS,
     PAIRINGS,
-    TASKS,
     AttackConfig,
     CheckpointConfig,
     Config,
@@ -96,32 +95,10 @@ def make_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Con
     return config
 
 
-def make_task_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Any:
-    """The validated configuration of the task named by the top-level ``task`` key
-    (in the overrides, else the file, else ``openset``): a :class:`Config` or a
-    :class:`~osad.fas_config.FasConfig`."""
-    tree = dict(file) if isinstance(file, dict) else load_yaml(file) if file is not None else {}
-    task = tree.get("task", "openset")
-    for text in overrides:
-        key, value = parse_override(text)
-        if key == "task":
-            task = value
-    if task == "fas":
-        from osad.fas_config import make_fas_config
-
-        return make_fas_config(tree, overrides)
-    if task != "openset":
-        from osad.errors import unknown_name
-
-        raise unknown_name("task", str(task), TASKS)
-    return make_config(tree, overrides)
-
-
-def load_saved_config(data: dict[str, Any], source: str) -> Any:
-    """Rebuild the configuration of a run from its saved ``config.yaml`` mapping
-    (written by :func:`save_config`; format 1, with flat attack keys, still loads)."""
-    tree = without_header(data, source, True, CONFIG_FORMAT_VERSION, OLDEST_CONFIG_FORMAT)
-    return make_task_config(tree)
+def saved_tree(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A run's saved ``config.yaml`` mapping without its header, whose format version
+    must be one this osad reads (raises ConfigError naming ``source``)."""
+    return without_header(data, source, True, CONFIG_FORMAT_VERSION, OLDEST_CONFIG_FORMAT)
 
 
 def resolved_dict(config: Any) -> dict[str, Any]:
@@ -154,7 +131,6 @@ __all__ = [
     "MAX_YAML_NODES",
     "PAIRINGS",
     "SEED_RANGE",
-    "TASKS",
     "AttackConfig",
     "CheckpointConfig",
     "Config",
@@ -171,15 +147,14 @@ __all__ = [
     "coerce",
     "expand_key",
     "has_decoder",
-    "load_saved_config",
     "load_yaml",
     "make_config",
-    "make_task_config",
     "parse_override",
     "parse_yaml",
     "read_yaml",
     "resolved_dict",
     "save_config",
+    "saved_tree",
     "score_names",
     "validate",
     "validate_attack",

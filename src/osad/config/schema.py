@@ -23,7 +23,6 @@ from osad.config.loader import coerce
 from osad.errors import ConfigError
 from osad.openset import SCORERS, check_scorer_options, scorer_option_types, scorer_options
 
-TASKS = ("openset", "fas")
 # Which test images a condition attacks: both kinds, the known only, or the unknown only.
 PAIRINGS = ("both", "known", "unknown")
 ALL_SCORES = "all"

@@ -14,7 +14,7 @@ from osad.errors import require, shown, unknown_name
 from osad.models.section import check_model_section
 from osad.openset import SCORERS, check_scorer_options, make_scorer
 
-_check = require  # the name fas_config imports
+_check = require  # the name osad.fas.config imports
 
 
 def validate_device(device: str) -> None:

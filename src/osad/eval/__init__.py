@@ -1,45 +1,42 @@
-"""Evaluation: the test protocol, metrics and reports."""
+"""Evaluation: the test protocol, metrics and reports.
+
+The names below load their module on first use (PEP 562), so that importing one
+light submodule (:mod:`osad.eval.metrics`, used by the anti-spoofing slice) does not
+load the protocol, the attacks and the scores.
+"""
 
 from __future__ import annotations
 
-from osad.eval.metrics import (
-    MeanStd,
-    acceptance_threshold,
-    aupr_in,
-    aupr_out,
-    auroc,
-    closed_set_accuracy,
-    fpr_at_tpr,
-    mean_std,
-    open_set_eer,
-    open_set_hter,
-    open_set_metrics,
-    operating_point,
-    oscr,
-    summarize_splits,
-)
-from osad.eval.protocol import ConditionResult, EvalResult, evaluate
-from osad.eval.report import metrics_dict, results_table, write_results
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ConditionResult",
-    "EvalResult",
-    "MeanStd",
-    "acceptance_threshold",
-    "aupr_in",
-    "aupr_out",
-    "auroc",
-    "closed_set_accuracy",
-    "evaluate",
-    "fpr_at_tpr",
-    "mean_std",
-    "metrics_dict",
-    "open_set_eer",
-    "open_set_hter",
-    "open_set_metrics",
-    "operating_point",
-    "oscr",
-    "results_table",
-    "summarize_splits",
-    "write_results",
-]
+_MODULES = {
+    "MeanStd": "osad.eval.metrics",
+    "acceptance_threshold": "osad.eval.metrics",
+    "aupr_in": "osad.eval.metrics",
+    "aupr_out": "osad.eval.metrics",
+    "auroc": "osad.eval.metrics",
+    "closed_set_accuracy": "osad.eval.metrics",
+    "fpr_at_tpr": "osad.eval.metrics",
+    "mean_std": "osad.eval.metrics",
+    "open_set_eer": "osad.eval.metrics",
+    "open_set_hter": "osad.eval.metrics",
+    "open_set_metrics": "osad.eval.metrics",
+    "operating_point": "osad.eval.metrics",
+    "oscr": "osad.eval.metrics",
+    "summarize_splits": "osad.eval.metrics",
+    "ConditionResult": "osad.eval.protocol",
+    "EvalResult": "osad.eval.protocol",
+    "evaluate": "osad.eval.protocol",
+    "metrics_dict": "osad.eval.report",
+    "results_table": "osad.eval.report",
+    "write_results": "osad.eval.report",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'osad.eval' has no attribute {name!r}")
+    return getattr(import_module(_MODULES[name]), name)

@@ -30,18 +30,9 @@ from osad.eval.metrics import auroc, closed_set_accuracy
 from osad.eval.options import at_eps, paper_budget
 from osad.eval.protocol import EvalResult, make_scorers, score_outputs
 from osad.eval.report import score_label
+from osad.writers import pyplot
 
 RECONSTRUCTED_IMAGES = 8
-
-
-def pyplot():
-    """pyplot on the file-only backend (no display on a compute node)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_roc_curves(result: EvalResult, figures_dir: Path) -> list[Path]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from osad.eval.protocol import ConditionResult, EvalResult, PairingResult
 from osad.eval.results import METRICS_FORMAT, attack_text
 from osad.openset import score_label
 from osad.storage import write_atomic
+from osad.writers import h5_bytes, markdown_table
 
 
 def _pairing_dict(pairing: PairingResult) -> dict[str, Any]:
@@ -111,12 +110,6 @@ METRIC_COLUMNS = {
 }
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """The lines of a Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
-
-
 def results_table(result: EvalResult) -> str:
     """A Markdown table: one row per condition and pairing, accuracy and one AUROC column
     per score."""
@@ -157,16 +150,6 @@ def _write_pairing(group: h5py.Group, pairing: PairingResult) -> None:
         if not shared:  # adaptive attacks: each score attacked its own images
             group.create_dataset(f"logits_{name}", data=pairing.logits[name].numpy())
             group.create_dataset(f"predicted_{name}", data=pairing.logits[name].argmax(1).numpy())
-
-
-def h5_bytes(build: Callable[[h5py.File], None]) -> bytes:
-    """The bytes of an HDF5 file filled by ``build``, made in memory: the file on disk is
-    then written by Python (:func:`osad.storage.write_atomic`), so a full disk is one
-    catchable error, never a crash inside the HDF5 library."""
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        build(f)
-    return buffer.getvalue()
 
 
 def write_scores(result: EvalResult, config: Config, path: Path) -> None:

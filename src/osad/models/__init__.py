@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from osad.errors import ConfigError, OsadError, unknown_name
+from osad.fas.model import FasNet
 from osad.models.decoder import Decoder, upsampling_plan
 from osad.models.denoise import DENOISERS, DenoiseBlock, DualAttention, denoise_forms
-from osad.models.fas import FasNet
 from osad.models.openset_net import Normalize, OpenSetNet
 from osad.models.resnet import ENCODERS, ResNetEncoder
 

@@ -20,14 +20,15 @@ from sklearn.metrics import roc_curve
 from osad.config import Config
 from osad.data import load_openset
 from osad.eval import evaluate
-from osad.eval.figures import pyplot
 from osad.eval.options import at_eps
 from osad.eval.report import score_label
 from osad.rundir import RunDir
 from osad.runtime import resolve_device
 from osad.sweep.runner import is_finished, run_dir, stale_conditions
 from osad.sweep.spec import FigureSpec, Sweep
-from osad.workflow import load_run_config, load_run_model
+from osad.tasks.openset import load_run_model
+from osad.workflow import load_run_config
+from osad.writers import pyplot
 
 
 def roc_figure(sweep: Sweep, spec: FigureSpec, out: Path, path: Path) -> None:

@@ -30,14 +30,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from osad import __version__
-from osad.attacks import eval_mode
 from osad.data.augment import to_float
-from osad.data.fas import FasData
-from osad.data.fas_frames import REAL, FasFrames
 from osad.eval.metrics import auroc, eer, far_frr
-from osad.eval.report import h5_bytes, markdown_table
-from osad.fas_config import FasConfig
+from osad.fas.config import FasConfig
+from osad.fas.data import FasData
+from osad.fas.frames import REAL, FasFrames
+from osad.runtime import eval_mode
 from osad.storage import write_atomic
+from osad.writers import h5_bytes, markdown_table, pyplot
 
 
 @torch.no_grad()
@@ -207,11 +207,9 @@ def fas_metrics_dict(result: FasEvalResult, config: FasConfig) -> dict[str, Any]
 def save_roc_figure(result: FasEvalResult, path: Path, title: str) -> None:
     """ROC curves of the target (frames and videos), marking the operating point
     of the source-validation threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
     levels = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +17,14 @@ import torch
 import yaml
 
 from osad.cli import main
-from osad.data.fas import load_fas
 from osad.eval.metrics import auroc, hter
-from osad.fas_config import make_fas_config
-from osad.train.meta import train_meta
+from osad.fas.config import make_fas_config
+from osad.fas.data import load_fas
+from osad.fas.trainer import train_meta
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESET = str(ROOT / "configs" / "fas-digits.yaml")
 # A run small enough for a few seconds.
 FAS_TINY = (
@@ -124,3 +126,44 @@ def test_seed_entry_point_runs_the_fas_task(tmp_path):
     )
     assert test.returncode == 0, test.stderr
     assert "| frame |" in test.stdout and (run_dir / "eval" / "scores.h5").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "RUN"], "osad check applies to open-set runs, not face anti-spoofing"),
+        (
+            ["test", "RUN", "--attacks", "pgd", "--out", "RUN/other"],
+            "--attacks apply to open-set runs, not face anti-spoofing",
+        ),
+    ],
+)
+def test_what_the_task_does_not_support_is_one_line(fas_run, capsys, args, message):
+    before = sorted(p.relative_to(fas_run) for p in fas_run.rglob("*"))
+    capsys.readouterr()
+    assert main([a.replace("RUN", str(fas_run)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("RUN", str(fas_run)) in err and "Traceback" not in err
+    assert sorted(p.relative_to(fas_run) for p in fas_run.rglob("*")) == before
+
+
+def test_an_unfinished_run_cannot_resume(fas_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fas_run, run)
+    (run / "model.safetensors").unlink()  # as if killed before the end
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is an anti-spoofing run, which does not checkpoint mid-training; " in err
+    assert f"start it again with: osad train --out {run} --force" in err
+
+
+def test_several_processes_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from osad.distributed import World
+    from osad.errors import ConfigError
+    from osad.workflow import train_run
+
+    monkeypatch.setattr("osad.workflow.world", lambda: World(rank=0, size=2))
+    message = "face anti-spoofing (task: fas) trains and tests in one process; run it without"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_run(make_fas_config(overrides=list(FAS_TINY)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from osad.config import ConfigSource, _check, build_config, validate_device
-from osad.errors import shown
+from osad.errors import shown, unknown_name
+from osad.fas.methods import META_METHODS
 
 
 @dataclass
@@ -36,7 +37,7 @@ class FasDataConfig:
 
 @dataclass
 class FasModelConfig:
-    """Feature extractor F, depth estimator D, meta learner M (``models/fas.py``)."""
+    """Feature extractor F, depth estimator D, meta learner M (``fas/model.py``)."""
 
     # The tiny default; the paper's sizes are in configs/fas-*-to-*.yaml.
     stem_width: int = 8
@@ -49,7 +50,7 @@ class FasModelConfig:
 
 @dataclass
 class MetaTrainConfig:
-    """Meta-learning across the source domains (``train/meta.py``)."""
+    """Meta-learning across the source domains (``fas/trainer.py``)."""
 
     iterations: int = 400
     # Real frames and, as many, attack frames per source domain per iteration.
@@ -106,9 +107,7 @@ def _positive_widths(widths: list[int], key: str) -> None:
 
 def validate_fas(config: FasConfig) -> None:
     """Check names against the registries and every value against its range."""
-    from osad.data.fas import fas_collection
-    from osad.errors import unknown_name
-    from osad.train.meta import META_METHODS
+    from osad.fas.data import fas_collection
 
     _check(config.task == "fas", f"'task' must be 'fas' for this schema, got '{config.task}'")
     if config.method not in META_METHODS:

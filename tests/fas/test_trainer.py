@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from osad.data.fas_frames import FasFrames
-from osad.models.fas import FasNet
-from osad.train.meta import (
+from osad.fas.frames import FasFrames
+from osad.fas.model import FasNet
+from osad.fas.trainer import (
     META_METHODS,
     BalancedSampler,
     DomainBatch,

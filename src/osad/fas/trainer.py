@@ -2,7 +2,7 @@
 
 Shao, Lan and Yuen, AAAI 2020, https://arxiv.org/abs/1911.10771. With the
 feature extractor F (theta_F), depth estimator D (theta_D) and meta learner M
-(theta_M) of :class:`~osad.models.fas.FasNet`, each iteration:
+(theta_M) of :class:`~osad.fas.model.FasNet`, each iteration:
 
 1. draws a batch (as many real as attack frames) from every source domain and
    splits the N domains at random into N-1 meta-train domains and 1 meta-test
@@ -42,52 +42,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from osad.data.augment import to_float
-from osad.data.fas import FasData
-from osad.data.fas_frames import ATTACK, REAL, FasFrames
 from osad.errors import shown
-from osad.eval.fas import frame_scores
 from osad.eval.metrics import auroc, eer
-from osad.fas_config import FasConfig
+from osad.fas.config import FasConfig
+from osad.fas.data import FasData
+from osad.fas.evaluate import frame_scores
+from osad.fas.frames import ATTACK, REAL, FasFrames
+from osad.fas.methods import META_METHODS, MetaMethod
+from osad.fas.model import FasNet
 from osad.models import check_fits, create_model
-from osad.models.fas import FasNet
 from osad.rundir import RunDir
 from osad.runtime import resolve_device, seed_everything
 from osad.train.functional import call_with
-from osad.train.loop import TrainResult, take_step
-
-
-@dataclass(frozen=True)
-class MetaMethod:
-    name: str
-    # "per-domain": one inner step per meta-train domain (fine-grained);
-    # "aggregated": one inner step on their summed loss; "none": no meta-learning.
-    inner: str
-    second_order: bool
-    depth: bool
-    description: str
-
-    @property
-    def meta(self) -> bool:
-        return self.inner != "none"
-
-
-META_METHODS: dict[str, MetaMethod] = {
-    m.name: m
-    for m in (
-        MetaMethod("rfmeta", "per-domain", True, True, "regularised fine-grained meta-learning"),
-        MetaMethod(
-            "rfmeta-aggregated",
-            "aggregated",
-            True,
-            True,
-            "one inner step on the summed meta-train losses (MLDG-style)",
-        ),
-        MetaMethod("rfmeta-first-order", "per-domain", False, True, "first-order inner steps"),
-        MetaMethod("no-meta", "none", False, True, "all sources jointly, with depth"),
-        MetaMethod("no-depth", "per-domain", True, False, "meta-learning without depth"),
-        MetaMethod("baseline", "none", False, False, "all sources jointly, no depth"),
-    )
-}
+from osad.train.step import TrainResult, take_step
 
 
 def fas_model_spec(config: FasConfig) -> tuple[str, dict[str, Any]]:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from osad.data.fas import load_fas, load_frame_lists, split_by_video
-from osad.data.fas_digits import DOMAINS, FRAMES_PER_VIDEO, render_domain
-from osad.data.fas_frames import ATTACK, REAL
 from osad.errors import DataError
-from osad.fas_config import make_fas_config
+from osad.fas.config import make_fas_config
+from osad.fas.data import load_fas, load_frame_lists, split_by_video
+from osad.fas.digits import DOMAINS, FRAMES_PER_VIDEO, render_domain
+from osad.fas.frames import ATTACK, REAL
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

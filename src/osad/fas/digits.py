@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import Tensor
 
-from osad.data.fas_frames import ATTACK, REAL, FasFrames
+from osad.fas.frames import ATTACK, REAL, FasFrames
 
 FRAMES_PER_VIDEO = 2
 # Lengths below are in pixels of a 32x32 frame and scale with the frame size.

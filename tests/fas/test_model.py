@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from osad.checkpoint import load_model, save_model
+from osad.fas.model import FasNet, rgb_to_hsv
 from osad.models import create_model
-from osad.models.fas import FasNet, rgb_to_hsv
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

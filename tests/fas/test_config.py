@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from osad.config import Config, make_config, make_task_config
+from osad.config import Config, make_config
 from osad.errors import ConfigError
-from osad.fas_config import FasConfig, make_fas_config
+from osad.fas.config import FasConfig, make_fas_config
+from osad.tasks import make_task_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROTOCOLS = {
     "fas-oci-to-m.yaml": (["oulu", "casia", "idiap"], "msu"),
     "fas-omi-to-c.yaml": (["oulu", "msu", "idiap"], "casia"),

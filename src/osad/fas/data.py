@@ -9,7 +9,7 @@ target is a depth map for real frames and all zeros for attacks.
 Collections:
 
 * ``digits``: synthetic camera domains rendered from scikit-learn digits
-  (:mod:`osad.data.fas_digits`), embedded.
+  (:mod:`osad.fas.digits`), embedded.
 * ``faces``: OULU-NPU, CASIA-MFSD, Idiap Replay-Attack and MSU-MFSD read from
   frame lists (:func:`load_frame_lists`; layout in ``docs/anti-spoofing.md``).
 """
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from osad.data.fas_digits import DOMAINS as DIGIT_DOMAINS
-from osad.data.fas_digits import render_domain
-from osad.data.fas_frames import ATTACK, REAL, FasFrames
 from osad.data.formats import eight_bit
 from osad.errors import DataError, unknown_name
+from osad.fas.digits import DOMAINS as DIGIT_DOMAINS
+from osad.fas.digits import render_domain
+from osad.fas.frames import ATTACK, REAL, FasFrames
 
 
 @dataclass
@@ -230,7 +230,7 @@ def fas_collection(name: str) -> FasCollection:
 
 
 def load_fas(data_config, depth_size: int) -> FasData:
-    """Load the source and target domains of a :class:`~osad.fas_config.FasDataConfig`;
+    """Load the source and target domains of a :class:`~osad.fas.config.FasDataConfig`;
     each source is split by video (seeded by ``partition_seed``)."""
     collection = fas_collection(data_config.name)
 

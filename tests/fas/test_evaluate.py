@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from osad.data.fas_frames import FasFrames
-from osad.eval.fas import level_result, video_scores
+from osad.fas.evaluate import level_result, video_scores
+from osad.fas.frames import FasFrames
 
 # Validation scores: three real frames (label 1) and three attacks (label 0); their
 # EER threshold is 0.7 (tests/eval/test_fas_metrics.py).

@@ -1,0 +1,323 @@
+"""The open-set task (``task: openset``, the default): OSDN and its baselines, trained
+by :func:`osad.train.train` and evaluated by the open-set protocol
+(:mod:`osad.eval.protocol`), incrementally: see :meth:`OpenSetTask.test`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from osad.checkpoint import CheckpointStore, first_difference, load_state_checked, read_weights
+from osad.config import (
+    Config,
+    ConfigSource,
+    check_perf_device,
+    expand_key,
+    make_config,
+    parse_override,
+    resolved_dict,
+)
+from osad.data import (
+    FOLDER,
+    OpenSetData,
+    folder_root,
+    is_folder_path,
+    load_openset,
+    resolve_data_root,
+    source_name,
+    unknown_source_name,
+)
+from osad.distributed import agree, rank0_first
+from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
+from osad.eval import evaluate, write_results
+from osad.eval.any_model import data_counts, data_source
+from osad.eval.figures import write_figures
+from osad.eval.options import select_evaluation
+from osad.eval.protocol import EvalResult, condition_settings
+from osad.eval.report import read_conditions, results_table
+from osad.eval.results import read_metrics
+from osad.perf import prepare_model
+from osad.rundir import MAIN, RunDir
+from osad.runtime import deterministic_mode, resolve_device
+from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256
+from osad.train import TrainResult, build_model_for, train
+from osad.train.factory import check_training
+from osad.train.parallel import check_parallel_support
+
+
+class OpenSetTask:
+    """The adapter :mod:`osad.workflow` runs for ``task: openset`` (see
+    :class:`osad.tasks.Task`)."""
+
+    name = "openset"
+    title = "open-set"
+    schema = Config
+    supports_resume = True
+    supports_processes = True
+    supports_check = True
+    verifies_data = True
+
+    def make_config(self, file: ConfigSource, overrides: Sequence[str]) -> Config:
+        return make_config(file, overrides)
+
+    def prepare_training(self, config: Config) -> None:
+        check_parallel_support(config)
+        # Refuse CUDA-only switches before anything is written.
+        check_perf_device(config.perf, str(resolve_device(config.device)))
+        # Folders by absolute path: osad test may run from another directory.
+        if config.data.name == FOLDER:
+            config.data.root = str(folder_root(config.data))
+        if is_folder_path(config.data.unknown):
+            config.data.unknown = str(Path(config.data.unknown).expanduser().resolve())
+
+    def load_data(self, config: Config) -> OpenSetData:
+        return load_openset(config.data)
+
+    def check_training(self, config: Config, data: OpenSetData, device: torch.device) -> None:
+        check_training(config, data, device)
+
+    def data_record(self, data: OpenSetData) -> dict[str, Any]:
+        return data.source
+
+    def train(
+        self,
+        config: Config,
+        data: OpenSetData,
+        run: RunDir,
+        progress: bool,
+        resume_from: Path | None = None,
+    ) -> TrainResult:
+        return train(config, data, run=run, progress=progress, resume_from=resume_from)
+
+    def resume_point(self, run: RunDir, config: Config, checkpoint: Path | None) -> Path:
+        if checkpoint is None:
+            checkpoint = CheckpointStore(run, config.checkpoint.keep).latest()
+        if checkpoint is None:
+            raise RunDirError(
+                f"{run.root} has no checkpoint yet, nothing to resume; start it again with: "
+                f"osad train --out {run.root} --force"
+            )
+        check_parallel_support(config)
+        return checkpoint
+
+    def data_folder(self, root: str) -> Path:
+        return resolve_data_root(root)
+
+    def test(
+        self,
+        run: RunDir,
+        config: Config,
+        *,
+        model: str,
+        dest: Path,
+        force: bool,
+        device: torch.device,
+        progress: bool,
+        selection: dict[str, Any],
+        overrides: Sequence[str],
+    ) -> str:
+        config = select_evaluation(evaluation_config(config, overrides), **selection)
+        return _test_openset(run, config, model, dest, force, device, progress)
+
+
+def load_run_model(
+    run: RunDir, config: Config, data: OpenSetData, device: torch.device, network: str = MAIN
+) -> nn.Module:
+    """The trained weights of the run's network ``network`` (``main``: its model;
+    ``peer``: the peer network of an osdn-caml run) in the model its configuration
+    describes, in eval mode.
+
+    Weights of another architecture are refused naming the first mismatching
+    parameter; weights of the same shapes but another recipe (e.g. another
+    denoising filter) naming the setting that differs.
+    """
+    model, name, kwargs = build_model_for(config, data, network)
+    path = run.weights(network)
+    state, (saved_name, saved_kwargs) = read_weights(path)
+    source = f"weights file {path}"
+    load_state_checked(model, state, source)
+    difference = first_difference({"model": saved_name, **saved_kwargs}, {"model": name, **kwargs})
+    if difference:
+        key, saved_value, value = difference
+        raise CheckpointError(
+            f"{source} was made with {key}={saved_value!r}, the run's config gives {value!r}"
+        )
+    return model.to(device).eval()
+
+
+def _test_openset(
+    run: RunDir,
+    config: Config,
+    model: str,
+    dest: Path,
+    force: bool,
+    device: torch.device,
+    progress: bool,
+) -> str:
+    """The incremental evaluation of :func:`test_run` (its caller holds the lock)."""
+    data = rank0_first(lambda: load_openset(config.data))
+    check_same_source(run, data)
+    evaluated = _provenance(run, model, config, data)
+    settings = json.loads(json.dumps(condition_settings(config, evaluated)))
+    reused, kept = agree(lambda: _reusable(dest, settings, force))
+    if len(reused) == len(settings):  # everything asked for is stored already
+        return results_table(read_conditions(dest, [*reused, *kept]))
+    with deterministic_mode(config.deterministic):
+        network = load_run_model(run, config, data, device, model)
+        network = prepare_model(network, config.perf, device)
+        result = evaluate(network, data, config, progress, skip=set(reused) - {"clean"})
+        result = _merged(result, dest, list(settings), reused, list(kept))
+        with ExitStack() as stack:
+            staged = agree(lambda: stack.enter_context(replace_dir(dest)))
+            title = run_title(config, model)
+            stored = {**kept, **settings}
+            table = agree(
+                lambda: write_results(
+                    result, config, staged, title, evaluated, stored, run_config=True
+                )
+            )
+            if config.eval.figures:
+                # Every process computes the figures' attacks (sharded); rank 0 saves them.
+                write_figures(result, network, data, config, staged / "figures", progress)
+    return table
+
+
+def _provenance(run: RunDir, model: str, config: Config, data: OpenSetData) -> dict[str, Any]:
+    """What ``osad test`` evaluates, for metrics.json's ``evaluated``: the weights file
+    (which network of the run, its sha256) and the data (osad's dataset, split and
+    classes, sizes, and a sha256 fingerprint of every image and label tensor)."""
+    weights = run.weights(model)
+    tensors = (
+        data.train_images,
+        data.train_labels,
+        data.val_images,
+        data.val_labels,
+        data.test_images,
+        data.test_labels,
+        data.test_classes,
+    )
+    return {
+        "model": {"name": model, "weights": weights.name, "weights_sha256": sha256_file(weights)},
+        "data": {
+            "source": data_source(config.data),
+            "known_classes": list(data.known_classes),
+            "unknown_classes": list(data.unknown_classes),
+            **data_counts(data),
+            "fingerprint": tensors_sha256(tensors),
+        },
+    }
+
+
+def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
+    """``config`` with ``key=value`` overrides of its evaluation settings, parsed and
+    validated as training overrides are (:func:`osad.config.make_config`).
+
+    Raises :class:`~osad.errors.ConfigError` for a malformed override, an invalid value,
+    or a key outside ``eval.*`` (those change what was trained or on which data).
+    """
+    for text in overrides:
+        key = expand_key(parse_override(text)[0])
+        if key.split(".")[0] != "eval":
+            raise ConfigError(
+                f"osad test takes eval.* overrides only, not '{key}': it changes the trained "
+                "model or its data (train a new run; moved data: --data-root)"
+            )
+    return make_config(resolved_dict(config), overrides) if overrides else config
+
+
+def _reusable(
+    dest: Path, settings: dict[str, dict[str, Any]], force: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """(conditions of ``settings`` already in ``dest`` under identical settings, the other
+    conditions stored there, kept, with their stored settings). Recovers what a killed
+    evaluation left; refuses a ``dest`` holding files but no metrics.json (even with
+    ``force``), and a condition stored under other settings unless ``force`` (then
+    nothing is reused or kept)."""
+    recover_dir(dest)
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return [], {}
+    path = dest / "metrics.json"
+    if not path.is_file():  # --force replaces an evaluation, never any other folder
+        raise RunDirError(
+            f"{dest} holds files but no {path.name}, so it is not an osad evaluation; "
+            "choose another --out, or remove it yourself"
+        )
+    if force:
+        return [], {}
+    remedy = "pass --force to replace the evaluation, or --out DIR to write elsewhere"
+    stored = read_metrics(path, remedy=remedy).document["conditions"]
+    reused = []
+    for name, wanted in settings.items():
+        if name not in stored:
+            continue
+        difference = _first_difference(stored[name].get("settings"), wanted)
+        if difference:
+            raise RunDirError(
+                f"{path} holds condition '{name}' computed under other settings "
+                f"({difference}); pass --force to recompute the evaluation, or --out DIR to "
+                "write it elsewhere"
+            )
+        reused.append(name)
+    return reused, {n: c.get("settings") for n, c in stored.items() if n not in settings}
+
+
+def _first_difference(stored: Any, wanted: Any, where: str = "") -> str:
+    """The first setting that differs, as ``key: stored there, wanted now`` ('' if none)."""
+    if stored is None and not where:
+        return "it records no settings: written by an older osad"
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in [*wanted, *(k for k in stored if k not in wanted)]:
+            found = _first_difference(stored.get(key), wanted.get(key), f"{where}{key}.")
+            if found:
+                return found
+        return ""
+    if stored != wanted:
+        return f"{where.rstrip('.')}: {stored!r} there, {wanted!r} now"
+    return ""
+
+
+def _merged(
+    result: EvalResult, dest: Path, order: list[str], reused: list[str], kept: list[str]
+) -> EvalResult:
+    """``result`` with the conditions ``reused`` and ``kept`` read back from ``dest``:
+    the conditions asked for in ``order``, then the kept ones."""
+    if not (reused or kept):
+        return result
+    old = read_conditions(dest, [n for n in (*reused, *kept) if n != "clean"])
+    by_name = {c.name: c for c in (*old.conditions, *result.conditions)}
+    names = [*order, *(n for n in kept if n not in order)]
+    return EvalResult([by_name[n] for n in names], result.test_labels, result.test_classes)
+
+
+def run_title(config: Config, model: str = MAIN) -> str:
+    d = config.data
+    classes = f"known classes {','.join(map(str, d.known))}" if d.known else f"split {d.split}"
+    method = config.method if model == MAIN else f"{config.method} {model} network"
+    unknown = f", unknowns from {unknown_source_name(d)}" if d.unknown else ""
+    return f"{method} on {source_name(d)} {classes}{unknown}"
+
+
+# What must not change between training and testing: the images and their format.
+_SAME_SOURCE_KEYS = ("classes", "image_size", "channels", "files_sha256", "mean", "std")
+
+
+def check_same_source(run: RunDir, data: OpenSetData) -> None:
+    """Refuse to test a run on images other than it was trained on (an image folder whose
+    classes, files or format changed since training; recorded in ``data.json``)."""
+    if not run.data_record.is_file():
+        return  # trained before data.json existed
+    recorded = json.loads(run.data_record.read_text())
+    for key in _SAME_SOURCE_KEYS:
+        if recorded.get(key) != data.source.get(key):
+            raise DataError(
+                f"{data.source.get('path', data.name)} is not the data {run.root} was trained "
+                f"on: its {key} changed since training ({run.data_record} records "
+                f"{recorded.get(key)!r}, now {data.source.get(key)!r})"
+            )

@@ -1,0 +1,35 @@
+"""Packages whose public names load on first use (PEP 562):
+importing one light submodule loads nothing of its heavy siblings, and every public
+name is still there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import osad.eval
+import osad.train
+
+
+def test_a_light_submodule_loads_no_sibling():
+    # Before: osad.eval.metrics loaded the protocol, the attacks and the scores
+    # (41 osad modules), osad.train.functional the whole training loop.
+    code = (
+        "import sys, osad.eval.metrics, osad.train.functional\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('osad'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    light = ["osad", "osad.eval", "osad.eval.metrics", "osad.train"]
+    assert loaded == sorted([*light, "osad.train.functional"])
+
+
+@pytest.mark.parametrize("package", [osad.eval, osad.train])
+def test_every_public_name_loads(package):
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        package.nope  # noqa: B018
