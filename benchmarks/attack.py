@@ -26,8 +26,8 @@ from train_step import paper_model
 
 from osad.attacks import PGD
 from osad.config import make_config
+from osad.methods import model_spec
 from osad.models import OpenSetNet, create_model
-from osad.train import model_spec
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 10
 

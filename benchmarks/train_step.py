@@ -41,10 +41,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from osad.config import AttackConfig, PerfConfig, make_config
+from osad.methods import METHODS
 from osad.models import OpenSetNet
 from osad.models.denoise import EmbeddedGaussian
 from osad.perf import autocast, prepare_model
-from osad.train import METHODS, TrainObjective
+from osad.train import TrainObjective
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 5
 

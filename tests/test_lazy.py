@@ -9,25 +9,30 @@ import sys
 
 import pytest
 
+import osad.config
 import osad.eval
 import osad.train
 
 
 def test_a_light_submodule_loads_no_sibling():
     # Before: osad.eval.metrics loaded the protocol, the attacks and the scores
-    # (41 osad modules), osad.train.functional the whole training loop.
+    # (41 osad modules), osad.train.functional the whole training loop, and
+    # osad.config.loader the schema with every registry.
     code = (
-        "import sys, osad.eval.metrics, osad.train.functional\n"
+        "import sys, osad.eval.metrics, osad.train.functional, osad.config.loader\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('osad'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split()
-    light = ["osad", "osad.eval", "osad.eval.metrics", "osad.train"]
-    assert loaded == sorted([*light, "osad.train.functional"])
+    light = ["osad", "osad.eval", "osad.eval.metrics", "osad.train", "osad.train.functional"]
+    config = ["osad.config", "osad.config.loader", "osad.config.strict_yaml"]
+    # the foundation modules they import (errors, storage) and osad.lazy may load too
+    foundation = {"osad.errors", "osad.storage", "osad.lazy"}
+    assert [m for m in loaded if m not in foundation] == sorted([*light, *config])
 
 
-@pytest.mark.parametrize("package", [osad.eval, osad.train])
+@pytest.mark.parametrize("package", [osad.config, osad.eval, osad.train])
 def test_every_public_name_loads(package):
     for name in package.__all__:
         assert getattr(package, name) is not None

@@ -7,9 +7,10 @@ import torch
 
 from osad.config import PerfConfig, make_config
 from osad.errors import ConfigError
+from osad.methods import model_spec
 from osad.models import create_model
 from osad.perf import autocast, prepare_model
-from osad.train import model_spec, train
+from osad.train import train
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")

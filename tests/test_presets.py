@@ -21,8 +21,9 @@ import yaml
 from osad.config import make_config
 from osad.data import OpenSetData, dataset_info
 from osad.errors import ConfigError
+from osad.methods import METHODS
 from osad.models import DenoiseBlock
-from osad.train import METHODS, build_model_for, train
+from osad.train import build_model_for, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Open-set presets; the anti-spoofing presets (task: fas) are tested in tests/fas/.

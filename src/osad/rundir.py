@@ -38,7 +38,7 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d{8,})")
 
 # The run's model: the network ``osad test`` evaluates unless ``--model`` names another.
 MAIN = "main"
-# The names of the networks a run can hold (osad.train.methods declares which a method
+# The names of the networks a run can hold (osad.methods declares which a method
 # trains): its model, and the peer network of an osdn-caml run.
 RUN_MODELS = (MAIN, "peer")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from osad.errors import ConfigError, require, shown
 
 
 def seed_everything(seed: int) -> None:
@@ -28,8 +31,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from osad.errors import ConfigError
-
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu")
     return device
 
@@ -125,3 +126,12 @@ def stop_signals(enabled: bool = True) -> Iterator[StopRequest]:
         yield request
     finally:
         restore()
+
+
+def validate_device(device: str) -> None:
+    """``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU index)."""
+    require(
+        re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", device) is not None,
+        f"'device' must be auto, cpu, cuda or cuda:N (N a GPU index), got "
+        f"'{shown(device, quoted=False)}'",
+    )

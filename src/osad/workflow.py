@@ -24,6 +24,7 @@ from osad.data import load_openset
 from osad.distributed import agree, is_main, process_device, rank0_first, world
 from osad.errors import ConfigError, RunDirError
 from osad.eval.sanity import CheckResult, CheckSettings, run_checks
+from osad.methods import METHODS
 from osad.rundir import MAIN, RUN_MODELS, RunDir
 from osad.runlock import run_lock
 from osad.runtime import resolve_device
@@ -31,7 +32,6 @@ from osad.storage import write_atomic
 from osad.tasks import Task, load_saved_config, task_of
 from osad.tasks.openset import check_same_source
 from osad.train import TrainResult
-from osad.train.methods import METHODS
 
 
 def train_run(

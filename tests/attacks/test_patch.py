@@ -143,8 +143,9 @@ def test_bad_patch_settings_name_the_key(overrides, message):
 
 def test_patch_attacks_both_osdn_training_branches(digits_split0):
     from osad.data import rotate_by, to_float
+    from osad.methods import model_spec
     from osad.models import create_model
-    from osad.train import TrainObjective, model_spec
+    from osad.train import TrainObjective
 
     config = make_config(
         overrides=[

@@ -14,9 +14,10 @@ import torch
 
 from osad.config import make_config
 from osad.errors import CheckpointError, ConfigError
-from osad.train import METHODS, Method, NetworkSpec, train
+from osad.methods import METHODS, Method, NetworkSpec
+from osad.methods.terms import ClassificationCE, MutualKL, NetworkPass, Reconstruction, Term
+from osad.train import train
 from osad.train.state import Network, TrainState
-from osad.train.terms import ClassificationCE, MutualKL, NetworkPass, Reconstruction, Term
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

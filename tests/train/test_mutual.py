@@ -8,11 +8,12 @@ import torch.nn.functional as F
 
 from osad.config import make_config
 from osad.data import to_float
+from osad.methods import METHODS, model_spec
+from osad.methods.terms import softened_kl
 from osad.models import create_model
-from osad.train import METHODS, TrainObjective, model_spec
+from osad.train import TrainObjective
 from osad.train.functional import call_with
 from osad.train.state import Network
-from osad.train.terms import softened_kl
 from osad.train.turns import NetworksInTurn
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -5,8 +5,9 @@ import torch.nn.functional as F
 
 from osad.attacks import FGSMRS, attack, build_attack, cross_entropy
 from osad.config import AttackConfig, make_config
+from osad.methods import METHODS, model_spec
 from osad.models import create_model
-from osad.train import METHODS, TrainObjective, model_spec
+from osad.train import TrainObjective
 from osad.train.objectives import rotation_branch_objective
 
 

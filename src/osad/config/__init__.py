@@ -26,137 +26,49 @@ The package: :mod:`~osad.config.strict_yaml` (the YAML reader),
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from osad.lazy import lazy_exports
 
-import yaml
+# Public name -> the submodule that defines it, loaded on first use: the
+# schema-agnostic loader (osad.config.loader) imports without the registries that
+# the schema and its validation need.
+_EXPORTS = {
+    "expand_key": "build",
+    "make_config": "build",
+    "resolved_dict": "build",
+    "save_config": "build",
+    "saved_tree": "build",
+    "CONFIG_FORMAT_VERSION": "loader",
+    "ConfigSource": "loader",
+    "INT_RANGE": "loader",
+    "SEED_RANGE": "loader",
+    "build_config": "loader",
+    "coerce": "loader",
+    "parse_override": "loader",
+    "ALL_SCORES": "schema",
+    "AttackConfig": "schema",
+    "CheckpointConfig": "schema",
+    "Config": "schema",
+    "DIGITS_EPS": "schema",
+    "DataConfig": "schema",
+    "EvalConfig": "schema",
+    "ModelConfig": "schema",
+    "PAIRINGS": "schema",
+    "PerfConfig": "schema",
+    "TrainConfig": "schema",
+    "MAX_YAML_BYTES": "strict_yaml",
+    "MAX_YAML_DEPTH": "strict_yaml",
+    "MAX_YAML_NODES": "strict_yaml",
+    "_merge_tree": "strict_yaml",
+    "load_yaml": "strict_yaml",
+    "parse_yaml": "strict_yaml",
+    "read_yaml": "strict_yaml",
+    "check_perf_device": "validate",
+    "has_decoder": "validate",
+    "score_names": "validate",
+    "validate": "validate",
+    "validate_attack": "validate",
+}
 
-from osad import __version__
-from osad.config.loader import (
-    CONFIG_FORMAT_VERSION,
-    INT_RANGE,
-    OLDEST_CONFIG_FORMAT,
-    SEED_RANGE,
-    ConfigSource,
-    build_config,
-    coerce,
-    parse_override,
-    without_header,
-)
-from osad.config.loader import (
-    expand_key as _expand_key,
-)
-from osad.config.schema import (
-    ALL_SCORES,
-    DIGITS_EPS,
-    PAIRINGS,
-    AttackConfig,
-    CheckpointConfig,
-    Config,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    PerfConfig,
-    TrainConfig,
-)
-from osad.config.strict_yaml import (
-    MAX_YAML_BYTES,
-    MAX_YAML_DEPTH,
-    MAX_YAML_NODES,
-    _merge_tree,
-    load_yaml,
-    parse_yaml,
-    read_yaml,
-)
-from osad.config.validate import (
-    _check,
-    check_perf_device,
-    has_decoder,
-    score_names,
-    validate,
-    validate_attack,
-    validate_device,
-)
-from osad.storage import write_atomic
+__all__ = sorted(_EXPORTS)
 
-
-def expand_key(key: str, schema: type = Config) -> str:
-    """Expand an undotted override key that names the field of exactly one section of
-    ``schema`` (default :class:`Config`): ``split=2`` means ``data.split=2``."""
-    return _expand_key(key, schema)
-
-
-def make_config(file: ConfigSource = None, overrides: Sequence[str] = ()) -> Config:
-    """Build and validate a :class:`Config` from defaults, a YAML file and overrides."""
-    config = build_config(Config, file, overrides)
-    validate(config)
-    return config
-
-
-def saved_tree(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """A run's saved ``config.yaml`` mapping without its header, whose format version
-    must be one this osad reads (raises ConfigError naming ``source``)."""
-    return without_header(data, source, True, CONFIG_FORMAT_VERSION, OLDEST_CONFIG_FORMAT)
-
-
-def resolved_dict(config: Any) -> dict[str, Any]:
-    """``config`` as a plain mapping with its attacks resolved: every parameter and
-    loss stated, as a run's saved ``config.yaml`` holds it."""
-    tree = config.to_dict()
-    if isinstance(config, Config):
-        tree["train"]["attack"] = dataclasses.asdict(config.train.attack.resolved())
-        tree["eval"]["attacks"] = {
-            name: dataclasses.asdict(a.resolved()) for name, a in config.eval.attacks.items()
-        }
-    return tree
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    """Write a configuration as YAML (:func:`resolved_dict`) after a header with the
-    config format (:data:`CONFIG_FORMAT_VERSION`) and osad versions."""
-    tree = resolved_dict(config)
-    header = {"format_version": CONFIG_FORMAT_VERSION, "osad_version": __version__}
-    write_atomic(path, yaml.safe_dump({**header, **tree}, sort_keys=False))
-
-
-__all__ = [
-    "ALL_SCORES",
-    "CONFIG_FORMAT_VERSION",
-    "DIGITS_EPS",
-    "INT_RANGE",
-    "MAX_YAML_BYTES",
-    "MAX_YAML_DEPTH",
-    "MAX_YAML_NODES",
-    "PAIRINGS",
-    "SEED_RANGE",
-    "AttackConfig",
-    "CheckpointConfig",
-    "Config",
-    "ConfigSource",
-    "DataConfig",
-    "EvalConfig",
-    "ModelConfig",
-    "PerfConfig",
-    "TrainConfig",
-    "_check",
-    "_merge_tree",
-    "build_config",
-    "check_perf_device",
-    "coerce",
-    "expand_key",
-    "has_decoder",
-    "load_yaml",
-    "make_config",
-    "parse_override",
-    "parse_yaml",
-    "read_yaml",
-    "resolved_dict",
-    "save_config",
-    "saved_tree",
-    "score_names",
-    "validate",
-    "validate_attack",
-    "validate_device",
-]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

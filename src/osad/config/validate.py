@@ -4,26 +4,15 @@ attacks, scores)."""
 
 from __future__ import annotations
 
-import re
-
 from osad.attacks.registry import attack_spec, train_attack_names
 from osad.attacks.versions import get_version
 from osad.config.schema import ALL_SCORES, PAIRINGS, AttackConfig, Config, PerfConfig
 from osad.data.section import check_data_section
 from osad.errors import require, shown, unknown_name
+from osad.methods import METHODS
 from osad.models.section import check_model_section
 from osad.openset import SCORERS, check_scorer_options, make_scorer
-
-_check = require  # the name osad.fas.config imports
-
-
-def validate_device(device: str) -> None:
-    """``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU index)."""
-    _check(
-        re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", device) is not None,
-        f"'device' must be auto, cpu, cuda or cuda:N (N a GPU index), got "
-        f"'{shown(device, quoted=False)}'",
-    )
+from osad.runtime import validate_device
 
 
 def validate_attack(
@@ -38,9 +27,7 @@ def validate_attack(
 
 def validate(config: Config) -> None:
     """Check names against the registries and every value against its range."""
-    from osad.train import METHODS
-
-    _check(
+    require(
         config.task == "openset",
         f"'task' is '{config.task}'; build it with make_task_config, not make_config",
     )
@@ -53,25 +40,25 @@ def validate(config: Config) -> None:
     check_model_section(config.model)
 
     t = config.train
-    _check(t.epochs >= 1, f"'train.epochs' must be >= 1, got {t.epochs}")
-    _check(t.batch_size >= 1, f"'train.batch_size' must be >= 1, got {t.batch_size}")
-    _check(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
-    _check(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
+    require(t.epochs >= 1, f"'train.epochs' must be >= 1, got {t.epochs}")
+    require(t.batch_size >= 1, f"'train.batch_size' must be >= 1, got {t.batch_size}")
+    require(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
+    require(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
     if t.optimizer not in ("adam", "sgd"):
         raise unknown_name("train.optimizer", t.optimizer, ("adam", "sgd"))
-    _check(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
-    _check(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
-    _check(t.mutual_weight >= 0, f"'train.mutual_weight' must be >= 0, got {t.mutual_weight}")
-    _check(
+    require(t.reconstruction_weight >= 0, "'train.reconstruction_weight' must be >= 0")
+    require(t.rotation_weight >= 0, "'train.rotation_weight' must be >= 0")
+    require(t.mutual_weight >= 0, f"'train.mutual_weight' must be >= 0, got {t.mutual_weight}")
+    require(
         t.mutual_temperature > 0,
         f"'train.mutual_temperature' must be > 0, got {t.mutual_temperature}",
     )
-    _check(
+    require(
         t.grad_accumulation >= 1,
         f"'train.grad_accumulation' must be >= 1, got {t.grad_accumulation}",
     )
     trainable = train_attack_names()
-    _check(
+    require(
         attack_spec(t.attack.name, "train.attack.name").can_train,
         f"'train.attack.name' {t.attack.name} is a black-box evaluation attack; training "
         f"needs a gradient attack: {', '.join(trainable)}",
@@ -82,14 +69,14 @@ def validate(config: Config) -> None:
         num_known = len(d.known) if d.known else len(info.known_splits[d.split])
         side = d.image_size or info.image_size
     validate_attack(t.attack, "train.attack", num_known, side)
-    _check(
+    require(
         t.attack.target == "classifier",
         f"'train.attack.target' must be classifier, got {t.attack.target}: training attacks "
         "the classifier (score and joint targets are evaluation attacks)",
     )
 
     p = config.perf
-    _check(
+    require(
         not p.cuda_graphs or p.compile,
         "'perf.cuda_graphs' works through torch.compile: set perf.compile=true as well",
     )
@@ -97,25 +84,25 @@ def validate(config: Config) -> None:
         check_perf_device(p, config.device)
 
     c = config.checkpoint
-    _check(c.every_steps >= 0, f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
-    _check(c.every_epochs >= 0, f"'checkpoint.every_epochs' must be >= 0, got {c.every_epochs}")
-    _check(c.keep >= 1, f"'checkpoint.keep' must be >= 1, got {c.keep}")
+    require(c.every_steps >= 0, f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
+    require(c.every_epochs >= 0, f"'checkpoint.every_epochs' must be >= 0, got {c.every_epochs}")
+    require(c.keep >= 1, f"'checkpoint.keep' must be >= 1, got {c.keep}")
 
     e = config.eval
-    _check(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
+    require(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")
     for name, attack in e.attacks.items():
-        _check(name != "clean", "'eval.attacks' may not define 'clean': it is always evaluated")
-        _check(
+        require(name != "clean", "'eval.attacks' may not define 'clean': it is always evaluated")
+        require(
             name != "ensemble",
             "'eval.attacks' may not define 'ensemble': it is the condition of 'eval.version'",
         )
         validate_attack(attack, f"eval.attacks.{name}", num_known, side)
-    _check(len(e.scores) >= 1, "'eval.scores' must name at least one score")
+    require(len(e.scores) >= 1, "'eval.scores' must name at least one score")
     if e.scores != [ALL_SCORES]:
         for name in e.scores:
             if name not in SCORERS:
                 raise unknown_name("score in 'eval.scores'", name, (*SCORERS, ALL_SCORES))
-    _check(
+    require(
         "reconstruction" not in e.scores or has_decoder(config),
         "score 'reconstruction' in 'eval.scores' needs the OSDN decoder: use method=osdn "
         "with train.reconstruction=true, or drop the score",
@@ -126,7 +113,7 @@ def validate(config: Config) -> None:
             make_scorer(name, **options)
     if e.openmax_fit not in ("attacked", "clean"):
         raise unknown_name("eval.openmax_fit", e.openmax_fit, ("attacked", "clean"))
-    _check(
+    require(
         all(0 <= eps <= 255 for eps in e.eps_sweep),
         f"'eval.eps_sweep' values must be in [0, 255] (1/255 units), got {shown(e.eps_sweep)}",
     )
@@ -135,7 +122,7 @@ def validate(config: Config) -> None:
     for name in e.pairings:
         if name not in PAIRINGS:
             raise unknown_name("pairing in 'eval.pairings'", name, PAIRINGS)
-    _check(
+    require(
         "both" in e.pairings,
         f"'eval.pairings' must include both (the paper's pairing and the headline numbers), "
         f"got {shown(e.pairings)}",
@@ -144,8 +131,6 @@ def validate(config: Config) -> None:
 
 def has_decoder(config: Config) -> bool:
     """Whether the run's model has the OSDN decoder (needed by the reconstruction score)."""
-    from osad.train import METHODS
-
     return METHODS[config.method].decoder and config.train.reconstruction
 
 
@@ -160,12 +145,12 @@ def check_perf_device(perf: PerfConfig, device: str) -> None:
     """Refuse the CUDA-only switches on another device (``device`` as resolved)."""
     if device.startswith("cuda"):
         return
-    _check(
+    require(
         not perf.bf16,
         f"'perf.bf16' needs a CUDA device, this run uses {device}: bf16 autocast is slower "
         "than fp32 on most CPUs; set perf.bf16=false",
     )
-    _check(
+    require(
         not perf.cuda_graphs,
         f"'perf.cuda_graphs' needs a CUDA device, this run uses {device}; "
         "set perf.cuda_graphs=false",

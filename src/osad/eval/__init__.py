@@ -7,36 +7,31 @@ load the protocol, the attacks and the scores.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from osad.lazy import lazy_exports
 
-_MODULES = {
-    "MeanStd": "osad.eval.metrics",
-    "acceptance_threshold": "osad.eval.metrics",
-    "aupr_in": "osad.eval.metrics",
-    "aupr_out": "osad.eval.metrics",
-    "auroc": "osad.eval.metrics",
-    "closed_set_accuracy": "osad.eval.metrics",
-    "fpr_at_tpr": "osad.eval.metrics",
-    "mean_std": "osad.eval.metrics",
-    "open_set_eer": "osad.eval.metrics",
-    "open_set_hter": "osad.eval.metrics",
-    "open_set_metrics": "osad.eval.metrics",
-    "operating_point": "osad.eval.metrics",
-    "oscr": "osad.eval.metrics",
-    "summarize_splits": "osad.eval.metrics",
-    "ConditionResult": "osad.eval.protocol",
-    "EvalResult": "osad.eval.protocol",
-    "evaluate": "osad.eval.protocol",
-    "metrics_dict": "osad.eval.report",
-    "results_table": "osad.eval.report",
-    "write_results": "osad.eval.report",
+_EXPORTS = {
+    "MeanStd": "metrics",
+    "acceptance_threshold": "metrics",
+    "aupr_in": "metrics",
+    "aupr_out": "metrics",
+    "auroc": "metrics",
+    "closed_set_accuracy": "metrics",
+    "fpr_at_tpr": "metrics",
+    "mean_std": "metrics",
+    "open_set_eer": "metrics",
+    "open_set_hter": "metrics",
+    "open_set_metrics": "metrics",
+    "operating_point": "metrics",
+    "oscr": "metrics",
+    "summarize_splits": "metrics",
+    "ConditionResult": "protocol",
+    "EvalResult": "protocol",
+    "evaluate": "protocol",
+    "metrics_dict": "report",
+    "results_table": "report",
+    "write_results": "report",
 }
 
-__all__ = sorted(_MODULES)
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module 'osad.eval' has no attribute {name!r}")
-    return getattr(import_module(_MODULES[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from osad.config import ConfigSource, _check, build_config, validate_device
-from osad.errors import shown, unknown_name
+from osad.config.loader import ConfigSource, build_config
+from osad.errors import require, shown, unknown_name
 from osad.fas.methods import META_METHODS
+from osad.runtime import validate_device
 
 
 @dataclass
@@ -101,15 +102,15 @@ def make_fas_config(file: ConfigSource = None, overrides: Sequence[str] = ()) ->
 
 
 def _positive_widths(widths: list[int], key: str) -> None:
-    _check(len(widths) >= 1, f"'{key}' must list at least one width")
-    _check(all(w >= 1 for w in widths), f"'{key}' entries must be >= 1, got {shown(widths)}")
+    require(len(widths) >= 1, f"'{key}' must list at least one width")
+    require(all(w >= 1 for w in widths), f"'{key}' entries must be >= 1, got {shown(widths)}")
 
 
 def validate_fas(config: FasConfig) -> None:
     """Check names against the registries and every value against its range."""
     from osad.fas.data import fas_collection
 
-    _check(config.task == "fas", f"'task' must be 'fas' for this schema, got '{config.task}'")
+    require(config.task == "fas", f"'task' must be 'fas' for this schema, got '{config.task}'")
     if config.method not in META_METHODS:
         raise unknown_name("method", config.method, META_METHODS)
     validate_device(config.device)
@@ -119,46 +120,46 @@ def validate_fas(config: FasConfig) -> None:
     for name in [*d.sources, d.target]:
         if name not in collection.domains:
             raise unknown_name(f"{d.name} domain", name, collection.domains)
-    _check(
+    require(
         len(set(d.sources)) == len(d.sources), f"'data.sources' has duplicates: {shown(d.sources)}"
     )
-    _check(
+    require(
         d.target not in d.sources,
         f"'data.target' {d.target} is also a source; hold out a domain that is not trained on",
     )
     needed = 1 if not META_METHODS[config.method].meta else 2
-    _check(
+    require(
         len(d.sources) >= needed,
         f"method {config.method} needs at least {needed} source domains, got {shown(d.sources)}",
     )
-    _check(0 < d.val_fraction < 1, f"'data.val_fraction' must be in (0, 1), got {d.val_fraction}")
+    require(0 < d.val_fraction < 1, f"'data.val_fraction' must be in (0, 1), got {d.val_fraction}")
 
     m = config.model
-    _check(m.stem_width >= 1, f"'model.stem_width' must be >= 1, got {m.stem_width}")
-    _check(len(m.blocks) >= 1, "'model.blocks' must list at least one block")
+    require(m.stem_width >= 1, f"'model.stem_width' must be >= 1, got {m.stem_width}")
+    require(len(m.blocks) >= 1, "'model.blocks' must list at least one block")
     for i, block in enumerate(m.blocks):
         _positive_widths(block, f"model.blocks[{i}]")
     _positive_widths(m.depth_widths, "model.depth_widths")
     _positive_widths(m.learner_widths, "model.learner_widths")
     scale = 2 ** len(m.blocks)
-    _check(
+    require(
         d.image_size >= scale and d.image_size % scale == 0,
         f"'data.image_size' must be a multiple of 2**len(model.blocks) = {scale}, "
         f"got {d.image_size}",
     )
 
     t = config.train
-    _check(t.iterations >= 1, f"'train.iterations' must be >= 1, got {t.iterations}")
+    require(t.iterations >= 1, f"'train.iterations' must be >= 1, got {t.iterations}")
     # BatchNorm in training mode needs two samples per class and domain.
-    _check(t.batch_size >= 2, f"'train.batch_size' must be >= 2, got {t.batch_size}")
-    _check(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
-    _check(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
-    _check(t.inner_lr > 0, f"'train.inner_lr' must be > 0, got {t.inner_lr}")
-    _check(t.depth_weight >= 0, f"'train.depth_weight' must be >= 0, got {t.depth_weight}")
-    _check(
+    require(t.batch_size >= 2, f"'train.batch_size' must be >= 2, got {t.batch_size}")
+    require(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
+    require(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
+    require(t.inner_lr > 0, f"'train.inner_lr' must be > 0, got {t.inner_lr}")
+    require(t.depth_weight >= 0, f"'train.depth_weight' must be >= 0, got {t.depth_weight}")
+    require(
         t.meta_test_weight >= 0, f"'train.meta_test_weight' must be >= 0, got {t.meta_test_weight}"
     )
-    _check(t.eval_every >= 1, f"'train.eval_every' must be >= 1, got {t.eval_every}")
-    _check(
+    require(t.eval_every >= 1, f"'train.eval_every' must be >= 1, got {t.eval_every}")
+    require(
         config.eval.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {config.eval.batch_size}"
     )

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from osad.models.registry import register_model
+
 
 def rgb_to_hsv(rgb: Tensor) -> Tensor:
     """RGB in [0, 1] (B, 3, H, W) -> HSV in [0, 1], hue as a fraction of a turn."""
@@ -117,6 +119,7 @@ class MetaLearner(nn.Module):
         return self.fc(self.features(features)).squeeze(1)
 
 
+@register_model("fas-net")
 class FasNet(nn.Module):
     """F, D and M together; ``forward`` maps RGB frames in [0, 1] to real-vs-attack
     logits (``sigmoid`` = probability of a real face). ``depth_head=False`` drops D

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from osad.checkpoint import load_model
-from osad.config import ConfigSource
+from osad.config.loader import ConfigSource
 from osad.errors import ConfigError, RunDirError
 from osad.fas.config import FasConfig, make_fas_config
 from osad.fas.data import FasData, load_fas

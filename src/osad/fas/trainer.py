@@ -32,7 +32,6 @@ without D) and ``baseline`` (neither meta-learning nor depth).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +51,7 @@ from osad.fas.methods import META_METHODS, MetaMethod
 from osad.fas.model import FasNet
 from osad.models import check_fits, create_model
 from osad.rundir import RunDir
+from osad.runlog import RunLog
 from osad.runtime import resolve_device, seed_everything
 from osad.train.functional import call_with
 from osad.train.step import TrainResult, take_step
@@ -234,11 +234,7 @@ def train_meta(
     split_generator = torch.Generator().manual_seed(config.seed + 1)
     samplers = [BalancedSampler(s.train, t.batch_size, batch_generator) for s in data.sources]
 
-    writer = None
-    if run is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run.tensorboard))
+    log = RunLog(run, axis="iteration", counters=())
     result = TrainResult(model, name, kwargs)
     sums: dict[str, float] = {}
     since = 0
@@ -269,15 +265,9 @@ def train_meta(
             sums, since = {}, 0
             result.history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{record['val_auc']:.3f}")
-            if run is not None:
-                with run.history.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                for key, value in record.items():
-                    if key != "iteration":
-                        writer.add_scalar(key, value, iteration)
+            log.add(record)
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        log.close()
     model.eval()
     return result

@@ -1,4 +1,4 @@
-"""Models, built by name from one registry.
+"""Models, built by name from one registry (:mod:`osad.models.registry`).
 
 ``create_model(name, **kwargs)`` builds any registered model; the pair
 ``(name, kwargs)`` is saved with the weights so a run rebuilds its exact
@@ -15,17 +15,11 @@ import torch
 from torch import nn
 
 from osad.errors import ConfigError, OsadError, unknown_name
-from osad.fas.model import FasNet
 from osad.models.decoder import Decoder, upsampling_plan
 from osad.models.denoise import DENOISERS, DenoiseBlock, DualAttention, denoise_forms
 from osad.models.openset_net import Normalize, OpenSetNet
+from osad.models.registry import MODELS, register_model
 from osad.models.resnet import ENCODERS, ResNetEncoder
-
-MODELS: dict[str, type[nn.Module]] = {
-    "openset-resnet": OpenSetNet,
-    "fas-net": FasNet,
-}
-
 
 # 2^30 parameters (4 GiB in float32): 40 times a ResNet-50, far above any recipe osad
 # trains, far below what would exhaust a machine's memory before the error.
@@ -103,7 +97,6 @@ __all__ = [
     "Decoder",
     "DenoiseBlock",
     "DualAttention",
-    "FasNet",
     "Normalize",
     "OpenSetNet",
     "ResNetEncoder",
@@ -112,5 +105,6 @@ __all__ = [
     "create_model",
     "denoise_forms",
     "device_memory",
+    "register_model",
     "upsampling_plan",
 ]

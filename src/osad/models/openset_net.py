@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from osad.inputs import check_images
 from osad.models.decoder import Decoder
+from osad.models.registry import register_model
 from osad.models.resnet import ResNetEncoder
 
 NUM_ROTATIONS = 4
@@ -39,6 +40,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+@register_model("openset-resnet")
 class OpenSetNet(nn.Module):
     def __init__(
         self,

@@ -7,27 +7,18 @@ load the loop and what it needs (attacks, distributed training).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from osad.lazy import lazy_exports
 
-_MODULES = {
-    "METHODS": "osad.train.methods",
-    "Method": "osad.train.methods",
-    "NetworkSpec": "osad.train.methods",
-    "NonFiniteLossError": "osad.train.step",
-    "StepLosses": "osad.train.objectives",
-    "TrainObjective": "osad.train.objectives",
-    "TrainResult": "osad.train.step",
-    "TrainState": "osad.train.state",
-    "build_model_for": "osad.train.factory",
-    "model_spec": "osad.train.methods",
-    "train": "osad.train.loop",
+_EXPORTS = {
+    "NonFiniteLossError": "step",
+    "StepLosses": "objectives",
+    "TrainObjective": "objectives",
+    "TrainResult": "step",
+    "TrainState": "state",
+    "build_model_for": "factory",
+    "train": "loop",
 }
 
-__all__ = sorted(_MODULES)
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module 'osad.train' has no attribute {name!r}")
-    return getattr(import_module(_MODULES[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,10 +15,10 @@ from osad.config import Config
 from osad.data import OpenSetData
 from osad.distributed import sync_batchnorm, world
 from osad.inputs import check_images
+from osad.methods import METHODS, model_spec
 from osad.models import check_fits, create_model
 from osad.perf import prepare_model
 from osad.rundir import MAIN
-from osad.train.methods import METHODS, model_spec
 from osad.train.parallel import check_parallel_support, check_split
 from osad.train.state import Network
 

@@ -1,8 +1,8 @@
 """The training objective of one network: its inputs (attacked or not) and its terms.
 
 Every method's networks share one objective, whose parts follow the network's
-entry in :data:`osad.train.methods.METHODS` (the loss terms of
-:mod:`osad.train.terms`, weighted):
+entry in :data:`osad.methods.METHODS` (the loss terms of
+:mod:`osad.methods.terms`, weighted):
 
 * ``plain``: ``CE(C(E(x)), y)`` on clean images.
 * ``pgd-at``, ``fd``: ``CE(C(E(x_adv)), y)`` with ``x_adv`` attacking the classifier.
@@ -43,10 +43,10 @@ from osad.attacks.objectives import Objective, cross_entropy, get_objective
 from osad.config import AttackConfig, Config
 from osad.data import rotate_batch
 from osad.errors import ConfigError
+from osad.methods import METHODS
+from osad.methods.terms import ClassificationCE, NetworkPass, Teacher, Term
 from osad.models import OpenSetNet
 from osad.rundir import MAIN
-from osad.train.methods import METHODS
-from osad.train.terms import ClassificationCE, NetworkPass, Teacher, Term
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _no_teacher(name: str) -> Tensor:
 
 class TrainObjective:
     """The loss of one network's training step: the weighted sum of ``terms`` (pairs of
-    a :class:`~osad.train.terms.Term` and its weight, in order) on its inputs, attacked
+    a :class:`~osad.methods.terms.Term` and its weight, in order) on its inputs, attacked
     with ``attack`` (``None``: clean images).
 
     ``generator`` (on the images' device) draws the rotations and the attack's

@@ -44,8 +44,8 @@ from torch.nn.parallel import DistributedDataParallel
 from osad.config import Config
 from osad.distributed import all_reduce_sum, rank_block, world
 from osad.errors import ConfigError
+from osad.methods import METHODS
 from osad.models import OpenSetNet
-from osad.train.methods import METHODS
 from osad.train.objectives import TrainObjective
 
 

@@ -1,9 +1,9 @@
 """One step of a method with several networks: each updated in turn on the whole batch.
 
-The networks of a method (:data:`osad.train.methods.METHODS`) take their
+The networks of a method (:data:`osad.methods.METHODS`) take their
 optimiser steps one after the other, in the order the method lists them, each
 on its own objective. A term that reads another network's logits
-(:class:`~osad.train.terms.MutualKL`) gets, as a constant, that network's
+(:class:`~osad.methods.terms.MutualKL`) gets, as a constant, that network's
 training pass of this step when it updates later, and its prediction refreshed
 after its update when it updated earlier. Each network's pass runs once per
 step (its BatchNorm running statistics move once); the refreshed pass leaves
@@ -14,7 +14,7 @@ with Clean-Adversarial Mutual Learning", IJCV 2022,
 https://arxiv.org/abs/2202.05953) this is the paper's step. A peer network ``P``
 (the plain ResNet of the same family: no denoising blocks, decoder or rotation
 head) classifies the clean images ``x`` while OSDN ``O`` classifies their
-attacked versions ``x_adv``; with ``KL_T`` of :func:`osad.train.terms.softened_kl`:
+attacked versions ``x_adv``; with ``KL_T`` of :func:`osad.methods.terms.softened_kl`:
 
 1. OSDN step on ``L_OSDN + w KL_T(P(x) || O(x_adv))``, with ``P(x)`` a constant;
 2. peer step on ``CE(P(x), y) + w KL_T(O'(x_adv) || P(x))``, with ``O'`` OSDN
@@ -32,11 +32,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from osad.methods.terms import NetworkPass
 from osad.rundir import MAIN
 from osad.train.functional import call_with
 from osad.train.objectives import TrainObjective
 from osad.train.state import Network
-from osad.train.terms import NetworkPass
 
 # optimizer, loss, network name: one checked optimisation step (the loop's).
 ApplyStep = Callable[[torch.optim.Optimizer, Tensor, str], None]

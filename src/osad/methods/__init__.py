@@ -3,15 +3,15 @@
 A method is one entry of :data:`METHODS`, declared with keyword fields: its
 networks (:class:`NetworkSpec`), each with whether it trains on the training
 attack, whether its encoder has feature-denoising blocks, and its loss terms
-(:mod:`osad.train.terms`). The model's other parts follow from the terms the
-configuration keeps: a decoder for :class:`~osad.train.terms.Reconstruction`, a
-rotation head for :class:`~osad.train.terms.RotationCE`. A method with several
+(:mod:`osad.methods.terms`). The model's other parts follow from the terms the
+configuration keeps: a decoder for :class:`~osad.methods.terms.Reconstruction`, a
+rotation head for :class:`~osad.methods.terms.RotationCE`. A method with several
 networks updates them in turn on each batch, in the order listed
 (:mod:`osad.train.turns`); the first is the run's model (``main``), and every
 network is saved, checkpointed and testable by name (``osad test --model NAME``).
 
 Adding a method is one entry (and, for a new loss, one term; see the TRADES
-example in :mod:`osad.train.terms`).
+example in :mod:`osad.methods.terms`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from osad.errors import ConfigError
+from osad.methods.terms import ClassificationCE, MutualKL, Reconstruction, RotationCE, Term
 from osad.rundir import MAIN, RUN_MODELS
-from osad.train.terms import ClassificationCE, MutualKL, Reconstruction, RotationCE, Term
 
 if TYPE_CHECKING:
     from osad.config import Config

@@ -12,7 +12,7 @@ ablations ``train.reconstruction=false``, ``train.self_supervision=false``) and
 which model part it needs (the method's model gets exactly the parts its
 enabled terms need).
 
-Adding a defence is a term and a method entry (:data:`osad.train.methods.METHODS`).
+Adding a defence is a term and a method entry (:data:`osad.methods.METHODS`).
 TRADES (Zhang et al., ICML 2019, https://arxiv.org/abs/1901.08573), say, whose
 outer loss is ``CE(f(x), y) + beta KL(f(x) || f(x_adv))``, would be::
 
