@@ -119,7 +119,7 @@ def test_resumed_caml_run_ends_bit_identical_peer_included(finished_caml, tmp_pa
 
 
 def test_non_finite_peer_loss_names_the_peer_update(tmp_path, monkeypatch, capsys):
-    from osad.train import terms
+    from osad.methods import terms
 
     calls = {"n": 0}
     original = terms.softened_kl

@@ -21,7 +21,7 @@ are checked, see :mod:`osad.storage`) or leave them out.
 
 The package: :mod:`~osad.config.strict_yaml` (the YAML reader),
 :mod:`~osad.config.loader` (schema-agnostic typing of defaults, file and overrides),
-:mod:`~osad.config.schema` (the dataclasses) and :mod:`~osad.config.validate`.
+:mod:`~osad.config.schema` (the dataclasses) and :mod:`~osad.config.checks`.
 """
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ _EXPORTS = {
     "load_yaml": "strict_yaml",
     "parse_yaml": "strict_yaml",
     "read_yaml": "strict_yaml",
-    "check_perf_device": "validate",
-    "has_decoder": "validate",
-    "score_names": "validate",
-    "validate": "validate",
-    "validate_attack": "validate",
+    "check_perf_device": "checks",
+    "has_decoder": "checks",
+    "score_names": "checks",
+    "validate": "checks",
+    "validate_attack": "checks",
 }
 
 __all__ = sorted(_EXPORTS)

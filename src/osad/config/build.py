@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from osad import __version__
+from osad.config.checks import validate
 from osad.config.loader import (
     CONFIG_FORMAT_VERSION,
     OLDEST_CONFIG_FORMAT,
@@ -23,7 +24,6 @@ from osad.config.loader import (
     expand_key as _expand_key,
 )
 from osad.config.schema import Config
-from osad.config.validate import validate
 from osad.storage import write_atomic
 
 
