@@ -31,6 +31,7 @@ from osad.runtime import resolve_device
 from osad.storage import write_atomic
 from osad.tasks import Task, load_saved_config, task_of
 from osad.tasks.openset import check_same_source
+from osad.tasks.request import EvaluationRequest
 from osad.train import TrainResult
 
 
@@ -223,17 +224,8 @@ def test_run(
         confirm_data_source(config, run, data_root, verify)
         device = process_device(resolve_device(config.device))
         selection = {"attacks": attacks, "scores": scores, "pairings": pairings, "version": version}
-        return task.test(
-            run,
-            config,
-            model=model,
-            dest=dest,
-            force=force,
-            device=device,
-            progress=progress,
-            selection=selection,
-            overrides=overrides,
-        )
+        request = EvaluationRequest(model, dest, device, force, progress, selection, overrides)
+        return task.test(run, config, request)
 
 
 def _test_target(run: RunDir, model: str) -> Any:

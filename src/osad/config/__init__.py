@@ -28,47 +28,43 @@ from __future__ import annotations
 
 from osad.lazy import lazy_exports
 
-# Public name -> the submodule that defines it, loaded on first use: the
+# Submodule -> the public names it defines, loaded on first use: the
 # schema-agnostic loader (osad.config.loader) imports without the registries that
 # the schema and its validation need.
-_EXPORTS = {
-    "expand_key": "build",
-    "make_config": "build",
-    "resolved_dict": "build",
-    "save_config": "build",
-    "saved_tree": "build",
-    "CONFIG_FORMAT_VERSION": "loader",
-    "ConfigSource": "loader",
-    "INT_RANGE": "loader",
-    "SEED_RANGE": "loader",
-    "build_config": "loader",
-    "coerce": "loader",
-    "parse_override": "loader",
-    "ALL_SCORES": "schema",
-    "AttackConfig": "schema",
-    "CheckpointConfig": "schema",
-    "Config": "schema",
-    "DIGITS_EPS": "schema",
-    "DataConfig": "schema",
-    "EvalConfig": "schema",
-    "ModelConfig": "schema",
-    "PAIRINGS": "schema",
-    "PerfConfig": "schema",
-    "TrainConfig": "schema",
-    "MAX_YAML_BYTES": "strict_yaml",
-    "MAX_YAML_DEPTH": "strict_yaml",
-    "MAX_YAML_NODES": "strict_yaml",
-    "_merge_tree": "strict_yaml",
-    "load_yaml": "strict_yaml",
-    "parse_yaml": "strict_yaml",
-    "read_yaml": "strict_yaml",
-    "check_perf_device": "checks",
-    "has_decoder": "checks",
-    "score_names": "checks",
-    "validate": "checks",
-    "validate_attack": "checks",
+_MODULES = {
+    "build": ("expand_key", "make_config", "resolved_dict", "save_config", "saved_tree"),
+    "loader": (
+        "CONFIG_FORMAT_VERSION",
+        "ConfigSource",
+        "INT_RANGE",
+        "SEED_RANGE",
+        "build_config",
+        "coerce",
+        "parse_override",
+    ),
+    "schema": (
+        "ALL_SCORES",
+        "AttackConfig",
+        "CheckpointConfig",
+        "Config",
+        "DIGITS_EPS",
+        "DataConfig",
+        "EvalConfig",
+        "ModelConfig",
+        "PAIRINGS",
+        "PerfConfig",
+        "TrainConfig",
+    ),
+    "strict_yaml": (
+        "MAX_YAML_BYTES",
+        "MAX_YAML_DEPTH",
+        "MAX_YAML_NODES",
+        "_merge_tree",
+        "load_yaml",
+        "parse_yaml",
+        "read_yaml",
+    ),
+    "checks": ("check_perf_device", "has_decoder", "score_names", "validate", "validate_attack"),
 }
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)

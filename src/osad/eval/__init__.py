@@ -9,29 +9,25 @@ from __future__ import annotations
 
 from osad.lazy import lazy_exports
 
-_EXPORTS = {
-    "MeanStd": "metrics",
-    "acceptance_threshold": "metrics",
-    "aupr_in": "metrics",
-    "aupr_out": "metrics",
-    "auroc": "metrics",
-    "closed_set_accuracy": "metrics",
-    "fpr_at_tpr": "metrics",
-    "mean_std": "metrics",
-    "open_set_eer": "metrics",
-    "open_set_hter": "metrics",
-    "open_set_metrics": "metrics",
-    "operating_point": "metrics",
-    "oscr": "metrics",
-    "summarize_splits": "metrics",
-    "ConditionResult": "protocol",
-    "EvalResult": "protocol",
-    "evaluate": "protocol",
-    "metrics_dict": "report",
-    "results_table": "report",
-    "write_results": "report",
+_MODULES = {
+    "metrics": (
+        "MeanStd",
+        "acceptance_threshold",
+        "aupr_in",
+        "aupr_out",
+        "auroc",
+        "closed_set_accuracy",
+        "fpr_at_tpr",
+        "mean_std",
+        "open_set_eer",
+        "open_set_hter",
+        "open_set_metrics",
+        "operating_point",
+        "oscr",
+        "summarize_splits",
+    ),
+    "protocol": ("ConditionResult", "EvalResult", "evaluate"),
+    "report": ("metrics_dict", "results_table", "write_results"),
 }
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)

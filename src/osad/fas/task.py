@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from osad.fas.evaluate import evaluate_fas, write_fas_results
 from osad.fas.trainer import check_meta_training, train_meta
 from osad.rundir import RunDir
 from osad.storage import recover_dir, replace_dir
+
+if TYPE_CHECKING:
+    from osad.tasks.request import EvaluationRequest
 
 
 class FasTask:
@@ -67,30 +70,21 @@ class FasTask:
         """Relative to the working directory (see :func:`osad.fas.data.load_frame_lists`)."""
         return Path(root or ".")
 
-    def test(
-        self,
-        run: RunDir,
-        config: FasConfig,
-        *,
-        model: str,
-        dest: Path,
-        force: bool,
-        device: torch.device,
-        progress: bool,
-        selection: dict[str, Any],
-        overrides: Sequence[str],
-    ) -> str:
+    def test(self, run: RunDir, config: FasConfig, request: EvaluationRequest) -> str:
         """Evaluate on the held-out target domain into ``dest`` (replaced only with
         ``force``); the open-set selection and ``eval.*`` overrides are refused."""
-        chosen = [f"--{k}" for k, v in selection.items() if v is not None]
-        chosen += ["key=value overrides"] if overrides else []
+        chosen = [f"--{k}" for k, v in request.selection.items() if v is not None]
+        chosen += ["key=value overrides"] if request.overrides else []
         if chosen:
             raise ConfigError(f"{', '.join(chosen)} apply to open-set runs, not {self.title}")
+        dest = request.dest
         recover_dir(dest)
-        if dest.exists() and any(dest.iterdir()) and not force:
+        if dest.exists() and any(dest.iterdir()) and not request.force:
             raise RunDirError(f"{dest} already holds results; pass --force to overwrite them")
         data = self.load_data(config)
-        result = evaluate_fas(load_model(run.model, device), data, config, progress=progress)
+        result = evaluate_fas(
+            load_model(run.model, request.device), data, config, progress=request.progress
+        )
         title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
         with replace_dir(dest) as staged:
             return write_fas_results(result, config, staged, staged / run.roc_figure.name, title)

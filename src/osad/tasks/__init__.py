@@ -21,6 +21,7 @@ from osad.errors import unknown_name
 from osad.fas.task import FasTask
 from osad.rundir import RunDir
 from osad.tasks.openset import OpenSetTask
+from osad.tasks.request import EvaluationRequest
 
 
 @runtime_checkable
@@ -68,22 +69,9 @@ class Task(Protocol):
     def data_folder(self, root: str) -> Path:
         """The folder a ``data.root`` value names ('' is the default one)."""
 
-    def test(
-        self,
-        run: RunDir,
-        config: Any,
-        *,
-        model: str,
-        dest: Path,
-        force: bool,
-        device: torch.device,
-        progress: bool,
-        selection: dict[str, Any],
-        overrides: Sequence[str],
-    ) -> str:
-        """Evaluate the run's network ``model`` into ``dest`` (the caller holds the run's
-        lock); returns the Markdown result table. ``selection`` (attacks, scores,
-        pairings, version) and ``overrides`` narrow or change the evaluation."""
+    def test(self, run: RunDir, config: Any, request: EvaluationRequest) -> str:
+        """Carry out ``request`` on the run (the caller holds the run's lock); returns
+        the Markdown result table."""
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (OpenSetTask(), FasTask())}

@@ -47,6 +47,7 @@ from osad.perf import prepare_model
 from osad.rundir import MAIN, RunDir
 from osad.runtime import deterministic_mode, resolve_device
 from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256
+from osad.tasks.request import EvaluationRequest
 from osad.train import TrainResult, build_model_for, train
 from osad.train.factory import check_training
 from osad.train.parallel import check_parallel_support
@@ -110,21 +111,11 @@ class OpenSetTask:
     def data_folder(self, root: str) -> Path:
         return resolve_data_root(root)
 
-    def test(
-        self,
-        run: RunDir,
-        config: Config,
-        *,
-        model: str,
-        dest: Path,
-        force: bool,
-        device: torch.device,
-        progress: bool,
-        selection: dict[str, Any],
-        overrides: Sequence[str],
-    ) -> str:
-        config = select_evaluation(evaluation_config(config, overrides), **selection)
-        return _test_openset(run, config, model, dest, force, device, progress)
+    def test(self, run: RunDir, config: Config, request: EvaluationRequest) -> str:
+        config = select_evaluation(
+            evaluation_config(config, request.overrides), **request.selection
+        )
+        return _test_openset(run, config, request)
 
 
 def load_run_model(
@@ -152,21 +143,14 @@ def load_run_model(
     return model.to(device).eval()
 
 
-def _test_openset(
-    run: RunDir,
-    config: Config,
-    model: str,
-    dest: Path,
-    force: bool,
-    device: torch.device,
-    progress: bool,
-) -> str:
+def _test_openset(run: RunDir, config: Config, request: EvaluationRequest) -> str:
     """The incremental evaluation of :func:`test_run` (its caller holds the lock)."""
+    model, dest, device, progress = request.model, request.dest, request.device, request.progress
     data = rank0_first(lambda: load_openset(config.data))
     check_same_source(run, data)
     evaluated = _provenance(run, model, config, data)
     settings = json.loads(json.dumps(condition_settings(config, evaluated)))
-    reused, kept = agree(lambda: _reusable(dest, settings, force))
+    reused, kept = agree(lambda: _reusable(dest, settings, request.force))
     if len(reused) == len(settings):  # everything asked for is stored already
         return results_table(read_conditions(dest, [*reused, *kept]))
     with deterministic_mode(config.deterministic):

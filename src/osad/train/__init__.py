@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from osad.lazy import lazy_exports
 
-_EXPORTS = {
-    "NonFiniteLossError": "step",
-    "StepLosses": "objectives",
-    "TrainObjective": "objectives",
-    "TrainResult": "step",
-    "TrainState": "state",
-    "build_model_for": "factory",
-    "train": "loop",
+_MODULES = {
+    "step": ("NonFiniteLossError", "TrainResult"),
+    "objectives": ("StepLosses", "TrainObjective"),
+    "state": ("TrainState",),
+    "factory": ("build_model_for",),
+    "loop": ("train",),
 }
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)
