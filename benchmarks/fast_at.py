@@ -56,7 +56,7 @@ def main() -> None:
         attack = config.train.attack.resolved()
         print(
             f"{name:>8}: train {medians[name]:.1f} s ({config.train.epochs} epochs, "
-            f"step {attack.alpha:g}/255; runs "
+            f"step {attack.params['alpha']:g}/255; runs "
             + " ".join(f"{t:.1f}" for t in times[name])
             + f"), clean acc {accuracy['clean']:.4f}, PGD-10 acc {accuracy['pgd']:.4f}"
         )

@@ -150,7 +150,9 @@ def gradient_gap(a: nn.Module, b: nn.Module) -> float:
 
 def check_same_results(model: OpenSetNet, x: Tensor, y: Tensor) -> None:
     """Naive vs osad (unfused and fused) from one state, zero start, one rotation draw."""
-    attack = AttackConfig(eps=EPS * 255, alpha=ALPHA * 255, steps=STEPS, random_start=False)
+    attack = AttackConfig(
+        eps=EPS * 255, params={"alpha": ALPHA * 255, "steps": STEPS, "random_start": False}
+    )
     naive, unfused, fused = naive_copy(model), copy.deepcopy(model), copy.deepcopy(model)
     torch.manual_seed(1)
     naive_loss = naive_step(naive, x, y, random_start=False)
@@ -214,7 +216,7 @@ def main() -> None:
     check_same_results(copy.deepcopy(model).cpu().double(), x[:4].cpu().double(), y[:4].cpu())
 
     perf = PerfConfig(channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
-    attack = AttackConfig(eps=EPS * 255, alpha=ALPHA * 255, steps=STEPS)
+    attack = AttackConfig(eps=EPS * 255, params={"alpha": ALPHA * 255, "steps": STEPS})
     naive = naive_copy(model)
     osad = prepare_model(copy.deepcopy(model), perf, device)
     fused = TrainObjective(attack, OSDN_TERMS)
