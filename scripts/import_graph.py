@@ -12,7 +12,7 @@ Two kinds of import are counted separately:
   blocks and class bodies);
 - **lazy**: runs when a function is called (an ``import`` inside a function, or
   ``importlib.import_module("literal")``); a package that loads names on first use
-  (a module ``__getattr__`` over a dict of name -> module, PEP 562) lazily imports
+  (PEP 562, through ``osad.lazy.lazy_exports`` and its table) lazily imports
   each module of its table, and ``from package import name`` imports the module
   that name comes from. Such a table's edges are left out of cycles (importing the
   package runs none of them).
@@ -98,20 +98,36 @@ def _known(name: str, modules: dict[str, Path]) -> str:
     return name
 
 
-def _lazy_names(tree: ast.Module, modules: dict[str, Path]) -> dict[str, str]:
-    """Name -> module of a module that loads names on first use (PEP 562): a
-    module-level ``__getattr__`` and a dict literal of names to module names."""
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
-        return {}
+def _lazy_names(name: str, tree: ast.Module, modules: dict[str, Path]) -> dict[str, str]:
+    """Name -> module of the package ``name`` that loads names on first use (PEP 562)
+    through :func:`osad.lazy.lazy_exports`: ``lazy_exports(__name__, TABLE)``, TABLE a
+    dict literal (or a module-level name bound to one) of submodules, relative to the
+    package, to tuples of the names they define."""
+    tables = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     table = {}
-    for node in tree.body:
-        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
-        if isinstance(value, ast.Dict):
-            for key, item in zip(value.keys, value.values, strict=True):
-                named = isinstance(item, ast.Constant) and isinstance(item.value, str)
-                target = _known(item.value, modules) if named else None
-                if isinstance(key, ast.Constant) and target in modules:
-                    table[key.value] = target
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", "") == "lazy_exports"
+            and len(node.args) == 2
+        ):
+            continue
+        mapping = node.args[1]
+        mapping = tables.get(mapping.id) if isinstance(mapping, ast.Name) else mapping
+        if not isinstance(mapping, ast.Dict):
+            continue
+        for key, names in zip(mapping.keys, mapping.values, strict=True):
+            if not (isinstance(key, ast.Constant) and isinstance(names, ast.Tuple | ast.List)):
+                continue
+            target = _known(f"{name}.{key.value}", modules)
+            if target in modules:
+                table.update({n.value: target for n in names.elts if isinstance(n, ast.Constant)})
     return table
 
 
@@ -152,7 +168,7 @@ def read_edges(root: Path = ROOT) -> tuple[dict[str, Path], list[Edge]]:
     trees = {
         name: ast.parse(path.read_text(), filename=str(path)) for name, path in modules.items()
     }
-    lazy_names = {name: _lazy_names(tree, modules) for name, tree in trees.items()}
+    lazy_names = {name: _lazy_names(name, tree, modules) for name, tree in trees.items()}
     edges = [
         Edge(name, target, 0, lazy=True, on_first_use=True)
         for name, table in lazy_names.items()

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # (datasets, models, attacks, scores, methods) check its sections, below what runs it.
 LAYERS = (
     # foundation: no osad knowledge beyond errors, files and logging
-    ("osad", "errors", "inputs", "storage", "documents", "runlock", "rundir", "runtime", "runlog"),
-    ("lazy",),
+    ("osad", "lazy", "errors", "inputs", "storage", "documents", "runlock", "rundir", "runtime"),
+    ("runlog",),
     ("writers",),
     ("data", "models", "attacks", "openset", "distributed", "checkpoint", "modelio"),
     ("methods",),  # training methods from loss terms on the models
@@ -117,12 +117,13 @@ def test_checker_reports_an_upward_import_lazy_relative_or_unplaced(tmp_path):
             "newpkg/__init__.py": "",
             # loads a name on first use (PEP 562) from a higher layer
             "openset/__init__.py": """\
-                _LAZY = {"auroc": "osad.eval.metrics"}
-                def __getattr__(name):
-                    import importlib
-                    return getattr(importlib.import_module(_LAZY[name]), name)
+                from osad.lazy import lazy_exports
+                _MODULES = {"score": ("scored",)}
+                __all__, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)
                 """,
-            "attacks/score.py": "from osad.openset import auroc\n",
+            "openset/score.py": "from osad.eval.metrics import auroc\n",
+            "lazy.py": "",
+            "attacks/score.py": "from osad.openset import scored\n",
         },
     )
     violations, unplaced = layering(package)
@@ -131,10 +132,27 @@ def test_checker_reports_an_upward_import_lazy_relative_or_unplaced(tmp_path):
         ("osad.train.loop", "osad.eval.metrics"),
         ("osad.eval.metrics", "osad.cli"),
         ("osad.fas", "osad.attacks.pgd"),
-        ("osad.openset", "osad.eval.metrics"),
-        ("osad.attacks.score", "osad.eval.metrics"),
+        ("osad.openset.score", "osad.eval.metrics"),
     }
+    # the name a lazy package loads on first use is imported from its submodule
+    _, edges = graph.read_edges(package)
+    assert ("osad.attacks.score", "osad.openset.score") in {(e.importer, e.imported) for e in edges}
     assert unplaced == {"newpkg"}
+
+
+def test_the_graph_sees_the_names_lazy_packages_load_on_first_use():
+    # ``from osad.config import Config`` runs osad.config.schema: an edge the graph
+    # must hold, or cycles through the lazy packages go unseen.
+    _, edges = graph.read_edges(ROOT / "src" / "osad")
+    first_use = {(e.importer, e.imported) for e in edges if e.on_first_use}
+    for package, module in [
+        ("osad", "osad.eval.any_model"),
+        ("osad.config", "osad.config.schema"),
+        ("osad.eval", "osad.eval.protocol"),
+        ("osad.train", "osad.train.loop"),
+    ]:
+        assert (package, module) in first_use
+    assert ("osad.train.factory", "osad.config.schema") in {(e.importer, e.imported) for e in edges}
 
 
 def test_import_graph_finds_a_cycle_through_a_lazy_import(tmp_path, capsys):

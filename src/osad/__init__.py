@@ -12,17 +12,10 @@ stays fast.
 
 from __future__ import annotations
 
-from typing import Any
+from osad.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY = {"evaluate_model": "osad.eval.any_model", "ModelEvaluation": "osad.eval.any_model"}
-__all__ = ["ModelEvaluation", "__version__", "evaluate_model"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'osad' has no attribute {name!r}")
+_MODULES = {"eval.any_model": ("ModelEvaluation", "evaluate_model")}
+_names, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)
+__all__ = ["__version__", *_names]
