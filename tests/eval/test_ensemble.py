@@ -57,10 +57,12 @@ REJECTED = [-1.0, -2.0, -2.0]  # correct, score 1: rejected, above every unknown
 ACCEPTED = [3.0, 0.0, 0.0]  # score -3: an unknown image accepted
 
 
-def planted(plan):
+def planted(plan, nan_gradients=None):
     """``outputs`` for run_ensemble: member ``m`` gives ``plan[m][id]`` at image ``id``
-    (the clean logits elsewhere) and records the ids it was asked to attack."""
+    (the clean logits elsewhere) and records the ids it was asked to attack; the ids in
+    ``nan_gradients[m]`` are flagged as having met a non-finite gradient inside it."""
     calls = {}
+    nan_gradients = nan_gradients or {}
 
     def outputs(images, labels, config, seed, desc, objective):
         member = desc.split()[1]
@@ -70,16 +72,19 @@ def planted(plan):
             plan.get(member, {}).get(i, CLEAN_KNOWN if i < KNOWN else CLEAN_UNKNOWN)
             for i in ids.tolist()
         ]
-        return SimpleNamespace(logits=torch.tensor(rows), features=None, images=None)
+        flagged = [i in nan_gradients.get(member, ()) for i in ids.tolist()]
+        return SimpleNamespace(
+            logits=torch.tensor(rows), features=None, images=None, nonfinite=torch.tensor(flagged)
+        )
 
     return outputs, calls
 
 
-def run_planted(plan):
+def run_planted(plan, nan_gradients=None):
     labels = torch.tensor([0] * KNOWN + [-1] * (N - KNOWN))
     clean = torch.tensor([CLEAN_KNOWN] * KNOWN + [CLEAN_UNKNOWN] * (N - KNOWN))
     scorer = make_scorer("maxlogit")
-    outputs, calls = planted(plan)
+    outputs, calls = planted(plan, nan_gradients)
     train = (torch.eye(3) * 4, None, torch.arange(3))
     logits, scores, report = run_ensemble(
         "fast",
@@ -127,6 +132,17 @@ def test_worst_case_is_the_union_over_members_and_skips_broken_samples():
     decisive = report["decisive"]
     assert decisive["accuracy"] == {"clean": 1, "apgd-ce": 2, "apgd-mav": 1, "apgd-maxlogit": 1}
     assert decisive["maxlogit"] == {"clean": 3, "apgd-ce": 1, "apgd-mav": 3, "apgd-maxlogit": 1}
+
+
+def test_non_finite_gradients_inside_members_are_counted_per_member():
+    # apgd-mav meets a NaN gradient on 0 and 6, apgd-score on 6: its points stay finite
+    # (so the worst case cannot see it), only the attack knows its search was blind there
+    _, _, report, _ = run_planted({}, {"apgd-mav": {0, 6}, "apgd-score": {6}})
+    counts = {"apgd-ce": 0, "apgd-mav": 2, "apgd-maxlogit": 0, "apgd-score": 1}
+    assert report["nonfinite_gradients"] == counts
+    assert set(report["non_finite"].values()) == {0}
+    _, _, report, _ = run_planted({})
+    assert set(report["nonfinite_gradients"].values()) == {0}
 
 
 def test_worst_case_never_better_than_clean():

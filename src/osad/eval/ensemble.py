@@ -365,7 +365,8 @@ def run_ensemble(
     Returns:
         (logits, scores) per score, each over all N test images (see
         :meth:`WorstCase.results`), and the report: version, members, per metric the
-        decisive member counts, per member the samples attacked and non-finite.
+        decisive member counts, per member the samples attacked, those whose kept outputs
+        were non-finite, and those whose search met a non-finite objective or gradient.
     """
     members = get_version(version)
     cpu_labels = labels.cpu()
@@ -378,6 +379,9 @@ def run_ensemble(
         surrogates[name] = SURROGATES[name]().fit(train_logits, train_features, train_labels)
     is_known = worst.is_known
     runs = 0
+    # samples whose search met a non-finite objective value or gradient, per member:
+    # their kept points are finite, so only the attack knows it searched blind there
+    nonfinite_gradients: dict[str, int] = {}
 
     def attack(member: Member, desc: str, active: Tensor, objective, targets=None) -> None:
         nonlocal runs
@@ -391,6 +395,8 @@ def run_ensemble(
             name=member.attack, norm=base.norm, eps=base.eps, params=member.params
         )
         out = outputs(images[device_index], y, config, derive_seed(seed, runs), desc, objective)
+        count = 0 if out.nonfinite is None else int(out.nonfinite.sum())
+        nonfinite_gradients[member.name] = nonfinite_gradients.get(member.name, 0) + count
         worst.offer(member.name, index, out.logits.cpu(), {s: score(s, out) for s in scorers})
 
     for member in members:
@@ -430,6 +436,7 @@ def run_ensemble(
         "decisive": worst.decisive(),
         "attacked": worst.attacked,
         "non_finite": worst.non_finite,
+        "nonfinite_gradients": nonfinite_gradients,
     }
     return logits, scores, report
 
