@@ -45,3 +45,26 @@ def test_the_training_step_benchmark_compares_one_algorithm(capsys):
     labels = torch.randint(0, 6, (2,))
     bench.check_same_results(model, images, labels)  # SystemExit if the steps disagree
     assert "same loss and gradients: yes" in capsys.readouterr().out
+
+
+def test_the_model_family_benchmark_runs_the_sweeps_settings():
+    """benchmarks/mnist_family.py compares the families on the mnist sweep's training
+    and PGD-10; its quick run takes over 10 s, so this checks the configurations it
+    builds (a renamed attack or model field of the sweep breaks it here)."""
+    bench = load("mnist_family")
+    resnet = bench.run_config("pgd-at", "resnet18-w8", 0, None)
+    cnn = bench.run_config("osdn", "madry-cnn", 0, 3)
+    assert (resnet.model.arch, resnet.model.width, resnet.model.latent_dim) == ("resnet18", 8, 64)
+    assert (cnn.model.arch, cnn.model.width, cnn.model.denoise_places) == ("madry-cnn", 32, [1, 2])
+    assert (resnet.method, cnn.method, cnn.train.epochs, resnet.train.epochs) == (
+        "pgd-at",
+        "osdn",
+        3,
+        5,
+    )
+    for config in (resnet, cnn):
+        attack = config.train.attack.resolved()
+        assert (attack.eps, attack.params["steps"], attack.params["alpha"]) == (76.5, 5, 19.125)
+        (test,) = config.eval.attacks.values()
+        assert (test.eps, test.params["steps"]) == (76.5, 10)
+        assert config.eval.scores == ["msp"]

@@ -37,7 +37,8 @@ def validate(config: Config) -> None:
 
     info = check_data_section(config.data)
     d = config.data
-    check_model_section(config.model)
+    denoised = any(n.denoise for n in METHODS[config.method].networks)
+    check_model_section(config.model, denoised=denoised)
 
     t = config.train
     require(t.epochs >= 1, f"'train.epochs' must be >= 1, got {t.epochs}")

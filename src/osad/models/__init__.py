@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from osad.errors import ConfigError, OsadError, unknown_name
+from osad.models.cnn import MadryCNN
 from osad.models.decoder import Decoder, upsampling_plan
 from osad.models.denoise import DENOISERS, DenoiseBlock, DualAttention, denoise_forms
+from osad.models.encoders import ENCODERS, EncoderFamily, build_encoder
 from osad.models.openset_net import Normalize, OpenSetNet
 from osad.models.registry import MODELS, register_model
-from osad.models.resnet import ENCODERS, ResNetEncoder
+from osad.models.resnet import ResNetEncoder
 
 # 2^30 parameters (4 GiB in float32): 40 times a ResNet-50, far above any recipe osad
 # trains, far below what would exhaust a machine's memory before the error.
@@ -97,9 +99,12 @@ __all__ = [
     "Decoder",
     "DenoiseBlock",
     "DualAttention",
+    "EncoderFamily",
+    "MadryCNN",
     "Normalize",
     "OpenSetNet",
     "ResNetEncoder",
+    "build_encoder",
     "check_fits",
     "check_recipe",
     "create_model",

@@ -20,12 +20,18 @@ def upsampling_plan(image_size: int) -> tuple[int, int]:
 
 class Decoder(nn.Module):
     """Linear -> (C, b, b), then transposed-conv 2x upsamplings (BN, LeakyReLU 0.2),
-    then a 3x3 conv and a sigmoid: an image in [0, 1] of ``image_size``."""
+    then a 3x3 conv and a sigmoid: an image in [0, 1] of ``image_size``.
 
-    def __init__(self, latent_dim: int, out_channels: int, image_size: int, width: int) -> None:
+    ``C = channels``, those the encoder ends with (``8 * width`` for the ResNets,
+    ``2 * width`` for the Madry et al. CNN); each upsampling halves them, down to no
+    fewer than ``width``."""
+
+    def __init__(
+        self, latent_dim: int, out_channels: int, image_size: int, channels: int, width: int
+    ) -> None:
         super().__init__()
         base, ups = upsampling_plan(image_size)
-        ch = 8 * width
+        ch = channels
         self.base, self.ch = base, ch
         self.project = nn.Linear(latent_dim, ch * base * base)
         layers: list[nn.Module] = [nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]

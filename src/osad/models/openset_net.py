@@ -10,7 +10,12 @@ Network (OSDN, Shao et al., ECCV 2020, https://arxiv.org/abs/2009.00814):
     rotation_logits = Linear(z)                       transformation classifier
     reconstruction = Decoder(z)                       clean-image decoder
 
-Without them it is the plain ResNet of the ``plain`` and ``pgd-at`` baselines.
+Without them it is the plain network of the ``plain`` and ``pgd-at`` baselines.
+The encoder is any family of :data:`osad.models.encoders.ENCODERS` (``arch``): the
+CIFAR ResNets, or the small CNN of Madry et al. for 28x28 digits
+(:mod:`osad.models.cnn`), whose fully connected 1024 the latent layer plays at
+``latent_dim=1024``. The registry name ``openset-resnet`` is older than the CNN
+family and stays, since saved weights name it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from torch import Tensor, nn
 
 from osad.inputs import check_images
 from osad.models.decoder import Decoder
+from osad.models.encoders import build_encoder
 from osad.models.registry import register_model
-from osad.models.resnet import ResNetEncoder
 
 NUM_ROTATIONS = 4
 
@@ -61,7 +66,9 @@ class OpenSetNet(nn.Module):
         self.image_size = image_size
         self.in_channels = in_channels
         self.normalize = Normalize(mean, std)
-        self.encoder = ResNetEncoder(arch, in_channels, width, denoise, tuple(denoise_places))
+        self.encoder = build_encoder(
+            arch, in_channels, image_size, width, denoise, tuple(denoise_places)
+        )
         self.latent = nn.Sequential(
             nn.Linear(self.encoder.out_features, latent_dim),
             nn.BatchNorm1d(latent_dim),
@@ -69,7 +76,11 @@ class OpenSetNet(nn.Module):
         )
         self.classifier = nn.Linear(latent_dim, num_classes)
         self.rotation_head = nn.Linear(latent_dim, NUM_ROTATIONS) if rotation_head else None
-        self.decoder = Decoder(latent_dim, in_channels, image_size, width) if decoder else None
+        self.decoder = (
+            Decoder(latent_dim, in_channels, image_size, self.encoder.out_channels, width)
+            if decoder
+            else None
+        )
 
     def encode(self, x: Tensor) -> Tensor:
         """Images in [0, 1] -> latent vectors z.

@@ -1,7 +1,8 @@
 """CIFAR-style ResNet encoder with feature-denoising blocks at chosen places.
 
-3x3 stem with stride 1 and no max-pool, BasicBlock stages with widths
-``w, 2w, 4w, 8w`` and strides 1/2/2/2, global average pooling. Denoising
+3x3 stem with stride 1 and no max-pool, four stages of ``blocks`` BasicBlocks
+(:data:`RESNET_BLOCKS`: ResNet-10, 18, 34) with widths ``w, 2w, 4w, 8w`` and
+strides 1/2/2/2, global average pooling. Denoising
 places: 0 after the stem, 1..4 after each stage (the five places of OSDN).
 """
 
@@ -11,7 +12,8 @@ from torch import Tensor, nn
 
 from osad.models.denoise import denoiser
 
-ENCODERS: dict[str, tuple[int, int, int, int]] = {
+# BasicBlocks per stage of each depth.
+RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet10": (1, 1, 1, 1),
     "resnet18": (2, 2, 2, 2),
     "resnet34": (3, 4, 6, 3),
@@ -43,16 +45,15 @@ class ResNetEncoder(nn.Module):
 
     def __init__(
         self,
-        arch: str = "resnet18",
+        blocks: tuple[int, ...] = RESNET_BLOCKS["resnet18"],
         in_channels: int = 3,
         width: int = 64,
         denoise: str = "gaussian",
         denoise_places: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
-        blocks = ENCODERS[arch]
         widths = [width, 2 * width, 4 * width, 8 * width]
-        self.out_features = widths[-1]
+        self.out_channels = self.out_features = widths[-1]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
             nn.BatchNorm2d(width),

@@ -10,9 +10,12 @@ from osad.models import DENOISERS, ENCODERS
 from osad.models.denoise import denoise_forms
 
 
-def check_model_section(m: Any) -> None:
+def check_model_section(m: Any, *, denoised: bool) -> None:
     """Check the ``model`` section ``m``; one-line :class:`~osad.errors.ConfigError` if
-    wrong."""
+    wrong. ``denoised``: whether the method places denoising blocks; only then must
+    ``m.denoise_places`` be places of the encoder family (a method without them
+    ignores the field, so ``model.arch=madry-cnn method=plain`` needs no change of
+    the default places)."""
     if m.arch not in ENCODERS:
         raise unknown_name("model.arch", m.arch, ENCODERS)
     forms = denoise_forms(m.denoise)
@@ -25,10 +28,8 @@ def check_model_section(m: Any) -> None:
     )
     require(m.width >= 2, f"'model.width' must be >= 2, got {m.width}")
     require(m.latent_dim >= 1, f"'model.latent_dim' must be >= 1, got {m.latent_dim}")
-    require(
-        all(0 <= p <= 4 for p in m.denoise_places),
-        f"'model.denoise_places' entries must be in 0..4, got {shown(m.denoise_places)}",
-    )
+    if denoised:
+        ENCODERS[m.arch].check_places(m.arch, m.denoise_places)
     require(
         len(set(m.denoise_places)) == len(m.denoise_places),
         f"'model.denoise_places' has duplicates: {shown(m.denoise_places)}",
