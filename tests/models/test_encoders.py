@@ -164,3 +164,15 @@ def test_madry_cnn_trains_one_step_on_mnist5k(method):
     model = result.model
     assert isinstance(model.encoder, MadryCNN)
     assert len(model.encoder.denoise) == (2 if method == "osdn" else 0)
+
+
+@pytest.mark.parametrize(
+    "arch, width, channels", [("madry-cnn", 32, 64), ("resnet18", 8, 64), ("resnet10", 4, 32)]
+)
+def test_the_decoder_starts_from_the_channels_the_encoder_ends_with(arch, width, channels):
+    """The CNN ends with 2 x width channels (64 x 7 x 7 at width 32), the ResNets with
+    8 x width; OSDN's decoder mirrors that (it began at 8 x width for every encoder,
+    four times the CNN's and a 12.8M-parameter first layer at Madry et al.'s widths)."""
+    model = OpenSetNet(**_kwargs(arch, 28, width=width, latent_dim=1024))
+    assert model.encoder.out_channels == channels
+    assert model.decoder.project.out_features == channels * 7 * 7
