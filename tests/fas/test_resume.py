@@ -87,6 +87,25 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(reference, tmp
     assert_same_training(run, reference)
 
 
+def _scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(iteration, value) of TensorBoard scalar ``tag``, after its purges on resume."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_a_resumed_run_keeps_the_tensorboard_records_before_its_checkpoint(reference, tmp_path):
+    # Resumed from iteration 3, the record of iteration 2 stays and those of 4 and 6
+    # are logged once (TensorBoard's purge step is an iteration, not a record count).
+    run = _unfinished_copy(reference, tmp_path / "run")
+    assert main(["train", "--resume", str(RunDir(run).checkpoint(3)), "--no-progress"]) == 0
+    for tag in ("val_auc", "train_loss"):
+        assert _scalars(run, tag) == _scalars(reference, tag)
+        assert [step for step, _ in _scalars(run, tag)] == [2, 4, 6]
+
+
 def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(
     reference, tmp_path, monkeypatch, capsys
 ):
