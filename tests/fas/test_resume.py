@@ -123,7 +123,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(
     assert _train(run, *RESUMABLE, "checkpoint.every_steps=0", "checkpoint.every_epochs=0") == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("osad: interrupted by SIGINT at epoch 3, step 5; checkpoint saved to ")
+    assert err.startswith("osad: interrupted by SIGINT at iteration 5; checkpoint saved to ")
     assert err.rstrip().endswith(f"resume with: osad train --resume {run}")
     assert not (run / "model.safetensors").exists()
 

@@ -301,7 +301,11 @@ def train_meta(
         schedule=Schedule(periods, t.eval_every, 1),
         samplers=samplers,
     )
-    checkpoints = CheckpointPolicy(run, config.checkpoint, periods) if run else None
+    checkpoints = None
+    if run is not None:
+        checkpoints = CheckpointPolicy(
+            run, config.checkpoint, periods, position=lambda s: f"iteration {s.step}"
+        )
     if checkpoints is not None and resume_from is not None:
         checkpoints.resume(state, resume_from)
     with stop_signals(enabled=run is not None) as stop:
