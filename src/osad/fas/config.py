@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from osad.checkpoint import CheckpointConfig, check_checkpoint_section
 from osad.config.loader import ConfigSource, build_config
 from osad.errors import require, shown, unknown_name
 from osad.fas.methods import META_METHODS
@@ -81,6 +82,7 @@ class FasConfig:
     model: FasModelConfig = field(default_factory=FasModelConfig)
     train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     eval: FasEvalConfig = field(default_factory=FasEvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,3 +165,4 @@ def validate_fas(config: FasConfig) -> None:
     require(
         config.eval.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {config.eval.batch_size}"
     )
+    check_checkpoint_section(config.checkpoint)

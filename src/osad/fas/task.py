@@ -1,5 +1,6 @@
 """The face anti-spoofing task (``task: fas``) as the workflow runs it (see
-:class:`osad.tasks.Task`): one process, no mid-training checkpoints, no sanity checks,
+:class:`osad.tasks.Task`): one process, mid-training checkpoints and ``osad train
+--resume`` as open-set runs have them, no sanity checks,
 data from frame lists under ``data.root`` (relative to the working directory)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from osad.fas.evaluate import evaluate_fas, write_fas_results
 from osad.fas.trainer import check_meta_training, train_meta
 from osad.rundir import RunDir
 from osad.storage import recover_dir, replace_dir
+from osad.train.checkpoints import resume_point
 
 if TYPE_CHECKING:
     from osad.tasks.request import EvaluationRequest
@@ -30,7 +32,7 @@ class FasTask:
     name = "fas"
     title = "face anti-spoofing"
     schema = FasConfig
-    supports_resume = False
+    supports_resume = True
     supports_processes = False
     supports_check = False
     verifies_data = False
@@ -58,13 +60,10 @@ class FasTask:
         progress: bool,
         resume_from: Path | None = None,
     ) -> Any:
-        return train_meta(config, data, run=run, progress=progress)
+        return train_meta(config, data, run=run, progress=progress, resume_from=resume_from)
 
     def resume_point(self, run: RunDir, config: FasConfig, checkpoint: Path | None) -> Path:
-        raise RunDirError(
-            f"{run.root} is an anti-spoofing run, which does not checkpoint mid-training; "
-            f"start it again with: osad train --out {run.root} --force"
-        )
+        return resume_point(run, config.checkpoint, checkpoint)
 
     def data_folder(self, root: str) -> Path:
         """Relative to the working directory (see :func:`osad.fas.data.load_frame_lists`)."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from osad.checkpoint import CheckpointStore, first_difference, load_state_checked, read_weights
+from osad.checkpoint import first_difference, load_state_checked, read_weights
 from osad.config import (
     Config,
     ConfigSource,
@@ -49,6 +49,7 @@ from osad.runtime import deterministic_mode, resolve_device
 from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256
 from osad.tasks.request import EvaluationRequest
 from osad.train import TrainResult, build_model_for, train
+from osad.train.checkpoints import resume_point
 from osad.train.factory import check_training
 from osad.train.parallel import check_parallel_support
 
@@ -98,13 +99,7 @@ class OpenSetTask:
         return train(config, data, run=run, progress=progress, resume_from=resume_from)
 
     def resume_point(self, run: RunDir, config: Config, checkpoint: Path | None) -> Path:
-        if checkpoint is None:
-            checkpoint = CheckpointStore(run, config.checkpoint.keep).latest()
-        if checkpoint is None:
-            raise RunDirError(
-                f"{run.root} has no checkpoint yet, nothing to resume; start it again with: "
-                f"osad train --out {run.root} --force"
-            )
+        checkpoint = resume_point(run, config.checkpoint, checkpoint)
         check_parallel_support(config)
         return checkpoint
 
