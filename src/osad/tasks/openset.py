@@ -43,10 +43,11 @@ from osad.eval.options import select_evaluation
 from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
 from osad.eval.results import read_metrics
+from osad.eval.settings import reusable
 from osad.perf import prepare_model
 from osad.rundir import MAIN, RunDir
 from osad.runtime import deterministic_mode, resolve_device
-from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256
+from osad.storage import replace_dir, sha256_file, tensors_sha256
 from osad.tasks.request import EvaluationRequest
 from osad.train import TrainResult, build_model_for, train
 from osad.train.factory import check_training
@@ -150,7 +151,7 @@ def _test_openset(run: RunDir, config: Config, request: EvaluationRequest) -> st
     check_same_source(run, data)
     evaluated = _provenance(run, model, config, data)
     settings = json.loads(json.dumps(condition_settings(config, evaluated)))
-    reused, kept = agree(lambda: _reusable(dest, settings, request.force))
+    reused, kept = agree(lambda: reusable(dest, settings, request.force, _stored_conditions))
     if len(reused) == len(settings):  # everything asked for is stored already
         return results_table(read_conditions(dest, [*reused, *kept]))
     with deterministic_mode(config.deterministic):
@@ -171,6 +172,11 @@ def _test_openset(run: RunDir, config: Config, request: EvaluationRequest) -> st
                 # Every process computes the figures' attacks (sharded); rank 0 saves them.
                 write_figures(result, network, data, config, staged / "figures", progress)
     return table
+
+
+def _stored_conditions(path: Path, remedy: str) -> dict[str, Any]:
+    """The conditions of an open-set metrics.json, read and checked (for :func:`reusable`)."""
+    return read_metrics(path, remedy=remedy).document["conditions"]
 
 
 def _provenance(run: RunDir, model: str, config: Config, data: OpenSetData) -> dict[str, Any]:
@@ -214,57 +220,6 @@ def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
                 "model or its data (train a new run; moved data: --data-root)"
             )
     return make_config(resolved_dict(config), overrides) if overrides else config
-
-
-def _reusable(
-    dest: Path, settings: dict[str, dict[str, Any]], force: bool
-) -> tuple[list[str], dict[str, Any]]:
-    """(conditions of ``settings`` already in ``dest`` under identical settings, the other
-    conditions stored there, kept, with their stored settings). Recovers what a killed
-    evaluation left; refuses a ``dest`` holding files but no metrics.json (even with
-    ``force``), and a condition stored under other settings unless ``force`` (then
-    nothing is reused or kept)."""
-    recover_dir(dest)
-    if not dest.is_dir() or not any(dest.iterdir()):
-        return [], {}
-    path = dest / "metrics.json"
-    if not path.is_file():  # --force replaces an evaluation, never any other folder
-        raise RunDirError(
-            f"{dest} holds files but no {path.name}, so it is not an osad evaluation; "
-            "choose another --out, or remove it yourself"
-        )
-    if force:
-        return [], {}
-    remedy = "pass --force to replace the evaluation, or --out DIR to write elsewhere"
-    stored = read_metrics(path, remedy=remedy).document["conditions"]
-    reused = []
-    for name, wanted in settings.items():
-        if name not in stored:
-            continue
-        difference = _first_difference(stored[name].get("settings"), wanted)
-        if difference:
-            raise RunDirError(
-                f"{path} holds condition '{name}' computed under other settings "
-                f"({difference}); pass --force to recompute the evaluation, or --out DIR to "
-                "write it elsewhere"
-            )
-        reused.append(name)
-    return reused, {n: c.get("settings") for n, c in stored.items() if n not in settings}
-
-
-def _first_difference(stored: Any, wanted: Any, where: str = "") -> str:
-    """The first setting that differs, as ``key: stored there, wanted now`` ('' if none)."""
-    if stored is None and not where:
-        return "it records no settings: written by an older osad"
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        for key in [*wanted, *(k for k in stored if k not in wanted)]:
-            found = _first_difference(stored.get(key), wanted.get(key), f"{where}{key}.")
-            if found:
-                return found
-        return ""
-    if stored != wanted:
-        return f"{where.rstrip('.')}: {stored!r} there, {wanted!r} now"
-    return ""
 
 
 def _merged(
