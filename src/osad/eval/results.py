@@ -13,13 +13,12 @@ typed record: :func:`read_metrics` a :class:`RunMetrics`, :func:`read_summary` a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from osad.config import AttackConfig
-from osad.documents import DocumentCheck, kind_of
+from osad.documents import DocumentCheck, kind_of, load_document
 from osad.errors import OsadError, RunDirError
 from osad.eval.ensemble import describe as describe_ensemble
 from osad.storage import check_format
@@ -79,17 +78,6 @@ class RunMetrics:
         """The run's split (its known classes where it names them): needs ``config.data``."""
         data = self.config["data"]
         return str(data["known"] or data["split"])
-
-
-def load_document(path: Path, hint: str) -> Any:
-    """The JSON value in ``path``; :class:`RunDirError` naming it and ``hint`` when it
-    cannot be read or parsed."""
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as exc:
-        raise RunDirError(f"{path} cannot be read ({exc.strerror}); {hint}") from None
-    except ValueError:
-        raise RunDirError(f"{path} is not valid JSON (truncated?); {hint}") from None
 
 
 def _versioned(document: Any, source: str, current: int, kind: str, hint: str) -> int:

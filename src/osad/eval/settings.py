@@ -19,12 +19,13 @@ Light on purpose (no attack, score or model code): the anti-spoofing slice impor
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from osad.checkpoint import differences
-from osad.errors import RunDirError
+from osad.config.loader import expand_key, parse_override
+from osad.errors import ConfigError, RunDirError
 from osad.storage import recover_dir
 
 # Settings that differ between repetitions of one experiment (its seed, its trained
@@ -132,3 +133,16 @@ def reusable(
             )
         reused.append(name)
     return reused, {n: c.get("settings") for n, c in stored.items() if n not in settings}
+
+
+def check_evaluation_overrides(overrides: Sequence[str], schema: type) -> None:
+    """Refuse an ``osad test`` override (``key=value``) of a run of configuration
+    ``schema`` outside ``eval.*``: the others change the trained model or its data.
+    Raises :class:`~osad.errors.ConfigError` (also for a malformed override)."""
+    for text in overrides:
+        key = expand_key(parse_override(text)[0], schema)
+        if key.split(".")[0] != "eval":
+            raise ConfigError(
+                f"osad test takes eval.* overrides only, not '{key}': it changes the trained "
+                "model or its data (train a new run; moved data: --data-root)"
+            )

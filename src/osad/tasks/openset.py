@@ -19,9 +19,7 @@ from osad.config import (
     Config,
     ConfigSource,
     check_perf_device,
-    expand_key,
     make_config,
-    parse_override,
     resolved_dict,
 )
 from osad.data import (
@@ -35,7 +33,7 @@ from osad.data import (
     unknown_source_name,
 )
 from osad.distributed import agree, rank0_first
-from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
+from osad.errors import CheckpointError, DataError, RunDirError
 from osad.eval import evaluate, write_results
 from osad.eval.any_model import data_counts, data_source
 from osad.eval.figures import write_figures
@@ -43,7 +41,7 @@ from osad.eval.options import select_evaluation
 from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
 from osad.eval.results import read_metrics
-from osad.eval.settings import reusable
+from osad.eval.settings import check_evaluation_overrides, reusable
 from osad.perf import prepare_model
 from osad.rundir import MAIN, RunDir
 from osad.runtime import deterministic_mode, resolve_device
@@ -212,13 +210,7 @@ def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
     Raises :class:`~osad.errors.ConfigError` for a malformed override, an invalid value,
     or a key outside ``eval.*`` (those change what was trained or on which data).
     """
-    for text in overrides:
-        key = expand_key(parse_override(text)[0])
-        if key.split(".")[0] != "eval":
-            raise ConfigError(
-                f"osad test takes eval.* overrides only, not '{key}': it changes the trained "
-                "model or its data (train a new run; moved data: --data-root)"
-            )
+    check_evaluation_overrides(overrides, Config)
     return make_config(resolved_dict(config), overrides) if overrides else config
 
 
