@@ -166,14 +166,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Every dotted key (sorted) whose value differs between two (nested) settings after
+    a JSON round trip, with its saved and current values (None where a side lacks it)."""
+    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    return [
+        (key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)
+    ]
+
+
 def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """None if two (nested) settings agree after a JSON round trip, else the first
-    dotted key that differs with its saved and current values."""
-    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            return key, a.get(key), b.get(key)
-    return None
+    dotted key that differs with its saved and current values (:func:`differences`)."""
+    found = differences(saved, current)
+    return found[0] if found else None
 
 
 def _first_and_count(names: list[str]) -> str:

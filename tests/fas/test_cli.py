@@ -67,7 +67,7 @@ def test_metrics_agree_with_the_per_frame_scores(fas_run):
         video_score = f["video_level/score"][:]
         video_ids = f["video_level/video"][:]
         assert len(f["video_names"]) == video.max() + 1
-    frame = metrics["frame"]
+    frame = metrics["conditions"]["phone"]["frame"]
     assert frame["count"] == len(score) and set(np.unique(label)) == {0, 1}
     assert frame["auc"] == pytest.approx(auroc(score, label == 1))
     assert frame["hter_at_val_threshold"] == pytest.approx(
@@ -76,7 +76,7 @@ def test_metrics_agree_with_the_per_frame_scores(fas_run):
     # a video's score is the mean of its frames'
     first = video_ids[0]
     assert video_score[0] == pytest.approx(score[video == first].mean(), rel=1e-5)
-    assert metrics["video"]["count"] == len(video_ids)
+    assert metrics["conditions"]["phone"]["video"]["count"] == len(video_ids)
 
 
 def test_same_seed_gives_the_same_model_and_history():

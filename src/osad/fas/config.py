@@ -68,6 +68,9 @@ class MetaTrainConfig:
 @dataclass
 class FasEvalConfig:
     batch_size: int = 256
+    # Held-out domains tested on besides data.target (never a source); osad test adds
+    # one to an evaluated run without recomputing the others (osad.fas.evaluate).
+    targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +131,18 @@ def validate_fas(config: FasConfig) -> None:
     require(
         d.target not in d.sources,
         f"'data.target' {d.target} is also a source; hold out a domain that is not trained on",
+    )
+    for name in config.eval.targets:
+        if name not in collection.domains:
+            raise unknown_name(f"{d.name} domain", name, collection.domains)
+        require(
+            name not in d.sources and name != d.target,
+            f"'eval.targets' lists {name}, which is a source or data.target; list held-out "
+            "domains besides data.target",
+        )
+    require(
+        len(set(config.eval.targets)) == len(config.eval.targets),
+        f"'eval.targets' has duplicates: {shown(config.eval.targets)}",
     )
     needed = 1 if not META_METHODS[config.method].meta else 2
     require(

@@ -11,15 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from osad.checkpoint import load_model
 from osad.config.loader import ConfigSource
-from osad.errors import ConfigError, RunDirError
+from osad.errors import ConfigError
 from osad.fas.config import FasConfig, make_fas_config
 from osad.fas.data import FasData, load_fas
-from osad.fas.evaluate import evaluate_fas, write_fas_results
+from osad.fas.evaluate import evaluate_fas_run
 from osad.fas.trainer import check_meta_training, train_meta
 from osad.rundir import RunDir
-from osad.storage import recover_dir, replace_dir
 from osad.train.checkpoints import resume_point
 
 if TYPE_CHECKING:
@@ -70,20 +68,17 @@ class FasTask:
         return Path(root or ".")
 
     def test(self, run: RunDir, config: FasConfig, request: EvaluationRequest) -> str:
-        """Evaluate on the held-out target domain into ``dest`` (replaced only with
-        ``force``); the open-set selection and ``eval.*`` overrides are refused."""
+        """Evaluate on the held-out target domains, incrementally
+        (:func:`osad.fas.evaluate.evaluate_fas_run`); the open-set selection is refused."""
         chosen = [f"--{k}" for k, v in request.selection.items() if v is not None]
-        chosen += ["key=value overrides"] if request.overrides else []
         if chosen:
             raise ConfigError(f"{', '.join(chosen)} apply to open-set runs, not {self.title}")
-        dest = request.dest
-        recover_dir(dest)
-        if dest.exists() and any(dest.iterdir()) and not request.force:
-            raise RunDirError(f"{dest} already holds results; pass --force to overwrite them")
-        data = self.load_data(config)
-        result = evaluate_fas(
-            load_model(run.model, request.device), data, config, progress=request.progress
+        return evaluate_fas_run(
+            run,
+            config,
+            request.dest,
+            request.device,
+            force=request.force,
+            progress=request.progress,
+            overrides=request.overrides,
         )
-        title = f"{config.method}: {', '.join(config.data.sources)} to {config.data.target}"
-        with replace_dir(dest) as staged:
-            return write_fas_results(result, config, staged, staged / run.roc_figure.name, title)
