@@ -107,7 +107,8 @@ def test_no_face_in_both_training_and_test(target):
 def test_the_four_domains_differ_measurably(rendered):
     """Cameras and light differ: the mean colour of the bona-fide frames of any two
     domains is at least 0.025 apart (measured: 0.030 to 0.127), and the domains' noise
-    and blur give different mean absolute differences of neighbouring pixels."""
+    and blur give different mean absolute differences of neighbouring pixels (0.038 to
+    0.047; pairs at least 0.0024 apart)."""
     colour, roughness = {}, {}
     for name, frames in rendered.items():
         real = frames.images[frames.labels == REAL].float() / 255
@@ -115,7 +116,7 @@ def test_the_four_domains_differ_measurably(rendered):
         roughness[name] = (real[..., 1:, :] - real[..., :-1, :]).abs().mean()
     for a, b in itertools.combinations(DOMAINS, 2):
         assert (colour[a] - colour[b]).norm() > 0.025, (a, b)
-        assert abs(roughness[a] - roughness[b]) > 0.002, (a, b)
+        assert abs(roughness[a] - roughness[b]) > 0.0015, (a, b)
 
 
 def _scene(n=6):
@@ -177,14 +178,14 @@ def test_replay_attack_is_blur_gamma_tint_and_moire():
 
 def test_prints_lose_saturation_and_replays_turn_blue(rendered):
     """In the rendered frames (after light and camera): prints lose saturation (the
-    gamut; measured 0.62 to 0.73 of the bona-fide frames'), replays are bluer (every
+    gamut; measured 0.57 to 0.79 of the bona-fide frames'), replays are bluer (every
     screen's backlight tint has B > R; mean B / mean R measured 1.04 to 1.41 times
     the bona-fide frames')."""
     for name, frames in rendered.items():
         images = frames.images.float() / 255
         kinds = _kinds(frames)
         real, printed, replayed = (images[kinds == KINDS.index(k)] for k in KINDS)
-        assert rgb_to_hsv(printed)[:, 1].mean() < 0.8 * rgb_to_hsv(real)[:, 1].mean(), name
+        assert rgb_to_hsv(printed)[:, 1].mean() < 0.85 * rgb_to_hsv(real)[:, 1].mean(), name
 
         def blue_over_red(x):
             return x[:, 2].mean() / x[:, 0].mean()
