@@ -1,9 +1,9 @@
 """The face anti-spoofing configuration (``task: fas``): a second typed schema.
 
 It is parsed by the same strict machinery as the open-set schema
-(:func:`osad.config.build_config`): defaults below (the embedded synthetic
-digits domains, held-out domain ``phone``), then a YAML file, then ``key=value``
-overrides. ``osad train --config configs/fas-oci-to-m.yaml`` and
+(:func:`osad.config.build_config`): defaults below (the embedded face domains
+``lfw-faces``, held-out domain ``phone``; equal to ``configs/fas-faces.yaml``), then a
+YAML file, then ``key=value`` overrides. ``osad train --config configs/fas-oci-to-m.yaml`` and
 ``osad test RUN_DIR`` select it through the top-level ``task: fas`` key.
 """
 
@@ -25,9 +25,11 @@ from osad.runtime import validate_device
 class FasDataConfig:
     """Which domains train (sources) and which one tests (target)."""
 
+    # "lfw-faces": capture domains of scikit-image's 100 real LFW face crops with
+    # print/replay attacks made by image transformations (embedded, the default);
     # "digits": synthetic camera domains built from scikit-learn digits (embedded);
     # "faces": the public sets, read from frame lists under ``root``.
-    name: str = "digits"
+    name: str = "lfw-faces"
     root: str = ""
     sources: list[str] = field(default_factory=lambda: ["studio", "webcam", "cctv"])
     target: str = "phone"
