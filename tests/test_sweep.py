@@ -234,8 +234,7 @@ def test_stale_runs_are_named_left_out_of_the_summary_and_re_evaluated(
     assert "1 of 2 runs finished" in table and "figure " not in table  # osdn's is stale
     assert (
         "**STALE**, left out: evaluated under other settings than the preset: osdn split 0 "
-        "(pgd: PGD linf eps 32/255, step 8/255, 1 steps, the preset: PGD linf eps 32/255, "
-        "step 8/255, 2 steps)" in table
+        "(pgd: attack.steps 1 vs 2, the run's vs the preset's)" in table
     )
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["methods"]) == ["plain"]
@@ -247,6 +246,7 @@ def test_stale_runs_are_named_left_out_of_the_summary_and_re_evaluated(
                 "pgd": {
                     "found": "PGD linf eps 32/255, step 8/255, 1 steps",
                     "preset": "PGD linf eps 32/255, step 8/255, 2 steps",
+                    "differs": "attack.steps 1 vs 2",
                 }
             },
         }

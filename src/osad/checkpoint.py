@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,40 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from osad import __version__, storage
-from osad.errors import CheckpointError, StorageError
+from osad.errors import CheckpointError, StorageError, require
 from osad.models import check_recipe, create_model
 from osad.rundir import RunDir, plain_name_inside
 
 MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------
+# The checkpoint section of a configuration
+
+
+@dataclass
+class CheckpointConfig:
+    """When training writes checkpoints into ``RUN_DIR/checkpoints`` (the ``checkpoint``
+    section of both tasks; see docs/reliability.md). An anti-spoofing run's step is one
+    meta-learning iteration, its epoch the ``train.eval_every`` iterations that end with
+    a validation record.
+
+    SIGINT and SIGTERM always write one before training stops."""
+
+    # Every N optimisation steps (0: never mid-epoch).
+    every_steps: int = 0
+    # At the end of every N-th epoch and of the last one (0: never at epoch ends).
+    every_epochs: int = 1
+    # How many of the newest checkpoints are kept.
+    keep: int = 2
+
+
+def check_checkpoint_section(c: CheckpointConfig) -> None:
+    """Check the ``checkpoint`` section ``c``; one-line :class:`~osad.errors.ConfigError`
+    if wrong."""
+    require(c.every_steps >= 0, f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
+    require(c.every_epochs >= 0, f"'checkpoint.every_epochs' must be >= 0, got {c.every_epochs}")
+    require(c.keep >= 1, f"'checkpoint.keep' must be >= 1, got {c.keep}")
 
 
 # ---------------------------------------------------------------------------
@@ -136,14 +166,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Every dotted key (sorted) whose value differs between two (nested) settings after
+    a JSON round trip, with its saved and current values (None where a side lacks it)."""
+    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    return [
+        (key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)
+    ]
+
+
 def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """None if two (nested) settings agree after a JSON round trip, else the first
-    dotted key that differs with its saved and current values."""
-    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            return key, a.get(key), b.get(key)
-    return None
+    dotted key that differs with its saved and current values (:func:`differences`)."""
+    found = differences(saved, current)
+    return found[0] if found else None
 
 
 def _first_and_count(names: list[str]) -> str:

@@ -4,18 +4,21 @@ A :class:`DocumentCheck` is bound to one file and one error type; each of its
 getters returns a value of the expected JSON type and range or raises that
 error naming the file and the dotted key, so a reader validates its file kind
 in one function (``state.json``: :mod:`osad.train.state`; ``metrics.json`` and
-``summary.json``: :mod:`osad.eval.results`) and never indexes a document it has not
-checked.
+``summary.json``: :mod:`osad.eval.results`; an anti-spoofing ``metrics.json``:
+:mod:`osad.fas.evaluate`) and never indexes a document it has not checked;
+:func:`load_document` reads the file.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
-from osad.errors import OsadError
+from osad.errors import OsadError, RunDirError
 
 _KIND_NAMES = {
     dict: "an object",
@@ -103,3 +106,14 @@ class DocumentCheck:
         for name, number in self.value(value, key, dict).items():
             self.value(number, f"{key}.{name}", float, finite=finite)
         return value
+
+
+def load_document(path: Path, hint: str) -> Any:
+    """The JSON value in ``path``; :class:`RunDirError` naming it and ``hint`` when it
+    cannot be read or parsed."""
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise RunDirError(f"{path} cannot be read ({exc.strerror}); {hint}") from None
+    except ValueError:
+        raise RunDirError(f"{path} is not valid JSON (truncated?); {hint}") from None

@@ -51,7 +51,8 @@ class RunLog:
             write_atomic(run.history, "".join(json.dumps(r) + "\n" for r in history))
         self._excepthook = threading.excepthook
         threading.excepthook = self._quiet_writer_thread
-        purge = len(history) + 1 if resumed else None
+        # TensorBoard drops the events at steps (values of ``axis``) from this one on.
+        purge = (int(history[-1][axis]) + 1 if history else 0) if resumed else None
         try:
             with self._writing(run.tensorboard):
                 self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge)

@@ -200,8 +200,10 @@ def test_run(
     ``pairings`` and the ensemble ``version`` narrow or extend them (see
     :func:`osad.eval.options.select_evaluation`).
 
-    Incremental (open-set runs): a condition already in the results under identical
-    settings (:func:`osad.eval.protocol.condition_settings`) is reused, new ones are
+    Incremental (both tasks, :func:`osad.eval.settings.reusable`): a condition (an
+    anti-spoofing run: a held-out domain) already in the results under identical
+    settings (:func:`osad.eval.protocol.condition_settings`,
+    :func:`osad.fas.evaluate.target_settings`) is reused, new ones are
     added, earlier ones are kept; a condition asked for under other settings than the
     stored one is refused unless ``force``, which recomputes and replaces the results.
     The results are written into a temporary folder that replaces the old one when

@@ -10,11 +10,27 @@ import pytest
 
 from osad.cli import main
 from osad.config import make_config
+from osad.eval.protocol import condition_settings
 
 PGD = {"name": "pgd", "norm": "linf", "eps": 32.0, "alpha": 8.0, "steps": 10, "restarts": 1}
 
 
-def plant(root, name, *, method="osdn", split=0, seed=0, accuracy, auroc, eps=32.0, overrides=()):
+def plant(
+    root,
+    name,
+    *,
+    method="osdn",
+    split=0,
+    seed=0,
+    accuracy,
+    auroc,
+    eps=32.0,
+    overrides=(),
+    recorded=False,
+):
+    """A run directory with an evaluation of conditions clean and pgd; ``recorded``: every
+    condition of the config, each with the settings ``osad test`` records (the weights
+    and data differ from run to run, as between splits)."""
     keys = [f"method={method}", f"data.split={split}", f"seed={seed}", *overrides]
     config = make_config(overrides=keys)
     conditions = {
@@ -25,6 +41,17 @@ def plant(root, name, *, method="osdn", split=0, seed=0, accuracy, auroc, eps=32
             "attack": {**PGD, "eps": eps},
         },
     }
+    if recorded:
+        evaluated = {"model": {"weights_sha256": f"{name}{split}"}, "data": {"fingerprint": name}}
+        conditions = {
+            condition: {
+                "closed_set_accuracy": accuracy,
+                "auroc": {"msp": auroc},
+                "attack": settings["attack"],
+                "settings": settings,
+            }
+            for condition, settings in condition_settings(config, evaluated).items()
+        }
     run = root / name
     (run / "eval").mkdir(parents=True)
     metrics = {"conditions": conditions, "config": config.to_dict()}
@@ -62,8 +89,34 @@ def test_report_refuses_runs_with_different_attacks(tmp_path, capsys):
     ]
     assert main(["report", *runs, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "runs disagree on attack 'pgd'" in err
-    assert "eps 8/255" in err and not (tmp_path / "out").exists()
+    assert err.count("\n") == 1 and "other settings" in err and "condition 'pgd'" in err
+    assert "attack.eps 8.0 vs 32.0" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "condition", "key"),
+    [
+        ("eval.score_options.openmax.tail_size=10", "clean", "score_options.openmax.tail_size"),
+        ("eval.version=standard", "ensemble", "attack.version"),
+        ("eval.openmax_fit=clean", "fgsm", "fit"),
+        ("eval.attacks.pgd.random_start=false", "pgd", "attack.random_start"),
+    ],
+)
+def test_report_refuses_runs_evaluated_under_other_settings(
+    tmp_path, capsys, override, condition, key
+):
+    # Runs of other splits and seeds (other weights, other data) with equal settings
+    # are one experiment's repetitions.
+    a = plant(tmp_path, "a", accuracy=0.8, auroc=0.7, recorded=True)
+    b = plant(tmp_path, "b", split=1, seed=1, accuracy=0.6, auroc=0.5, recorded=True)
+    assert main(["report", a, b, "--out", str(tmp_path / "same")]) == 0
+    capsys.readouterr()
+    c = plant(tmp_path, "c", split=1, accuracy=0.6, auroc=0.5, recorded=True, overrides=[override])
+    assert main(["report", a, c, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"condition '{condition}'" in err
+    assert f"run {c} was evaluated under other settings than {a}" in err and key in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_needs_evaluated_runs(tmp_path, capsys):

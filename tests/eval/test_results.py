@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from osad.cli import main
+from osad.config import make_config
 from osad.errors import RunDirError
 from osad.eval.aggregate import aggregate, markdown
+from osad.eval.protocol import condition_settings
 from osad.eval.results import METRICS_FORMAT, SUMMARY_FORMAT, read_metrics, read_summary
 from osad.sweep import load_sweep, summarize, summary_markdown, write_summary
-from osad.sweep.runner import expected_attacks, plan
+from osad.sweep.runner import plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,22 +45,36 @@ VALUES = {
 }
 
 
-def plant_sweep(folder: Path, values=VALUES):
+def plant_sweep(folder: Path, values=VALUES, text=PRESET, recorded=None):
     """The preset's four runs, each with a metrics.json as osad test writes its core keys
-    (no format_version: as before it existed) under the preset's attack settings."""
+    (no format_version: as before it existed) under the preset's attack settings.
+
+    ``recorded``: overrides per (method, split) of the preset's config; each condition
+    of that config (values from ``values``, else 0.5) then records the settings
+    ``osad test`` gives it, on weights and data of its own."""
     preset = folder / "planted.yaml"
-    preset.write_text(PRESET)
+    preset.write_text(text)
     sweep, out = load_sweep(preset), folder / "out"
     for item in plan(sweep, out):
         config = sweep.run_config(item.method, item.split)
-        attacks = expected_attacks(config)
+        run_values = values[(item.method.label, item.split)]
+        settings = {}
+        if recorded is not None:
+            changed = recorded.get((item.method.label, item.split), [])
+            evaluated = {
+                "model": {"weights_sha256": str(item.run.root)},
+                "data": {"fingerprint": str(item.split)},
+            }
+            settings = condition_settings(make_config(config.to_dict(), changed), evaluated)
+            run_values = {name: run_values.get(name, (0.5,) * 3) for name in settings}
         conditions = {
             name: {
                 "closed_set_accuracy": accuracy,
                 "auroc": {"msp": msp, "openmax": openmax},
-                "attack": attacks[name],
+                "attack": settings[name]["attack"] if settings else expected_attack(config, name),
+                **({"settings": settings[name]} if settings else {}),
             }
-            for name, (accuracy, msp, openmax) in values[(item.method.label, item.split)].items()
+            for name, (accuracy, msp, openmax) in run_values.items()
         }
         item.run.eval_dir.mkdir(parents=True)
         document = {"conditions": conditions, "config": config.to_dict()}
@@ -66,6 +82,11 @@ def plant_sweep(folder: Path, values=VALUES):
         item.run.scores.touch()
         item.run.results.touch()
     return sweep, out, [str(item.run.root) for item in plan(sweep, out)]
+
+
+def expected_attack(config, name: str) -> dict:
+    """The attack entry metrics.json records for condition ``name`` of ``config``."""
+    return condition_settings(config)[name]["attack"]
 
 
 # Both texts as main's code (3d1b74b, before the shared reader) wrote them for plant_sweep.
@@ -260,3 +281,36 @@ def test_a_newer_or_damaged_summary_is_refused_with_one_line(tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(RunDirError, match=re.escape("methods.osdn.conditions.pgd.auroc.msp.std")):
         read_summary(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "condition", "key"),
+    [
+        ("eval.score_options.openmax.tail_size=10", "clean", "score_options.openmax.tail_size"),
+        ("eval.version=standard", "ensemble", "attack.version"),
+        ("eval.pairings=[both,known]", "fgsm", "pairings"),
+    ],
+)
+def test_runs_evaluated_under_other_settings_are_stale_and_refused(
+    tmp_path, capsys, override, condition, key
+):
+    # Two runs differing only in one evaluation setting (beyond their weights and data)
+    # are marked stale by the summary and refused by osad report, by one check.
+    text = PRESET.replace("eval.version=null", "eval.version=fast")
+    sweep, out, runs = plant_sweep(tmp_path, text=text, recorded={("osdn", 1): [override]})
+    summary = summarize(sweep, out)
+    assert [(s["method"], s["split"]) for s in summary["stale"]] == [("osdn", 1)]
+    stale = summary["stale"][0]["conditions"]
+    assert condition in stale and key in stale[condition]["differs"]
+    assert summary["finished"] == 3 and summary["methods"]["osdn"]["splits"] == [0]
+    assert "ensemble" in summary["conditions"]  # the preset's ensemble is tabulated
+    assert f"osdn split 1 ({condition}: {key}" in summary_markdown(summary)
+    osdn = [run for run in runs if "osdn" in run]
+    assert main(["report", *osdn, "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"condition '{condition}'" in err and key in err
+    # The same settings on other weights and data: nothing stale, the report is written.
+    (tmp_path / "same").mkdir()
+    sweep, out, runs = plant_sweep(tmp_path / "same", text=text, recorded={})
+    assert summarize(sweep, out)["stale"] == []
+    assert main(["report", *runs, "--out", str(tmp_path / "same" / "report")]) == 0

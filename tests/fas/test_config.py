@@ -21,7 +21,10 @@ PROTOCOLS = {
 
 
 def test_default_preset_file_equals_builtin_default():
-    assert make_task_config(ROOT / "configs" / "fas-digits.yaml") == make_fas_config()
+    assert make_task_config(ROOT / "configs" / "fas-faces.yaml") == make_fas_config()
+    # the digits preset is the default with another collection
+    digits = make_fas_config(overrides=["data.name=digits"])
+    assert make_task_config(ROOT / "configs" / "fas-digits.yaml") == digits
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
@@ -53,7 +56,7 @@ def test_task_key_selects_the_schema(tmp_path):
         (["task=fas", "method=rfmta"], "did you mean 'rfmeta'"),
         (["task=fas", "train.epochs=3"], "unknown config key 'train.epochs'"),
         (["task=fas", "data.target=studio"], "also a source"),
-        (["task=fas", "data.target=cctvv"], "unknown digits domain 'cctvv'"),
+        (["task=fas", "data.target=cctvv"], "unknown lfw-faces domain 'cctvv'"),
         (["task=fas", "data.sources=[studio, studio]"], "duplicates"),
         (["task=fas", "data.sources=[studio]"], "at least 2 source domains"),
         (["task=fas", "data.name=face"], "did you mean 'faces'"),

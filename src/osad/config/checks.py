@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from osad.attacks.registry import attack_spec, train_attack_names
 from osad.attacks.versions import get_version
+from osad.checkpoint import check_checkpoint_section
 from osad.config.schema import ALL_SCORES, PAIRINGS, AttackConfig, Config, PerfConfig
 from osad.data.section import check_data_section
 from osad.errors import require, shown, unknown_name
@@ -84,10 +85,7 @@ def validate(config: Config) -> None:
     if config.device == "cpu":
         check_perf_device(p, config.device)
 
-    c = config.checkpoint
-    require(c.every_steps >= 0, f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
-    require(c.every_epochs >= 0, f"'checkpoint.every_epochs' must be >= 0, got {c.every_epochs}")
-    require(c.keep >= 1, f"'checkpoint.keep' must be >= 1, got {c.keep}")
+    check_checkpoint_section(config.checkpoint)
 
     e = config.eval
     require(e.batch_size >= 1, f"'eval.batch_size' must be >= 1, got {e.batch_size}")

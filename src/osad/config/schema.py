@@ -19,6 +19,7 @@ from osad.attacks.registry import (
     describe,
     find_param,
 )
+from osad.checkpoint import CheckpointConfig
 from osad.config.loader import coerce
 from osad.errors import ConfigError
 from osad.openset import SCORERS, check_scorer_options, scorer_option_types, scorer_options
@@ -207,20 +208,6 @@ class TrainConfig:
     # instead of each process's shard. See docs/distributed.md.
     sync_batchnorm: bool = False
     attack: AttackConfig = field(default_factory=_digits_train_attack)
-
-
-@dataclass
-class CheckpointConfig:
-    """When training writes checkpoints into ``RUN_DIR/checkpoints`` (see docs/reliability.md).
-
-    SIGINT and SIGTERM always write one before training stops."""
-
-    # Every N optimisation steps (0: never mid-epoch).
-    every_steps: int = 0
-    # At the end of every N-th epoch and of the last one (0: never at epoch ends).
-    every_epochs: int = 1
-    # How many of the newest checkpoints are kept.
-    keep: int = 2
 
 
 def _digits_eval_attacks() -> dict[str, AttackConfig]:

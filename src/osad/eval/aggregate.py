@@ -5,8 +5,9 @@ repetitions of one experiment (seed, split, partition seed, data root,
 device, speed switches and the evaluation settings): every group is one method
 and setting, and its runs are its splits and seeds. Each cell is the mean and
 sample standard deviation (ddof 1) over the group's runs, from their
-``eval/metrics.json``. Attack settings must agree across all runs for every
-condition reported; the caption states them.
+``eval/metrics.json``. The settings that produced each condition reported (its
+attack and every recorded evaluation setting: :func:`settings_mismatches`) must
+agree across all runs; the caption states the attacks.
 
 The cells and captions (:func:`mean_std_cell`, :func:`metric_header`,
 :func:`metric_cells`, :func:`attack_captions`) are also the sweep summary's
@@ -28,6 +29,7 @@ from osad.errors import ConfigError, RunDirError
 from osad.eval.metrics import MeanStd, mean_std
 from osad.eval.report import markdown_table, score_label
 from osad.eval.results import RunMetrics, attack_text, read_metrics
+from osad.eval.settings import Difference, condition_differences, differences_text
 from osad.rundir import RunDir
 from osad.storage import interrupted_dir, storage_error, write_atomic
 
@@ -137,13 +139,25 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SettingsMismatch:
-    """One run whose condition was evaluated under other settings than the reference."""
+    """One run whose condition was evaluated under other settings than the reference
+    (every recorded setting but :data:`osad.eval.settings.REPETITION_SETTINGS`)."""
 
     path: Path
     condition: str
     found: str  # the run's attack, described; "absent" when the run lacks the condition
     expected: str  # the reference attack, described
     reference: str  # where the reference comes from: a run path, or the caller's name for it
+    # (dotted key, the run's value, the reference's value), sorted; empty when absent
+    differences: tuple[Difference, ...] = ()
+
+    @property
+    def what(self) -> str:
+        """What differs, in words: the keys and both values, or that one lacks it."""
+        if self.found == "absent":
+            return f"{self.path} lacks it"
+        if self.expected == "absent":
+            return f"{self.reference} lacks it"
+        return differences_text(list(self.differences))
 
 
 def _described(attack: dict[str, Any] | None) -> str:
@@ -156,32 +170,49 @@ def settings_mismatches(
     expected: dict[str, dict[str, Any]] | None = None,
     reference: str = "",
 ) -> list[SettingsMismatch]:
-    """The (run, condition) pairs evaluated under other attack settings than the reference.
+    """The (run, condition) pairs evaluated under other settings than the reference:
+    the attack and every recorded setting (:func:`osad.eval.settings.condition_differences`:
+    the scores and their options, the fit, pairings, batch size, precision, the
+    ensemble's version; not the seed, weights or data, which tell repetitions apart;
+    the attack alone for a condition recorded without settings, by an older osad).
 
-    The reference of a condition is ``expected[condition]`` (an attack as metrics.json
-    records it; a condition missing from ``expected`` must be missing from the runs
-    too), named ``reference`` in the result; without ``expected``, the first run that
-    has the condition. This is the check ``osad report`` refuses on and the sweep
-    summary marks stale runs by.
+    The reference of a condition is ``expected[condition]`` (settings as
+    :func:`osad.eval.protocol.condition_settings` gives them; a condition missing from
+    ``expected`` must be missing from the runs too), named ``reference`` in the result;
+    without ``expected``, the first run that has the condition. This is the check
+    ``osad report`` refuses on and the sweep summary marks stale runs by.
     """
     mismatches = []
     for condition in conditions:
         if expected is not None:
-            wanted, source = expected.get(condition), reference
+            wanted = expected.get(condition)
+            reference_record = None if wanted is None else (wanted, wanted["attack"])
+            source = reference
         else:
             first = next(r for r in runs if condition in r.conditions)
-            wanted, source = first.conditions[condition].attack, str(first.path)
+            kept = first.conditions[condition]
+            reference_record, source = (kept.settings, kept.attack), str(first.path)
         for run in runs:
             found = run.conditions.get(condition)
-            attack = None if found is None else found.attack
-            if expected is None and attack is None:
+            if found is None and (expected is None or reference_record is None):
                 continue
-            if json.dumps(attack, sort_keys=True) != json.dumps(wanted, sort_keys=True):
-                mismatches.append(
-                    SettingsMismatch(
-                        run.path, condition, _described(attack), _described(wanted), source
-                    )
+            found_differences = []
+            if found is not None and reference_record is not None:
+                found_differences = condition_differences(
+                    (found.settings, found.attack), reference_record
                 )
+                if not found_differences:
+                    continue
+            mismatches.append(
+                SettingsMismatch(
+                    run.path,
+                    condition,
+                    _described(None if found is None else found.attack),
+                    _described(None if reference_record is None else reference_record[1]),
+                    source,
+                    tuple(found_differences),
+                )
+            )
     return mismatches
 
 
@@ -190,8 +221,9 @@ def _shared_attacks(runs: list[RunMetrics], conditions: list[str]) -> dict[str, 
     if mismatches:
         m = mismatches[0]
         raise ConfigError(
-            f"runs disagree on attack '{m.condition}': {m.reference} has {m.expected}, "
-            f"{m.path} has {m.found}; report them separately"
+            f"run {m.path} was evaluated under other settings than {m.reference} for "
+            f"condition '{m.condition}' ({m.what}); report them separately, or evaluate "
+            "them again alike (osad test RUN --force with the same eval.* settings)"
         )
     return attack_captions(runs, conditions)
 

@@ -210,13 +210,17 @@ def fits_attacked(config: Config, attack: AttackConfig) -> bool:
     return attack.target == "classifier" and config.eval.openmax_fit == "attacked"
 
 
-def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def condition_settings(
+    config: Config, evaluated: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per condition :func:`evaluate` computes for ``config`` (``clean``, each of
     ``eval.attacks``, then the ``ensemble`` of ``eval.version``), every setting its
     numbers depend on: the attack (resolved), the scores, pairings, fit, batch size
     (attacks are seeded per batch), seed and precision, and the sha256 of the weights
     file and the data fingerprint from ``evaluated``
-    (``{"model": {"weights_sha256": ...}, "data": {"fingerprint": ...}}``).
+    (``{"model": {"weights_sha256": ...}, "data": {"fingerprint": ...}}``; without it,
+    these two keys are left out: the settings any run of ``config`` is evaluated under,
+    which the sweep compares its runs with).
 
     Two evaluations whose settings for a condition are equal give the same numbers for
     it (on the same thread count), so an incremental ``osad test`` reuses it.
@@ -228,9 +232,10 @@ def condition_settings(config: Config, evaluated: dict[str, Any]) -> dict[str, d
         "batch_size": e.batch_size,
         "seed": config.seed,
         "bf16": config.perf.bf16,
-        "model_sha256": evaluated["model"]["weights_sha256"],
-        "data_fingerprint": evaluated["data"]["fingerprint"],
     }
+    if evaluated is not None:
+        shared["model_sha256"] = evaluated["model"]["weights_sha256"]
+        shared["data_fingerprint"] = evaluated["data"]["fingerprint"]
     settings = {
         "clean": {"attack": {"name": "none"}, "pairings": ["both"], "fit": "clean", **shared}
     }

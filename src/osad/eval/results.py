@@ -13,13 +13,12 @@ typed record: :func:`read_metrics` a :class:`RunMetrics`, :func:`read_summary` a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from osad.config import AttackConfig
-from osad.documents import DocumentCheck, kind_of
+from osad.documents import DocumentCheck, kind_of, load_document
 from osad.errors import OsadError, RunDirError
 from osad.eval.ensemble import describe as describe_ensemble
 from osad.storage import check_format
@@ -47,11 +46,14 @@ def attack_text(attack: dict[str, Any] | None) -> str:
 
 @dataclass(frozen=True)
 class ConditionMetrics:
-    """The core keys of one condition of metrics.json (the ``both`` pairing)."""
+    """The core keys of one condition of metrics.json (the ``both`` pairing) and the
+    settings that produced it."""
 
     closed_set_accuracy: float  # in [0, 1]
     auroc: dict[str, float]  # per score, unknown = positive; NaN allowed
     attack: dict[str, Any]  # as metrics.json records it; {"name": "none"} for clean
+    # What produced it (osad.eval.protocol.condition_settings); None: an older osad.
+    settings: dict[str, Any] | None = None
 
     @property
     def attack_text(self) -> str:
@@ -76,17 +78,6 @@ class RunMetrics:
         """The run's split (its known classes where it names them): needs ``config.data``."""
         data = self.config["data"]
         return str(data["known"] or data["split"])
-
-
-def load_document(path: Path, hint: str) -> Any:
-    """The JSON value in ``path``; :class:`RunDirError` naming it and ``hint`` when it
-    cannot be read or parsed."""
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as exc:
-        raise RunDirError(f"{path} cannot be read ({exc.strerror}); {hint}") from None
-    except ValueError:
-        raise RunDirError(f"{path} is not valid JSON (truncated?); {hint}") from None
 
 
 def _versioned(document: Any, source: str, current: int, kind: str, hint: str) -> int:
@@ -129,7 +120,8 @@ def read_metrics(
 def check_metrics(document: dict[str, Any], source: str) -> dict[str, ConditionMetrics]:
     """The conditions of a ``metrics.json`` document, every key a reader relies on of
     the right type: ``config`` an object, a ``clean`` condition, and per condition the
-    attack, closed-set accuracy in [0, 1] and AUROC per score.
+    attack, closed-set accuracy in [0, 1], AUROC per score and, where recorded, the
+    settings (an object).
     Raises :class:`RunDirError` naming ``source`` and the key."""
     check = DocumentCheck(source, RunDirError)
     check.field(document, "config", dict)
@@ -150,7 +142,10 @@ def check_metrics(document: dict[str, Any], source: str) -> dict[str, ConditionM
             attack_text(attack)
         except (TypeError, ValueError, KeyError, OsadError):
             check.fail(f"{key}.attack", "does not describe an attack")
-        checked[name] = ConditionMetrics(accuracy, auroc, attack)
+        settings = None
+        if "settings" in condition:  # absent: written before the record existed
+            settings = check.field(condition, "settings", dict, prefix=f"{key}.")
+        checked[name] = ConditionMetrics(accuracy, auroc, attack, settings)
     return checked
 
 

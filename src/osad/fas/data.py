@@ -10,6 +10,9 @@ Collections:
 
 * ``digits``: synthetic camera domains rendered from scikit-learn digits
   (:mod:`osad.fas.digits`), embedded.
+* ``lfw-faces``: four capture domains of scikit-image's 100 real LFW face crops
+  with print and replay attacks made by image transformations
+  (:mod:`osad.fas.faces`), embedded.
 * ``faces``: OULU-NPU, CASIA-MFSD, Idiap Replay-Attack and MSU-MFSD read from
   frame lists (:func:`load_frame_lists`; layout in ``docs/anti-spoofing.md``).
 """
@@ -28,6 +31,8 @@ from osad.data.formats import eight_bit
 from osad.errors import DataError, unknown_name
 from osad.fas.digits import DOMAINS as DIGIT_DOMAINS
 from osad.fas.digits import render_domain
+from osad.fas.faces import DOMAINS as FACE_DOMAINS
+from osad.fas.faces import render_domain as render_face_domain
 from osad.fas.frames import ATTACK, REAL, FasFrames
 
 
@@ -206,12 +211,22 @@ def _load_digits_domain(root: str, name: str, image_size: int, depth_size: int) 
     return render_domain(name, image_size, depth_size)
 
 
+def _load_face_domain(root: str, name: str, image_size: int, depth_size: int) -> FasFrames:
+    return render_face_domain(name, image_size, depth_size)
+
+
 FAS_COLLECTIONS: dict[str, FasCollection] = {
     "digits": FasCollection(
         "digits",
         tuple(DIGIT_DOMAINS),
         _load_digits_domain,
         "synthetic camera domains of real and print/replay digits (embedded)",
+    ),
+    "lfw-faces": FasCollection(
+        "lfw-faces",
+        tuple(FACE_DOMAINS),
+        _load_face_domain,
+        "capture domains of 100 real LFW face crops with print/replay attacks (embedded)",
     ),
     "faces": FasCollection(
         "faces",

@@ -19,6 +19,7 @@ at frame level and at video level (a video's score is the mean of its frames'):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,24 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from osad import __version__
+from osad.checkpoint import load_model
 from osad.data.augment import to_float
+from osad.documents import DocumentCheck, load_document
+from osad.errors import RunDirError
 from osad.eval.metrics import auroc, eer, far_frr
-from osad.fas.config import FasConfig
-from osad.fas.data import FasData
+from osad.eval.settings import check_evaluation_overrides, reusable
+from osad.fas.config import FasConfig, make_fas_config
+from osad.fas.data import FasData, fas_collection, load_fas
 from osad.fas.frames import REAL, FasFrames
+from osad.rundir import RunDir
 from osad.runtime import eval_mode
-from osad.storage import write_atomic
+from osad.storage import (
+    check_format,
+    replace_dir,
+    sha256_file,
+    tensors_sha256,
+    write_atomic,
+)
 from osad.writers import h5_bytes, markdown_table, pyplot
 
 
@@ -118,30 +130,56 @@ class FasEvalResult:
     val_eer: float
 
 
-def evaluate_fas(
-    model: torch.nn.Module, data: FasData, config: FasConfig, progress: bool = False
-) -> FasEvalResult:
-    """Score the target domain and choose thresholds on the sources' validation frames."""
-    bs = config.eval.batch_size
-    val_frame_scores, val_frame_labels, val_video_scores, val_video_labels = [], [], [], []
+@dataclass
+class SourceValidation:
+    """Scores of the source domains' validation frames and videos: what chooses the
+    threshold of every target (the EER threshold of these scores)."""
+
+    scores: Tensor
+    labels: Tensor
+    video_scores: Tensor
+    video_labels: Tensor
+
+
+def source_validation(
+    model: torch.nn.Module, data: FasData, batch_size: int, progress: bool = False
+) -> SourceValidation:
+    """Score the validation frames of every source domain (and average them per video)."""
+    frame_parts, label_parts, video_parts, video_label_parts = [], [], [], []
     for source in data.sources:
-        s = frame_scores(model, source.val, bs, f"score {source.name} val" if progress else "")
+        desc = f"score {source.name} val" if progress else ""
+        s = frame_scores(model, source.val, batch_size, desc)
         v_score, v_label, _ = video_scores(s, source.val)
-        val_frame_scores.append(s)
-        val_frame_labels.append(source.val.labels.cpu())
-        val_video_scores.append(v_score)
-        val_video_labels.append(v_label)
-    val_scores, val_labels = torch.cat(val_frame_scores), torch.cat(val_frame_labels)
-    target = data.target
-    scores = frame_scores(model, target, bs, f"score {data.target_name}" if progress else "")
+        frame_parts.append(s)
+        label_parts.append(source.val.labels.cpu())
+        video_parts.append(v_score)
+        video_label_parts.append(v_label)
+    return SourceValidation(
+        torch.cat(frame_parts),
+        torch.cat(label_parts),
+        torch.cat(video_parts),
+        torch.cat(video_label_parts),
+    )
+
+
+def target_result(
+    model: torch.nn.Module,
+    name: str,
+    target: FasFrames,
+    validation: SourceValidation,
+    batch_size: int,
+    progress: bool = False,
+) -> FasEvalResult:
+    """Score the held-out domain ``name`` (frames ``target``) at the threshold that
+    ``validation`` chooses."""
+    scores = frame_scores(model, target, batch_size, f"score {name}" if progress else "")
     labels = target.labels.cpu()
     v_score, v_label, v_index = video_scores(scores, target)
+    val_scores, val_labels = validation.scores, validation.labels
     return FasEvalResult(
-        target=data.target_name,
+        target=name,
         frame=level_result(scores, labels, val_scores, val_labels),
-        video=level_result(
-            v_score, v_label, torch.cat(val_video_scores), torch.cat(val_video_labels)
-        ),
+        video=level_result(v_score, v_label, validation.video_scores, validation.video_labels),
         scores=scores,
         labels=labels,
         videos=target.videos.cpu(),
@@ -156,13 +194,152 @@ def evaluate_fas(
     )
 
 
+def evaluate_fas(
+    model: torch.nn.Module, data: FasData, config: FasConfig, progress: bool = False
+) -> FasEvalResult:
+    """Score the target domain and choose thresholds on the sources' validation frames."""
+    bs = config.eval.batch_size
+    validation = source_validation(model, data, bs, progress)
+    return target_result(model, data.target_name, data.target, validation, bs, progress)
+
+
+# ---------------------------------------------------------------------------
+# Incremental evaluation: one result per held-out domain, each with its settings
+
+# The layout of an anti-spoofing metrics.json (below); a file without it was written
+# before results were kept per target, and records no settings.
+FAS_METRICS_FORMAT = 1
+
+
+def target_settings(
+    config: FasConfig, target: str, model_sha256: str, data_fingerprint: str
+) -> dict[str, Any]:
+    """Everything the result on held-out domain ``target`` depends on: the domain, the
+    source validation split that chooses its threshold, the image size, the batch size,
+    the sha256 of the weights file and a sha256 fingerprint of the frames scored (the
+    sources' validation frames and the target's; :func:`osad.storage.tensors_sha256`).
+    Equal settings give the same numbers (on the same thread count), so an incremental
+    ``osad test`` reuses the result."""
+    d = config.data
+    return {
+        "target": target,
+        "data": {
+            "name": d.name,
+            "sources": list(d.sources),
+            "val_fraction": d.val_fraction,
+            "partition_seed": d.partition_seed,
+            "image_size": d.image_size,
+        },
+        "batch_size": config.eval.batch_size,
+        "model_sha256": model_sha256,
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+def read_fas_conditions(path: Path, remedy: str) -> dict[str, dict[str, Any]]:
+    """The results per held-out domain of an anti-spoofing ``metrics.json`` (each with
+    its ``frame``, ``video``, ``source_validation`` and ``settings``); a file written
+    before results were kept per target gives its one target without settings.
+    Raises :class:`RunDirError` (one line: the file, the key or version, ``remedy``)."""
+    document = load_document(path, remedy)
+    check = DocumentCheck(str(path), RunDirError)
+    try:
+        check.value(document, "the document", dict)
+        if "conditions" not in document:  # one target, written before the settings record
+            return {str(document.get("target")): {}}
+        check_format(
+            document.get("format_version"),
+            str(path),
+            RunDirError,
+            current=FAS_METRICS_FORMAT,
+            kind="anti-spoofing metrics format",
+        )
+        conditions = check.field(document, "conditions", dict)
+        for name, condition in conditions.items():
+            check.value(condition, f"conditions.{name}", dict)
+            for key in ("frame", "video", "source_validation", "settings"):
+                check.field(condition, key, dict, prefix=f"conditions.{name}.")
+    except RunDirError as exc:
+        raise RunDirError(f"{exc}; {remedy}") from None
+    return conditions
+
+
+def evaluate_fas_run(
+    run: RunDir,
+    config: FasConfig,
+    dest: Path,
+    device: torch.device,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    overrides: Sequence[str] = (),
+) -> str:
+    """Evaluate run ``run`` on ``data.target`` and every domain of ``eval.targets``
+    (``overrides``: ``eval.*`` keys) into ``dest``; returns the result table.
+
+    Incremental, as the open-set ``osad test`` (:func:`osad.eval.settings.reusable`):
+    a target stored in ``dest`` under identical settings (:func:`target_settings`) is
+    reused (its entry in metrics.json, its scores and ROC figure are copied unchanged),
+    new ones are computed, stored ones not asked for are kept; one asked for under other
+    settings is refused unless ``force``, which recomputes everything. When every
+    target is stored, nothing is written. The folder is replaced atomically
+    (:func:`osad.storage.replace_dir`).
+
+    Raises :class:`~osad.errors.ConfigError` (an override), :class:`RunDirError`.
+    """
+    check_evaluation_overrides(overrides, FasConfig)
+    if overrides:
+        config = make_fas_config(config.to_dict(), overrides)
+    data = load_fas(config.data, config.depth_size)
+    targets = {data.target_name: data.target}
+    collection = fas_collection(config.data.name)
+    for name in config.eval.targets:
+        d = config.data
+        targets[name] = collection.load_domain(d.root, name, d.image_size, config.depth_size)
+    weights = sha256_file(run.model)
+    validation_frames = [t for s in data.sources for t in (s.val.images, s.val.labels)]
+    settings = {
+        name: target_settings(
+            config,
+            name,
+            weights,
+            tensors_sha256([*validation_frames, frames.images, frames.labels, frames.videos]),
+        )
+        for name, frames in targets.items()
+    }
+    settings = json.loads(json.dumps(settings))
+    reused, kept = reusable(dest, settings, force, read_fas_conditions)
+    stored = read_fas_conditions(dest / "metrics.json", "") if reused or kept else {}
+    order = [*settings, *kept]
+    if len(reused) == len(settings):  # everything asked for is stored already
+        return fas_results_table({name: stored[name] for name in order})
+    model = load_model(run.model, device)
+    bs = config.eval.batch_size
+    validation = source_validation(model, data, bs, progress)
+    fresh = {
+        name: target_result(model, name, frames, validation, bs, progress)
+        for name, frames in targets.items()
+        if name not in reused
+    }
+    conditions = {
+        name: fas_condition_dict(fresh[name], settings[name]) if name in fresh else stored[name]
+        for name in order
+    }
+    with replace_dir(dest) as staged:
+        return write_fas_results(
+            conditions, fresh, config, staged, previous=dest, roc=run.roc_figure.name
+        )
+
+
 # ---------------------------------------------------------------------------
 # Reports
 
 
-def fas_results_table(result: FasEvalResult) -> str:
-    """A Markdown table: one row per level (frames, videos)."""
+def fas_results_table(conditions: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: one row per held-out domain and level (frames, videos), from
+    the results as metrics.json records them."""
     header = [
+        "target",
         "level",
         "count",
         "AUC",
@@ -173,26 +350,23 @@ def fas_results_table(result: FasEvalResult) -> str:
     rows = [
         [
             name,
-            str(level.count),
-            f"{level.auc:.4f}",
-            f"{level.hter_at_val_threshold:.4f}",
-            f"{level.val_threshold:.4f}",
-            f"{level.target_eer:.4f}",
+            level,
+            str(condition[level]["count"]),
+            f"{condition[level]['auc']:.4f}",
+            f"{condition[level]['hter_at_val_threshold']:.4f}",
+            f"{condition[level]['val_threshold']:.4f}",
+            f"{condition[level]['target_eer']:.4f}",
         ]
-        for name, level in (("frame", result.frame), ("video", result.video))
+        for name, condition in conditions.items()
+        for level in ("frame", "video")
     ]
     return "\n".join(markdown_table(header, rows))
 
 
-def fas_metrics_dict(result: FasEvalResult, config: FasConfig) -> dict[str, Any]:
-    """The ``metrics.json`` document."""
+def fas_condition_dict(result: FasEvalResult, settings: dict[str, Any]) -> dict[str, Any]:
+    """One held-out domain's entry of metrics.json: both levels, the source validation
+    that chose the threshold, and the settings that produced it."""
     return {
-        "osad_version": __version__,
-        "seed": config.seed,
-        "task": "fas",
-        "method": config.method,
-        "sources": list(config.data.sources),
-        "target": result.target,
         "frame": asdict(result.frame),
         "video": asdict(result.video),
         "source_validation": {
@@ -200,6 +374,23 @@ def fas_metrics_dict(result: FasEvalResult, config: FasConfig) -> dict[str, Any]
             "auc": result.val_auc,
             "eer": result.val_eer,
         },
+        "settings": settings,
+    }
+
+
+def fas_metrics_dict(conditions: dict[str, dict[str, Any]], config: FasConfig) -> dict[str, Any]:
+    """The ``metrics.json`` document: per held-out domain (``data.target`` first, named
+    by ``target``) its :func:`fas_condition_dict`."""
+    return {
+        "format_version": FAS_METRICS_FORMAT,
+        "osad_version": __version__,
+        "seed": config.seed,
+        "torch_threads": torch.get_num_threads(),
+        "task": "fas",
+        "method": config.method,
+        "sources": list(config.data.sources),
+        "target": config.data.target,
+        "conditions": conditions,
         "config": config.to_dict(),
     }
 
@@ -236,47 +427,102 @@ def save_roc_figure(result: FasEvalResult, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# Where scores.h5 holds the frames of a held-out domain: data.target at the top (the
+# authors' format), each other one under targets/NAME.
+TARGETS_GROUP = "targets"
+SOURCE_VALIDATION = "source_validation"
+
+
+def _h5_place(name: str, config: FasConfig) -> str:
+    return "/" if name == config.data.target else f"{TARGETS_GROUP}/{name}"
+
+
+def _roc_file(eval_dir: Path, roc: str, name: str, config: FasConfig) -> Path:
+    """``roc`` (``roc.png``) for data.target, ``roc-NAME.png`` for the other targets."""
+    if name == config.data.target:
+        return eval_dir / roc
+    stem, dot, suffix = roc.rpartition(".")
+    return eval_dir / f"{stem}-{name}{dot}{suffix}"
+
+
+def _write_target(group: h5py.Group, result: FasEvalResult) -> None:
+    group.create_dataset("score", data=result.scores.numpy())
+    group.create_dataset("label", data=result.labels.numpy())
+    group.create_dataset("video", data=result.videos.numpy())
+    group.create_dataset(
+        "video_names",
+        data=np.array(result.video_names, dtype=object),
+        dtype=h5py.string_dtype(),
+    )
+    g = group.create_group("video_level")
+    g.create_dataset("score", data=result.video_score.numpy())
+    g.create_dataset("label", data=result.video_label.numpy())
+    g.create_dataset("video", data=result.video_index.numpy())
+
+
 def write_fas_results(
-    result: FasEvalResult, config: FasConfig, eval_dir: Path, roc_path: Path, title: str
+    conditions: dict[str, dict[str, Any]],
+    fresh: dict[str, FasEvalResult],
+    config: FasConfig,
+    eval_dir: Path,
+    previous: Path | None = None,
+    roc: str = "roc.png",
 ) -> str:
-    """Write metrics.json, scores.h5, results.md and the ROC figure; return the table."""
+    """Write metrics.json, scores.h5, results.md and a ROC figure per held-out domain
+    into ``eval_dir``; return the table.
+
+    ``conditions``: every result to write, as metrics.json records it (in order);
+    ``fresh``: those computed now (at least one), the others copied unchanged (their
+    scores and ROC figure) from the evaluation folder ``previous``."""
     eval_dir.mkdir(parents=True, exist_ok=True)
+    sources = ", ".join(config.data.sources)
+    copied = [name for name in conditions if name not in fresh]
+    any_result = next(iter(fresh.values()))
 
     def build(f: h5py.File) -> None:
         f.attrs["osad_version"] = __version__
         f.attrs["seed"] = config.seed
-        f.attrs["target"] = result.target
+        f.attrs["target"] = config.data.target
         f.attrs["score"] = "probability of a real face; label 1 = real, 0 = attack"
-        f.create_dataset("score", data=result.scores.numpy())
-        f.create_dataset("label", data=result.labels.numpy())
-        f.create_dataset("video", data=result.videos.numpy())
-        f.create_dataset(
-            "video_names",
-            data=np.array(result.video_names, dtype=object),
-            dtype=h5py.string_dtype(),
-        )
-        g = f.create_group("video_level")
-        g.create_dataset("score", data=result.video_score.numpy())
-        g.create_dataset("label", data=result.video_label.numpy())
-        g.create_dataset("video", data=result.video_index.numpy())
-        g = f.create_group("source_validation")
-        g.create_dataset("score", data=result.val_scores.numpy())
-        g.create_dataset("label", data=result.val_labels.numpy())
+        old = h5py.File(previous / "scores.h5", "r") if copied else None
+        try:
+            for name in conditions:
+                place = _h5_place(name, config)
+                if name in fresh:
+                    _write_target(f.require_group(place), fresh[name])
+                elif place == "/":
+                    for key in old:
+                        if key not in (TARGETS_GROUP, SOURCE_VALIDATION):
+                            old.copy(old[key], f, key)
+                else:
+                    old.copy(old[place], f.require_group(TARGETS_GROUP), name)
+        finally:
+            if old is not None:
+                old.close()
+        g = f.create_group(SOURCE_VALIDATION)
+        g.create_dataset("score", data=any_result.val_scores.numpy())
+        g.create_dataset("label", data=any_result.val_labels.numpy())
 
     write_atomic(eval_dir / "scores.h5", h5_bytes(build))
-    save_roc_figure(result, roc_path, title)
-    table = fas_results_table(result)
-    sources = ", ".join(config.data.sources)
+    for name in conditions:
+        path = _roc_file(eval_dir, roc, name, config)
+        if name in fresh:
+            save_roc_figure(fresh[name], path, f"{config.method}: {sources} to {name}")
+        else:
+            write_atomic(path, _roc_file(previous, roc, name, config).read_bytes())
+    table = fas_results_table(conditions)
+    title = f"{config.method}: {sources} to {', '.join(conditions)}"
     write_atomic(
         eval_dir / "results.md",
         f"# {title}\n\n{table}\n\n"
-        f"Trained on {sources}; tested on {result.target}. Scores are the probability of "
-        "a real face; a video's score is the mean of its frames'. The threshold is the EER "
-        "threshold of the source domains' validation data (never the target's); the target "
-        "EER is the HTER at the target's own EER threshold, an oracle operating point.\n",
+        f"Trained on {sources}; tested on the held-out {', '.join(conditions)}. Scores are "
+        "the probability of a real face; a video's score is the mean of its frames'. The "
+        "threshold is the EER threshold of the source domains' validation data (never the "
+        "target's); the target EER is the HTER at the target's own EER threshold, an "
+        "oracle operating point.\n",
     )
     # metrics.json last: its presence says the folder is complete.
     write_atomic(
-        eval_dir / "metrics.json", json.dumps(fas_metrics_dict(result, config), indent=2) + "\n"
+        eval_dir / "metrics.json", json.dumps(fas_metrics_dict(conditions, config), indent=2) + "\n"
     )
     return table

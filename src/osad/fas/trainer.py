@@ -22,6 +22,14 @@ its BatchNorm layers normalise with the batch's statistics there and update
 copies of the running statistics, so only the meta-train passes with theta_M
 move them. F runs once per domain, so its BatchNorm sees one domain per batch.
 
+With a run directory the loop writes checkpoints as ``config.checkpoint`` says (a
+step is one iteration, an epoch the ``train.eval_every`` iterations that end with a
+validation record), saves one and stops on SIGINT/SIGTERM, and continues from any
+checkpoint exactly, through the open-set loop's machinery
+(:class:`~osad.train.checkpoints.CheckpointPolicy`,
+:class:`~osad.train.state.TrainState`): on the same kind of device a resumed run ends
+with the same weights and history as an uninterrupted one (docs/reliability.md).
+
 Variants (the paper's ablations, ``method=``): ``rfmeta`` (the above),
 ``rfmeta-aggregated`` (MLDG-style, Li et al. AAAI 2018: one inner step on the
 summed meta-train losses, one adapted learner), ``rfmeta-first-order`` (the
@@ -33,6 +41,7 @@ without D) and ``baseline`` (neither meta-learning nor depth).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,19 +50,22 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from osad.data.augment import to_float
-from osad.errors import shown
+from osad.errors import CheckpointError, InputError, shown
 from osad.eval.metrics import auroc, eer
-from osad.fas.config import FasConfig
+from osad.fas.config import FasConfig, make_fas_config
 from osad.fas.data import FasData
 from osad.fas.evaluate import frame_scores
 from osad.fas.frames import ATTACK, REAL, FasFrames
 from osad.fas.methods import META_METHODS, MetaMethod
 from osad.fas.model import FasNet
 from osad.models import check_fits, create_model
-from osad.rundir import RunDir
+from osad.rundir import MAIN, RunDir
 from osad.runlog import RunLog
-from osad.runtime import resolve_device, seed_everything
+from osad.runtime import StopRequest, resolve_device, seed_everything, stop_signals
+from osad.storage import tensors_sha256
+from osad.train.checkpoints import CheckpointPolicy, naming_last_good
 from osad.train.functional import call_with
+from osad.train.state import Network, Schedule, TrainState
 from osad.train.step import TrainResult, take_step
 
 
@@ -122,6 +134,26 @@ class BalancedSampler:
             self.queues[c] = torch.cat([self.queues[c], shuffled])
         taken, self.queues[c] = self.queues[c][: self.batch_size], self.queues[c][self.batch_size :]
         return taken
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The frames still queued for each class (``real``, ``attack``): with the
+        generator's state they say which batches come next."""
+        return {"real": self.queues[0], "attack": self.queues[1]}
+
+    def restore_tensors(self, tensors: dict[str, Tensor], source: str) -> None:
+        """Queue what :meth:`state_tensors` gave; refuses queues that are not 1-D int64
+        indices of this domain's frames of their class (:class:`CheckpointError`)."""
+        queues = []
+        for c, name in enumerate(("real", "attack")):
+            queue = tensors.get(name)
+            fits = queue is not None and queue.dtype == torch.int64 and queue.dim() == 1
+            if not (fits and bool(torch.isin(queue, self.pools[c]).all())):
+                raise CheckpointError(
+                    f"{source}: '{name}' must hold the queued indices of this domain's "
+                    f"{name} training frames"
+                )
+            queues.append(queue)
+        self.queues = queues
 
     def draw(self) -> DomainBatch:
         real, attack = self._take(0), self._take(1)  # pools are ordered (REAL, ATTACK)
@@ -211,63 +243,138 @@ def check_meta_training(config: FasConfig, device: torch.device) -> None:
     check_fits(*fas_model_spec(config), device, f"the configuration ({settings})")
 
 
+def fas_data_fingerprint(data: FasData) -> str:
+    """sha256 of every source domain's training and validation frames (images, labels,
+    depth maps, videos): a resume must see the same data."""
+    frames = [f for s in data.sources for f in (s.train, s.val)]
+    return tensors_sha256([t for f in frames for t in (f.images, f.labels, f.depth, f.videos)])
+
+
 def train_meta(
-    config: FasConfig, data: FasData, run: RunDir | None = None, progress: bool = True
+    config: FasConfig,
+    data: FasData,
+    run: RunDir | None = None,
+    progress: bool = True,
+    *,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Train F, D and M of ``config.method`` on the source domains of ``data``.
 
     Every ``train.eval_every`` iterations the record of mean training losses and
     the source-validation AUC and EER goes to ``history.jsonl`` and TensorBoard
-    (with ``run`` given). The final model is returned in eval mode; the target
-    domain is never looked at.
+    (with ``run`` given). With ``run``, checkpoints go to ``run.checkpoints`` as
+    ``config.checkpoint`` says and SIGINT/SIGTERM save one and raise
+    :class:`~osad.errors.TrainingInterrupted`; ``resume_from`` (a checkpoint of
+    ``run``) continues from it, or raises :class:`~osad.errors.CheckpointError` naming
+    why it cannot (damaged, another configuration or data). The final model is
+    returned in eval mode; the target domain is never looked at.
     """
+    if resume_from is not None and run is None:
+        raise InputError("resume_from needs the run directory it belongs to (run=...)")
     device = resolve_device(config.device)
     check_meta_training(config, device)
     seed_everything(config.seed)
-    method = META_METHODS[config.method]
     name, kwargs = fas_model_spec(config)
     model = create_model(name, **kwargs).to(device)
     t = config.train
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     data = data.to(device)
-    batch_generator = torch.Generator().manual_seed(config.seed)
-    split_generator = torch.Generator().manual_seed(config.seed + 1)
-    samplers = [BalancedSampler(s.train, t.batch_size, batch_generator) for s in data.sources]
-
-    log = RunLog(run, axis="iteration", counters=())
+    generators = {
+        "batches": torch.Generator().manual_seed(config.seed),
+        "split": torch.Generator().manual_seed(config.seed + 1),
+    }
+    samplers = {
+        s.name: BalancedSampler(s.train, t.batch_size, generators["batches"]) for s in data.sources
+    }
+    context = {}
+    if run is not None:
+        context = {"config": config.to_dict(), "data": fas_data_fingerprint(data)}
+        context["device"] = device.type
+    # The loop's "epoch" is an evaluation period: eval_every iterations (the last one
+    # may be shorter) that end with a validation record.
+    periods = -(-t.iterations // t.eval_every)
+    state = TrainState(
+        {MAIN: Network(model, optimizer, (name, kwargs))},
+        generators,
+        context=context,
+        complete_config=lambda saved: make_fas_config(saved).to_dict(),
+        schedule=Schedule(periods, t.eval_every, 1),
+        samplers=samplers,
+    )
+    checkpoints = None
+    if run is not None:
+        checkpoints = CheckpointPolicy(
+            run, config.checkpoint, periods, position=lambda s: f"iteration {s.step}"
+        )
+    if checkpoints is not None and resume_from is not None:
+        checkpoints.resume(state, resume_from)
+    with stop_signals(enabled=run is not None) as stop:
+        log = RunLog(
+            run, state.history, resumed=resume_from is not None, axis="iteration", counters=()
+        )
+        try:
+            _iterations(config, data, state, checkpoints, stop, log, progress)
+        finally:
+            log.close()
+    model.eval()
     result = TrainResult(model, name, kwargs)
-    sums: dict[str, float] = {}
-    since = 0
+    result.history = state.history
+    return result
+
+
+def _iterations(
+    config: FasConfig,
+    data: FasData,
+    state: TrainState,
+    checkpoints: CheckpointPolicy | None,
+    stop: StopRequest,
+    log: RunLog,
+    progress: bool,
+) -> None:
+    """Iterate from ``state`` to ``train.iterations`` (module docstring), recording and
+    checkpointing as the open-set loop does at its steps and epoch ends."""
+    t, model = config.train, state.model
+    method = META_METHODS[config.method]
+    samplers = list(state.samplers.values())
     bar = tqdm(
-        range(1, t.iterations + 1),
+        total=t.iterations,
+        initial=state.step,
         desc=f"train {config.method}",
         disable=not progress,
         unit="it",
         dynamic_ncols=True,
     )
     try:
-        for iteration in bar:
-            model.train()
-            batches = [sampler.draw() for sampler in samplers]
-            split = draw_split(len(batches), split_generator)
-            out = meta_step(
-                model, batches, split, method, t.inner_lr, t.depth_weight, t.meta_test_weight
-            )
-            take_step(optimizer, out.loss, f"iteration {iteration}")
-            for key, value in {"loss": out.loss, **out.terms}.items():
-                sums[key] = sums.get(key, 0.0) + value.item()
-            since += 1
-            if iteration % t.eval_every and iteration != t.iterations:
-                continue
-            record: dict[str, float] = {"iteration": iteration}
-            record.update({f"train_{k}": v / since for k, v in sums.items()})
+        while state.epoch <= state.schedule.epochs:
+            end = min(state.epoch * t.eval_every, t.iterations)
+            while state.step < end:
+                model.train()
+                batches = [sampler.draw() for sampler in samplers]
+                split = draw_split(len(batches), state.generators["split"])
+                out = meta_step(
+                    model, batches, split, method, t.inner_lr, t.depth_weight, t.meta_test_weight
+                )
+                with naming_last_good(checkpoints):
+                    take_step(state.optimizer, out.loss, f"iteration {state.step + 1}")
+                state.finish_step(
+                    {k: v.item() for k, v in {"loss": out.loss, **out.terms}.items()}, 1, 0
+                )
+                if checkpoints and checkpoints.step_due(state, state.step == end):
+                    checkpoints.save(state)
+                bar.update(1)
+                if stop.signum is not None and checkpoints is not None:
+                    raise checkpoints.interrupted(stop, state)
+            meter = state.meter
+            record: dict[str, float] = {"iteration": state.step}
+            record.update({f"train_{k}": v / meter.seen for k, v in meter.sums.items()})
             record.update(_validation_record(model, data, config.eval.batch_size))
-            sums, since = {}, 0
-            result.history.append(record)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{record['val_auc']:.3f}")
+            period = state.epoch
+            state.finish_epoch(record)
             log.add(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{record['val_auc']:.3f}")
+            if checkpoints and checkpoints.epoch_due(period):
+                checkpoints.save(state)
+            if stop.signum is not None and checkpoints is not None and state.step < t.iterations:
+                raise checkpoints.interrupted(stop, state)
     finally:
         bar.close()
-        log.close()
-    model.eval()
-    return result

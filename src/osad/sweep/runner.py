@@ -13,7 +13,7 @@ checkpoint starts again. A run directory trained with another configuration
 than the sweep gives is refused, so a changed preset never mixes old and new
 runs; a run trained as the sweep says but evaluated under another ``eval``
 section (an attack or score added to the preset), or whose ``eval/metrics.json``
-records other attack settings than the preset gives (a stale result, by the check
+records other settings than the preset gives (a stale result, by the check
 ``osad report`` makes, :func:`osad.eval.aggregate.settings_mismatches`), is
 evaluated again, without training.
 """
@@ -33,6 +33,7 @@ from osad.checkpoint import CheckpointStore, first_difference
 from osad.config import Config, resolved_dict, save_config
 from osad.errors import RunDirError, TrainingInterrupted
 from osad.eval.aggregate import SettingsMismatch, load_run, settings_mismatches
+from osad.eval.protocol import condition_settings
 from osad.rundir import RunDir
 from osad.sweep.spec import Sweep, SweepMethod
 from osad.workflow import load_run_config, resume_run, test_run, train_run
@@ -94,17 +95,17 @@ def same_evaluation(run: RunDir, expected: Config) -> bool:
     return first_difference(saved, _comparable(expected)["eval"]) is None
 
 
-def expected_attacks(config: Config) -> dict[str, dict]:
-    """Each condition ``config`` evaluates, with its attack as metrics.json records it."""
-    attacks = {name: attack.record() for name, attack in config.eval.attacks.items()}
-    return {"clean": {"name": "none"}, **attacks}
+def expected_settings(config: Config) -> dict[str, dict]:
+    """Each condition ``config`` evaluates, with the settings metrics.json records for
+    it (:func:`osad.eval.protocol.condition_settings`, without the run's weights and data)."""
+    return json.loads(json.dumps(condition_settings(config)))
 
 
 def stale_conditions(run: RunDir, expected: Config) -> list[SettingsMismatch]:
     """The conditions of ``expected`` that a finished run's metrics.json lacks or records
-    under other attack settings (conditions ``expected`` does not name are not checked:
-    the summary leaves them out, and re-evaluating would drop them)."""
-    wanted = expected_attacks(expected)
+    under other settings (conditions ``expected`` does not name are not checked: the
+    summary leaves them out, and re-evaluating would drop them)."""
+    wanted = expected_settings(expected)
     return settings_mismatches([load_run(run.root)], list(wanted), wanted, "the preset")
 
 

@@ -3,10 +3,11 @@
 each run's worst case over its attacked conditions, and of the split-by-split
 differences between the method pairs the preset compares.
 
-Only finished runs evaluated under the preset's attack settings enter; a method
+Only finished runs evaluated under the preset's settings enter; a method
 with fewer splits than the sweep has says so in its ``splits`` column, and the
 header names every missing run and every stale one (evaluated under other
-settings, by the check ``osad report`` makes: it is left out of the tables until
+settings, by the check ``osad report`` makes,
+:func:`osad.eval.aggregate.settings_mismatches`: it is left out of the tables until
 ``osad sweep`` re-evaluates it).
 
 Runs are read by :func:`osad.eval.aggregate.load_run` (checked, versioned); the
@@ -35,7 +36,7 @@ from osad.eval.aggregate import (
 from osad.eval.metrics import MeanStd, mean_std
 from osad.eval.report import markdown_table
 from osad.eval.results import SUMMARY_FORMAT, RunMetrics
-from osad.sweep.runner import expected_attacks, is_finished, plan, stale_conditions
+from osad.sweep.runner import expected_settings, is_finished, plan, stale_conditions
 from osad.sweep.spec import Sweep
 
 # The pseudo-condition holding, per run and score, the lowest value over the attacks.
@@ -72,7 +73,14 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         config = sweep.run_config(item.method, item.split)
         mismatches = stale_conditions(item.run, config)
         if mismatches:
-            found = {m.condition: {"found": m.found, "preset": m.expected} for m in mismatches}
+            found = {
+                m.condition: {
+                    "found": m.found,
+                    "preset": m.expected,
+                    **({"differs": m.what} if m.differences else {}),
+                }
+                for m in mismatches
+            }
             stale.append({"method": item.method.label, "split": item.split, "conditions": found})
             continue
         metrics = load_run(item.run.root)
@@ -82,7 +90,7 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         run = per_run.setdefault((item.method.label, item.split), {})
         # Only the preset's conditions: one a run has beyond them (an attack added by
         # hand, or dropped from the preset since) is in no other run's results.
-        preset = expected_attacks(config)
+        preset = expected_settings(config)
         kept = {n: asdict(c) for n, c in metrics.conditions.items() if n in preset}
         for name, condition in kept.items():
             if name not in conditions:
@@ -267,7 +275,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         names = "; ".join(
             f"{s['method']} split {s['split']} ("
             + ", ".join(
-                f"{name}: {c['found']}, the preset: {c['preset']}"
+                (
+                    f"{name}: {c['differs']}, the run's vs the preset's"
+                    if "differs" in c  # absent: the run lacks it, or an older summary
+                    else f"{name}: {c['found']}, the preset: {c['preset']}"
+                )
                 for name, c in s["conditions"].items()
             )
             + ")"

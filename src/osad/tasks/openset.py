@@ -14,14 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from osad.checkpoint import CheckpointStore, first_difference, load_state_checked, read_weights
+from osad.checkpoint import first_difference, load_state_checked, read_weights
 from osad.config import (
     Config,
     ConfigSource,
     check_perf_device,
-    expand_key,
     make_config,
-    parse_override,
     resolved_dict,
 )
 from osad.data import (
@@ -35,7 +33,7 @@ from osad.data import (
     unknown_source_name,
 )
 from osad.distributed import agree, rank0_first
-from osad.errors import CheckpointError, ConfigError, DataError, RunDirError
+from osad.errors import CheckpointError, DataError
 from osad.eval import evaluate, write_results
 from osad.eval.any_model import data_counts, data_source
 from osad.eval.figures import write_figures
@@ -43,12 +41,14 @@ from osad.eval.options import select_evaluation
 from osad.eval.protocol import EvalResult, condition_settings
 from osad.eval.report import read_conditions, results_table
 from osad.eval.results import read_metrics
+from osad.eval.settings import check_evaluation_overrides, reusable
 from osad.perf import prepare_model
 from osad.rundir import MAIN, RunDir
 from osad.runtime import deterministic_mode, resolve_device
-from osad.storage import recover_dir, replace_dir, sha256_file, tensors_sha256
+from osad.storage import replace_dir, sha256_file, tensors_sha256
 from osad.tasks.request import EvaluationRequest
 from osad.train import TrainResult, build_model_for, train
+from osad.train.checkpoints import resume_point
 from osad.train.factory import check_training
 from osad.train.parallel import check_parallel_support
 
@@ -98,13 +98,7 @@ class OpenSetTask:
         return train(config, data, run=run, progress=progress, resume_from=resume_from)
 
     def resume_point(self, run: RunDir, config: Config, checkpoint: Path | None) -> Path:
-        if checkpoint is None:
-            checkpoint = CheckpointStore(run, config.checkpoint.keep).latest()
-        if checkpoint is None:
-            raise RunDirError(
-                f"{run.root} has no checkpoint yet, nothing to resume; start it again with: "
-                f"osad train --out {run.root} --force"
-            )
+        checkpoint = resume_point(run, config.checkpoint, checkpoint)
         check_parallel_support(config)
         return checkpoint
 
@@ -150,7 +144,7 @@ def _test_openset(run: RunDir, config: Config, request: EvaluationRequest) -> st
     check_same_source(run, data)
     evaluated = _provenance(run, model, config, data)
     settings = json.loads(json.dumps(condition_settings(config, evaluated)))
-    reused, kept = agree(lambda: _reusable(dest, settings, request.force))
+    reused, kept = agree(lambda: reusable(dest, settings, request.force, _stored_conditions))
     if len(reused) == len(settings):  # everything asked for is stored already
         return results_table(read_conditions(dest, [*reused, *kept]))
     with deterministic_mode(config.deterministic):
@@ -171,6 +165,11 @@ def _test_openset(run: RunDir, config: Config, request: EvaluationRequest) -> st
                 # Every process computes the figures' attacks (sharded); rank 0 saves them.
                 write_figures(result, network, data, config, staged / "figures", progress)
     return table
+
+
+def _stored_conditions(path: Path, remedy: str) -> dict[str, Any]:
+    """The conditions of an open-set metrics.json, read and checked (for :func:`reusable`)."""
+    return read_metrics(path, remedy=remedy).document["conditions"]
 
 
 def _provenance(run: RunDir, model: str, config: Config, data: OpenSetData) -> dict[str, Any]:
@@ -206,65 +205,8 @@ def evaluation_config(config: Config, overrides: Sequence[str]) -> Config:
     Raises :class:`~osad.errors.ConfigError` for a malformed override, an invalid value,
     or a key outside ``eval.*`` (those change what was trained or on which data).
     """
-    for text in overrides:
-        key = expand_key(parse_override(text)[0])
-        if key.split(".")[0] != "eval":
-            raise ConfigError(
-                f"osad test takes eval.* overrides only, not '{key}': it changes the trained "
-                "model or its data (train a new run; moved data: --data-root)"
-            )
+    check_evaluation_overrides(overrides, Config)
     return make_config(resolved_dict(config), overrides) if overrides else config
-
-
-def _reusable(
-    dest: Path, settings: dict[str, dict[str, Any]], force: bool
-) -> tuple[list[str], dict[str, Any]]:
-    """(conditions of ``settings`` already in ``dest`` under identical settings, the other
-    conditions stored there, kept, with their stored settings). Recovers what a killed
-    evaluation left; refuses a ``dest`` holding files but no metrics.json (even with
-    ``force``), and a condition stored under other settings unless ``force`` (then
-    nothing is reused or kept)."""
-    recover_dir(dest)
-    if not dest.is_dir() or not any(dest.iterdir()):
-        return [], {}
-    path = dest / "metrics.json"
-    if not path.is_file():  # --force replaces an evaluation, never any other folder
-        raise RunDirError(
-            f"{dest} holds files but no {path.name}, so it is not an osad evaluation; "
-            "choose another --out, or remove it yourself"
-        )
-    if force:
-        return [], {}
-    remedy = "pass --force to replace the evaluation, or --out DIR to write elsewhere"
-    stored = read_metrics(path, remedy=remedy).document["conditions"]
-    reused = []
-    for name, wanted in settings.items():
-        if name not in stored:
-            continue
-        difference = _first_difference(stored[name].get("settings"), wanted)
-        if difference:
-            raise RunDirError(
-                f"{path} holds condition '{name}' computed under other settings "
-                f"({difference}); pass --force to recompute the evaluation, or --out DIR to "
-                "write it elsewhere"
-            )
-        reused.append(name)
-    return reused, {n: c.get("settings") for n, c in stored.items() if n not in settings}
-
-
-def _first_difference(stored: Any, wanted: Any, where: str = "") -> str:
-    """The first setting that differs, as ``key: stored there, wanted now`` ('' if none)."""
-    if stored is None and not where:
-        return "it records no settings: written by an older osad"
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        for key in [*wanted, *(k for k in stored if k not in wanted)]:
-            found = _first_difference(stored.get(key), wanted.get(key), f"{where}{key}.")
-            if found:
-                return found
-        return ""
-    if stored != wanted:
-        return f"{where.rstrip('.')}: {stored!r} there, {wanted!r} now"
-    return ""
 
 
 def _merged(

@@ -9,13 +9,11 @@ earlier intact checkpoint when the one asked for is damaged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from osad.checkpoint import CheckpointStore
-from osad.config import CheckpointConfig
-from osad.distributed import is_main
-from osad.errors import CheckpointError, TrainingInterrupted
+from osad.checkpoint import CheckpointConfig, CheckpointStore
+from osad.errors import CheckpointError, RunDirError, TrainingInterrupted
 from osad.rundir import RunDir
 from osad.runtime import StopRequest
 from osad.train.state import TrainState
@@ -25,15 +23,26 @@ from osad.train.step import NonFiniteLossError
 class CheckpointPolicy:
     """Writes a run's checkpoints when ``config`` says, never with non-finite weights.
 
-    Every process reads the checkpoint it resumes from; only rank 0 writes or deletes
-    (the processes hold the same weights and optimizer state, and the random streams
-    that differ between them restart from the step counter)."""
+    Every process reads the checkpoint it resumes from; only the one that ``writes``
+    (rank 0 under torchrun) writes or deletes (the processes hold the same weights and
+    optimizer state, and the random streams that differ between them restart from the
+    step counter). Used by the open-set loop and the anti-spoofing trainer alike;
+    ``position`` says where a run is in its messages (default: ``epoch E, step S``)."""
 
-    def __init__(self, run: RunDir, config: CheckpointConfig, epochs: int) -> None:
+    def __init__(
+        self,
+        run: RunDir,
+        config: CheckpointConfig,
+        epochs: int,
+        *,
+        writes: bool = True,
+        position: Callable[[TrainState], str] | None = None,
+    ) -> None:
         self.run, self.config, self.epochs = run, config, epochs
+        self.position = position or (lambda state: f"epoch {state.epoch}, step {state.step}")
         self.store = CheckpointStore(run, config.keep)
         self.saved_step: int | None = None
-        self.writes = is_main()
+        self.writes = writes
 
     def resume(self, state: TrainState, checkpoint: Path) -> None:
         try:
@@ -67,7 +76,7 @@ class CheckpointPolicy:
             return self.run.checkpoint(state.step)
         if not state.weights_finite():
             raise NonFiniteLossError(
-                f"training stopped: non-finite weights at epoch {state.epoch}, step {state.step}; "
+                f"training stopped: non-finite weights at {self.position(state)}; "
                 f"not saved, {self.last_good()}"
             )
         path = self.store.save(state.step, state.files()) if self.writes else None
@@ -84,10 +93,23 @@ class CheckpointPolicy:
         """Save a checkpoint of ``state`` and say how to resume from it."""
         path = self.save(state)
         return TrainingInterrupted(
-            f"interrupted by {stop.name} at epoch {state.epoch}, step {state.step}; checkpoint "
+            f"interrupted by {stop.name} at {self.position(state)}; checkpoint "
             f"saved to {path}; resume with: osad train --resume {self.run.root}",
             stop.signum or 0,
         )
+
+
+def resume_point(run: RunDir, config: CheckpointConfig, checkpoint: Path | None) -> Path:
+    """The checkpoint ``osad train --resume`` continues ``run`` from: ``checkpoint``, else
+    the latest one; refuses (:class:`~osad.errors.RunDirError`) a run without any."""
+    if checkpoint is None:
+        checkpoint = CheckpointStore(run, config.keep).latest()
+    if checkpoint is None:
+        raise RunDirError(
+            f"{run.root} has no checkpoint yet, nothing to resume; start it again with: "
+            f"osad train --out {run.root} --force"
+        )
+    return checkpoint
 
 
 @contextlib.contextmanager

@@ -98,7 +98,9 @@ def train(
             complete_config=lambda saved: resolved_dict(make_config(saved)),
             schedule=Schedule(t.epochs, len(data.train_labels), t.batch_size),
         )
-        checkpoints = CheckpointPolicy(run, config.checkpoint, t.epochs) if run else None
+        checkpoints = None
+        if run is not None:
+            checkpoints = CheckpointPolicy(run, config.checkpoint, t.epochs, writes=is_main())
         if checkpoints is not None and resume_from is not None:
             checkpoints.resume(state, resume_from)
         step = _Step(state, objectives, t.grad_accumulation, lambda: autocast(config.perf, device))

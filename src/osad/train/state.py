@@ -13,7 +13,9 @@ more named networks (``main``, the run's model, then e.g. ``peer`` of
   :mod:`osad.checkpoint`;
 * ``state.safetensors``: optimizer tensors (named ``optimizer.*`` for ``main``,
   ``NAME_optimizer.*`` else), RNG states (torch CPU, each CUDA device, each
-  owned generator) and the epoch permutation;
+  owned generator), the epoch permutation, and the state of each sampler the
+  loop draws batches from (``sampler.NAME.*``, e.g. the anti-spoofing trainer's
+  per-domain queues);
 * ``state.json``: counters, metric sums, history, optimizer hyper-parameters
   (key ``optimizer`` for ``main``, ``NAME_optimizer`` else), scheduler state,
   Python and NumPy RNG states, and the context the state is only valid in (the
@@ -33,7 +35,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -204,6 +206,20 @@ def _check_permutation(permutation: Tensor, schedule: Schedule | None, source: s
         )
 
 
+class ResumableSampler(Protocol):
+    """A batch sampler whose position a checkpoint holds beside its generator's state."""
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The tensors that, with the generator's state, say which batches come next."""
+
+    def restore_tensors(self, tensors: dict[str, Tensor], source: str) -> None:
+        """Load what :meth:`state_tensors` gave, or raise :class:`CheckpointError`
+        naming ``source`` if it does not fit."""
+
+
+_SAMPLER = "sampler."
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The run a checkpoint must fit: ``epochs`` to train, ``images`` of training data
@@ -299,16 +315,19 @@ class TrainState:
         scheduler: Any = None,
         complete_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         schedule: Schedule | None = None,
+        samplers: dict[str, ResumableSampler] | None = None,
     ) -> None:
         """``networks``: the run's networks by name, ``main`` among them; ``scheduler``
         steps ``main``'s optimizer. ``context`` (config, data fingerprint, device type)
         must match on resume; ``complete_config`` fills a saved config with the defaults
         of keys added to osad since the checkpoint was written, so those alone do not
-        block a resume; ``schedule`` bounds the counters a checkpoint may hold."""
+        block a resume; ``schedule`` bounds the counters a checkpoint may hold;
+        ``samplers`` are batch samplers whose position is saved and restored too."""
         assert MAIN in networks, f"a run trains a network named {MAIN!r}"
         self.networks, self.scheduler = networks, scheduler
         self.schedule = schedule
         self.generators = generators
+        self.samplers = samplers or {}
         self.context = context
         self.complete_config = complete_config
         self.epoch = 1  # the epoch in progress (1-based)
@@ -362,6 +381,9 @@ class TrainState:
             tensors[f"rng.generator.{name}"] = generator.get_state()
         if self.permutation is not None:
             tensors["epoch.permutation"] = self.permutation
+        for name, sampler in self.samplers.items():
+            for key, tensor in sampler.state_tensors().items():
+                tensors[f"{_SAMPLER}{name}.{key}"] = tensor
         numpy_state = np.random.get_state()
         document = {
             "format_version": storage.FORMAT_VERSION,
@@ -432,6 +454,10 @@ class TrainState:
         permutation = tensors.get("epoch.permutation")
         if permutation is not None:
             _check_permutation(permutation, self.schedule, f"{source}/{TENSORS_FILE}")
+        for name, sampler in self.samplers.items():
+            prefix = f"{_SAMPLER}{name}."
+            saved = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            sampler.restore_tensors(saved, f"{source}/{TENSORS_FILE} ('{prefix}*')")
         try:
             self._restore_rng(document["rng"], tensors, source)
         except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
