@@ -185,6 +185,7 @@ REFUSED_TRAININGS = [
     (["--config", "{bomb}"], "holds more than 10000 values"),
     (["train.batch_size=1"], "train.batch_size=1 is the global batch"),
     (["task=fas", "train.inner_lr=.nan"], "'train.inner_lr' must be a finite number"),
+    (["task=fas", "train.inner_reduction=Sum"], "unknown train.inner_reduction 'Sum' (did"),
     (
         ["task=fas", "model.stem_width=100000", "model.blocks=[[100000]]"],
         "model.stem_width=100000, model.blocks=[[100000]], model.depth_widths=[16]",

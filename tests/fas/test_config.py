@@ -65,6 +65,10 @@ def test_task_key_selects_the_schema(tmp_path):
         (["task=fas", "data.val_fraction=0"], "must be in (0, 1)"),
         (["task=fas", "model.blocks=[[8], []]"], "'model.blocks[1]' must list"),
         (["task=fas", "train.inner_lr=0"], "'train.inner_lr' must be > 0"),
+        (
+            ["task=fas", "train.inner_reduction=avg"],
+            "unknown train.inner_reduction 'avg'; choose one of: mean, sum",
+        ),
         (["task=fas", "train.batch_size=1"], "'train.batch_size' must be >= 2"),
         (["task=fas", "train.depth_weight=-1"], "must be >= 0"),
         (["task=fas", "train.iterations=ten"], "must be an integer"),

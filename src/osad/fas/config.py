@@ -20,6 +20,9 @@ from osad.errors import require, shown, unknown_name
 from osad.fas.methods import META_METHODS
 from osad.runtime import validate_device
 
+# train.inner_reduction: how the losses of one domain's batch are reduced over its frames.
+INNER_REDUCTIONS = ("mean", "sum")
+
 
 @dataclass
 class FasDataConfig:
@@ -62,6 +65,10 @@ class MetaTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     inner_lr: float = 1e-3
+    # How every loss is reduced over a batch's frames: "mean" (the authors' code) or
+    # "sum" (the paper's equations; the inner step is then batch-size times larger).
+    # See INNER_REDUCTIONS and osad.fas.trainer.meta_step.
+    inner_reduction: str = "mean"
     depth_weight: float = 10.0
     meta_test_weight: float = 1.0
     eval_every: int = 100
@@ -174,6 +181,8 @@ def validate_fas(config: FasConfig) -> None:
     require(t.lr > 0, f"'train.lr' must be > 0, got {t.lr}")
     require(t.weight_decay >= 0, f"'train.weight_decay' must be >= 0, got {t.weight_decay}")
     require(t.inner_lr > 0, f"'train.inner_lr' must be > 0, got {t.inner_lr}")
+    if t.inner_reduction not in INNER_REDUCTIONS:
+        raise unknown_name("train.inner_reduction", t.inner_reduction, INNER_REDUCTIONS)
     require(t.depth_weight >= 0, f"'train.depth_weight' must be >= 0, got {t.depth_weight}")
     require(
         t.meta_test_weight >= 0, f"'train.meta_test_weight' must be >= 0, got {t.meta_test_weight}"

@@ -17,6 +17,10 @@ feature extractor F (theta_F), depth estimator D (theta_D) and meta learner M
    ``sum_i L_cls_i + w_dep sum_i L_dep_i
    + w_test (sum_i BCE(M(F(x_t); theta_M_i), y_t) + w_dep L_dep_t)``.
 
+Each BCE and MSE is the mean over the domain's batch (the authors' code) or, with
+``train.inner_reduction=sum``, the sum over its frames (the paper's equations;
+:func:`meta_step`).
+
 M runs with the adapted parameters through :func:`torch.func.functional_call`;
 its BatchNorm layers normalise with the batch's statistics there and update
 copies of the running statistics, so only the meta-train passes with theta_M
@@ -179,8 +183,20 @@ def meta_step(
     inner_lr: float,
     depth_weight: float,
     meta_test_weight: float,
+    reduction: str = "mean",
 ) -> MetaLosses:
-    """The loss of one iteration (module docstring) on one batch per source domain."""
+    """The loss of one iteration (module docstring) on one batch per source domain.
+
+    ``reduction`` (``train.inner_reduction``) says how each domain's losses are reduced
+    over its batch's frames. ``"mean"`` (the authors' code): BCE averaged over the
+    frames, MSE over the frames and depth-map pixels. ``"sum"`` (the paper's
+    equations, where every loss is a sum over the domain's samples): BCE and the
+    per-frame depth MSE (averaged over the map's pixels, so ``depth_weight`` keeps its
+    balance against BCE) summed over the frames, in every term: the inner step's
+    loss, meta-train and meta-test. With B frames a domain, the inner step is then B
+    times the mean-reduced one, and the outer loss B times larger (immaterial to Adam
+    but for its epsilon and weight decay).
+    """
     encoded = [model.features(b.images) for b in batches]
 
     def cls_loss(i: int, params: dict[str, Tensor] | None = None) -> Tensor:
@@ -190,12 +206,18 @@ def meta_step(
             if params is None
             else call_with(model.learner, params, features)
         )
-        return F.binary_cross_entropy_with_logits(logits, batches[i].labels)
+        return F.binary_cross_entropy_with_logits(logits, batches[i].labels, reduction=reduction)
+
+    def frame_depth_loss(i: int) -> Tensor:
+        target = batches[i].depth
+        if reduction == "mean":
+            return F.mse_loss(model.depth(encoded[i][0]), target)
+        return F.mse_loss(model.depth(encoded[i][0]), target, reduction="sum") / target[0].numel()
 
     def depth_loss(ids: list[int]) -> Tensor:
         if model.depth is None:
             return torch.zeros((), device=batches[0].images.device)
-        return sum(F.mse_loss(model.depth(encoded[i][0]), batches[i].depth) for i in ids)
+        return sum(frame_depth_loss(i) for i in ids)
 
     if not method.meta:
         every = list(range(len(batches)))
@@ -352,7 +374,14 @@ def _iterations(
                 batches = [sampler.draw() for sampler in samplers]
                 split = draw_split(len(batches), state.generators["split"])
                 out = meta_step(
-                    model, batches, split, method, t.inner_lr, t.depth_weight, t.meta_test_weight
+                    model,
+                    batches,
+                    split,
+                    method,
+                    t.inner_lr,
+                    t.depth_weight,
+                    t.meta_test_weight,
+                    t.inner_reduction,
                 )
                 with naming_last_good(checkpoints):
                     take_step(state.optimizer, out.loss, f"iteration {state.step + 1}")
