@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,3 +126,21 @@ def test_a_diverged_run_is_saved_listed_and_not_retried(tmp_path, capsys, monkey
         == 2
     )
     assert "| cctv | rfmeta" not in printed
+
+
+@pytest.mark.slow
+def test_jobs_train_the_runs_in_separate_processes(tmp_path):
+    """--jobs 2 runs the script's own run_one in spawned workers and saves every run."""
+    out = tmp_path / "study.json"
+    args = [a for a in GRID if a != "0.5"] + ["--jobs", "2", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fas_ablation.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(out.read_text())
+    assert sorted(r["method"] for r in runs) == ["no-meta", "rfmeta"]
+    assert all(0 <= r["auc"] <= 1 and r["cpu_seconds"] > 0 for r in runs)
+    assert "| 0.01 | sum | no-meta |" in done.stdout
