@@ -376,7 +376,7 @@ def test_a_sweep_stopped_by_sigterm_stops_its_jobs_and_resumes(tmp_path, monkeyp
         "osad: sweep interrupted in osdn split 0 (by SIGTERM); run the same osad sweep "
         "command again to continue"
     )
-    assert "osdn split 0: interrupted" in stdout
+    assert "\nosdn split 0: interrupted (" in stdout and "[1/2] plain split 0: trained" in stdout
     assert [r["method"] for r in _log(out)] == ["plain"]
     osdn = out / "osdn" / "split0"
     # osdn's job saved a checkpoint, wrote no weights or results, and has ended (its lock

@@ -391,8 +391,8 @@ def _run_parallel(
                         _log_step(out, step)
                     done(item, f"{' + '.join(step.actions)} ({seconds:.0f} s)")
                 elif outcome[0] == "interrupted" or (outcome[0] == "died" and signals.received):
-                    stopped.append(item)
-                    done(item, f"interrupted ({seconds:.0f} s)")
+                    stopped.append(item)  # not done: no count, no step of the bar
+                    say(f"{item.name}: interrupted ({seconds:.0f} s)")
                 else:
                     failed.append(item)
                     reason = (
