@@ -215,7 +215,9 @@ def run_sweep(
     that fails is reported and the others go on, then :class:`RunsFailed` is raised.
     With ``jobs`` 1 the runs are done one after the other in this process and the
     first failure stops the sweep. Raises :class:`~osad.errors.ConfigError` for
-    ``jobs`` < 1.
+    ``jobs`` < 1. The run processes are spawned (:mod:`multiprocessing`), which imports
+    the calling script again in each: a script calling this with ``jobs`` > 1 must do so
+    under ``if __name__ == "__main__":``.
     """
     require(jobs >= 1, f"--jobs must be 1 or more (runs at once), got {jobs}")
     out = Path(out)
