@@ -6,16 +6,22 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from osad.cli import main
 from osad.config import make_config
+from osad.errors import ConfigError
 from osad.eval.aggregate import worst_case
 from osad.eval.results import SUMMARY_FORMAT, read_summary
+from osad.runlock import run_lock
 from osad.sweep import load_sweep
-from osad.sweep.summary import WORST, paired_differences
+from osad.sweep.runner import threads_per_run
+from osad.sweep.summary import WORST, compute_time, paired_differences
 from osad.train import TrainObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +285,148 @@ def test_stale_runs_are_named_left_out_of_the_summary_and_re_evaluated(
     assert _sweep(changed, out, "--summary-only") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == 2 and "extra" not in summary["conditions"]
+
+
+def _numbers(metrics_path: Path) -> dict:
+    """metrics.json without the weights' sha256: a safetensors header lists its metadata
+    in an order that changes from process to process, so equal weights may hash apart."""
+
+    def without_hashes(tree):
+        if isinstance(tree, dict):
+            return {k: without_hashes(v) for k, v in tree.items() if not k.endswith("sha256")}
+        return tree
+
+    return without_hashes(json.loads(metrics_path.read_text()))
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_runs_and_tables_of_one_job(finished_sweep, tmp_path, monkeypatch):
+    # The reference ran in this process on 1 thread (one_thread); each job takes its
+    # thread count from OMP_NUM_THREADS.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    preset, reference = finished_sweep
+    out = tmp_path / "out"
+    assert _sweep(preset, out, "--jobs", "2") == 0
+    for label in ("plain", "osdn"):
+        run, ref = out / label / "split0" / "eval", reference / label / "split0" / "eval"
+        assert _numbers(run / "metrics.json") == _numbers(ref / "metrics.json")
+        assert json.loads((run / "metrics.json").read_text())["torch_threads"] == 1
+    log = _log(out)  # in the order the runs finished, by the parent alone
+    assert sorted(r["method"] for r in log) == ["osdn", "plain"]
+    assert all(r["actions"] == ["trained", "evaluated"] for r in log)
+    summary = json.loads((out / "summary.json").read_text())
+    expected = json.loads((reference / "summary.json").read_text())
+    assert summary["methods"] == expected["methods"] and summary["paired"] == expected["paired"]
+    assert list(summary["compute"]["per_method"]) == ["plain", "osdn"]  # preset order
+    tables, expected_tables = ((o / "results.md").read_text() for o in (out, reference))
+    assert tables.split("## compute")[0] == expected_tables.split("## compute")[0]
+    # A second call skips both without starting a process.
+    before = (out / "sweep.jsonl").read_text()
+    assert _sweep(preset, out, "--jobs", "2") == 0
+    assert (out / "sweep.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_a_run_failing_in_its_job_is_named_and_the_others_finish(
+    finished_sweep, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    preset, out = finished_sweep[0], tmp_path / "out"
+    shutil.copytree(finished_sweep[1], out)
+    (out / "sweep.jsonl").unlink()
+    shutil.rmtree(out / "plain")
+    (out / "osdn" / "split0" / "eval" / "results.md").unlink()  # to evaluate again
+    # Another process (this one) holds plain's run directory, as a second sweep on the
+    # same --out would: plain's job is refused, osdn's goes on.
+    with run_lock(out / "plain" / "split0"):
+        assert _sweep(preset, out, "--jobs", "2") == 2
+    captured = capsys.readouterr()
+    (line,) = [line for line in captured.out.splitlines() if line.startswith("[")][:1]
+    assert line.startswith("[1/2] plain split 0: failed: ")  # osdn is still evaluating
+    assert f"is in use by process {os.getpid()}" in line
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("osad: error: 1 of 2 runs failed (plain split 0: see")
+    assert [(r["method"], r["actions"]) for r in _log(out)] == [("osdn", ["evaluated"])]
+    assert not (out / "plain" / "split0").exists()  # nothing written for it
+    summary = json.loads((out / "summary.json").read_text())  # the others are tabulated
+    assert summary["finished"] == 1 and summary["missing"] == [{"method": "plain", "split": 0}]
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_stops_its_jobs_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # osdn trains 10 epochs: it is still training when plain has finished its evaluation.
+    preset = _write(tmp_path, MINIATURE.replace("osdn: {}", "osdn: {overrides: [train.epochs=10]}"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "osad.cli", "sweep", str(preset), "--out", str(out)]
+    parent = subprocess.Popen(
+        [*command, "--jobs", "2", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (out / "sweep.jsonl").is_file() and parent.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)
+    stdout, stderr = parent.communicate(timeout=300)
+    assert parent.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "osad: sweep interrupted in osdn split 0 (by SIGTERM); run the same osad sweep "
+        "command again to continue"
+    )
+    assert "\nosdn split 0: interrupted (" in stdout and "[1/2] plain split 0: trained" in stdout
+    assert [r["method"] for r in _log(out)] == ["plain"]
+    osdn = out / "osdn" / "split0"
+    # osdn's job saved a checkpoint, wrote no weights or results, and has ended (its lock
+    # is released).
+    assert (osdn / "checkpoints" / "latest").is_file()
+    assert not (osdn / "model.safetensors").exists() and not (osdn / "eval").exists()
+    assert not (osdn / ".lock").exists()
+
+    assert _sweep(preset, out, "--jobs", "2") == 0
+    assert [r["actions"] for r in _log(out)] == [["trained", "evaluated"], ["resumed", "evaluated"]]
+    assert json.loads((out / "summary.json").read_text())["finished"] == 2
+
+
+def test_the_compute_table_lists_methods_in_preset_order_whatever_order_they_finished(tmp_path):
+    # --jobs N logs runs as they finish: osdn's before plain's here.
+    log = [("osdn", 0, 30.0), ("plain", 1, 10.0), ("plain", 0, 20.0), ("extra", 0, 5.0)]
+    (tmp_path / "sweep.jsonl").write_text(
+        "".join(
+            json.dumps({"method": m, "split": k, "seconds": t, "finished": f"t{i}"}) + "\n"
+            for i, (m, k, t) in enumerate(log)
+        )
+    )
+    compute = compute_time(tmp_path, ["plain", "osdn", "fd"])
+    assert compute["per_method"] == {  # fd logged nothing; extra (not in the preset) last
+        "plain": {"steps": 2, "seconds": 30.0},
+        "osdn": {"steps": 1, "seconds": 30.0},
+        "extra": {"steps": 1, "seconds": 5.0},
+    }
+    assert list(compute["per_method"]) == ["plain", "osdn", "extra"]
+    assert compute["steps"] == 4 and compute["seconds"] == 65.0 and compute["last_finished"] == "t3"
+
+
+def test_jobs_must_be_one_or_more(tmp_path, capsys):
+    out = tmp_path / "out"
+    for jobs in ("0", "-2", "two"):
+        assert _sweep(_write(tmp_path), out, "--jobs", jobs) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "argument --jobs: must be a whole number" in err
+    assert not out.exists()
+
+
+def test_threads_per_job_come_from_omp_num_threads_or_the_cpus(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_run(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS must be a positive integer"):
+        threads_per_run(2)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [threads_per_run(jobs) for jobs in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
 
 
 @pytest.mark.parametrize(

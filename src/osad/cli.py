@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train nothing: tabulate the runs already finished under --out",
     )
+    sw.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        help="runs at once, each in its own process on OMP_NUM_THREADS threads (default: "
+        "the CPUs divided by the jobs); default 1: one after the other in this process",
+    )
     sw.add_argument("--data-root", help=_DATA_ROOT_HELP)
     _add_progress_option(sw)
     return parser
@@ -314,19 +321,43 @@ def _indices(text: str) -> list[int]:
         ) from None
 
 
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of runs at once, 1 or more; got {text!r}"
+        )
+    return jobs
+
+
 def _sweep(args: argparse.Namespace) -> int:
-    from osad.sweep import load_sweep, run_sweep, write_figures, write_summary
+    from osad.sweep import RunsFailed, load_sweep, run_sweep, write_figures, write_summary
 
     sweep = load_sweep(args.sweep_file).select(args.methods, args.splits)
     start = time.perf_counter()
+    failed = None
     if not args.summary_only:
-        run_sweep(sweep, args.out, progress=not args.no_progress, data_root=args.data_root)
+        try:
+            run_sweep(
+                sweep,
+                args.out,
+                progress=not args.no_progress,
+                data_root=args.data_root,
+                jobs=args.jobs,
+            )
+        except RunsFailed as exc:  # --jobs > 1: the other runs are done, tabulate them
+            failed = exc
     elif not Path(args.out).is_dir():
         raise _UsageError(f"--summary-only: sweep directory {args.out} does not exist")
     print(write_summary(sweep, args.out))
     for figure in write_figures(sweep, args.out):
         print(f"figure {figure}")
     print(f"tables in {Path(args.out) / 'results.md'} ({time.perf_counter() - start:.0f} s)")
+    if failed is not None:
+        raise failed
     return 0
 
 

@@ -6,12 +6,13 @@ See docs/results-digits.md for the digits comparison it produces.
 from __future__ import annotations
 
 from osad.sweep.figures import write_figures
-from osad.sweep.runner import Step, SweepRun, is_finished, plan, run_sweep
+from osad.sweep.runner import RunsFailed, Step, SweepRun, is_finished, plan, run_sweep
 from osad.sweep.spec import FigureSpec, Sweep, SweepMethod, load_sweep
 from osad.sweep.summary import summarize, summary_markdown, write_summary
 
 __all__ = [
     "FigureSpec",
+    "RunsFailed",
     "Step",
     "Sweep",
     "SweepMethod",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def summarize(sweep: Sweep, out: str | Path) -> dict[str, Any]:
         "scores": scores,
         "methods": {m.label: methods[m.label] for m in sweep.methods if m.label in methods},
         "paired": [paired_differences(per_run, a, b, sweep.splits) for a, b in sweep.compare],
-        "compute": compute_time(Path(out)),
+        "compute": compute_time(Path(out), [m.label for m in sweep.methods]),
     }
 
 
@@ -175,12 +176,18 @@ def paired_differences(
     }
 
 
-def compute_time(out: Path) -> dict[str, Any]:
+def compute_time(out: Path, methods: Sequence[str] = ()) -> dict[str, Any]:
     """Seconds spent on the logged steps of the sweep (``sweep.jsonl``), in all and per
-    method, and when the last one finished."""
+    method (``methods`` first, in that order, then others in log order: a log written by
+    ``--jobs`` in the order runs finished tabulates as one written run after run), and
+    when the last one finished."""
     log = out / "sweep.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     per_method: dict[str, dict[str, float]] = {}
+    logged = {record["method"] for record in records}
+    for label in methods:
+        if label in logged:
+            per_method[label] = {"steps": 0, "seconds": 0.0}
     for record in records:
         entry = per_method.setdefault(record["method"], {"steps": 0, "seconds": 0.0})
         entry["steps"] += 1
