@@ -275,3 +275,39 @@ def test_a_config_key_added_since_the_checkpoint_does_not_block_resume():
         make({"lr": 0.1, "new": 2}, with_default).restore(written, "old checkpoint")
     with pytest.raises(CheckpointError, match="new=None"):
         make({"lr": 0.1, "new": 1}).restore(written, "old checkpoint")
+
+
+def test_equal_weights_give_equal_bytes_in_every_process():
+    # safetensors writes its metadata map in a per-process order; the file (and the
+    # weights_sha256 osad records) must depend on the weights alone
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch\n"
+        "from osad.checkpoint import tensors_bytes\n"
+        "t = {f'layer{i}.weight': torch.full((3,), float(i)) for i in range(20)}\n"
+        "m = {k: v for k, v in zip('abcdefgh', '12345678')}\n"
+        "print(hashlib.sha256(tensors_bytes(t, m)).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(4)
+    }
+    assert len(digests) == 1, digests
+
+
+def test_sorted_header_files_still_load_with_their_metadata():
+    from safetensors.torch import load
+
+    from osad.checkpoint import parse_tensors, tensors_bytes
+
+    tensors = {"b": torch.arange(5.0), "a": torch.ones(2, 3, dtype=torch.float64)}
+    data = tensors_bytes(tensors, {"z": "1", "y": "2"})
+    loaded = load(data)
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    read, meta = parse_tensors(data, "test")
+    assert meta["z"] == "1" and meta["y"] == "2"
+    assert all(torch.equal(read[k], tensors[k]) for k in tensors)

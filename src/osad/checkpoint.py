@@ -90,7 +90,25 @@ def tensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"format_version": str(storage.FORMAT_VERSION), "osad_version": __version__, **metadata}
     meta["sha256"] = _digest(tensors, meta)
-    return save_safetensors(tensors, meta)
+    return _sorted_header(save_safetensors(tensors, meta))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """``data`` with its safetensors JSON header written with sorted keys.
+
+    safetensors writes the ``__metadata__`` map in an order that changes from process
+    to process (a hash map), so equal weights would give files, and ``weights_sha256``
+    figures, that differ between runs. Keys sorted and the header padded with spaces to
+    its old length (the format allows trailing spaces), the bytes depend on the
+    contents alone; the tensor data and its offsets are untouched.
+    """
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encoded = text.encode()
+    if len(encoded) > size:  # cannot happen: the same keys and values, reordered
+        raise StorageError("internal error: the sorted safetensors header grew")
+    return data[:8] + encoded.ljust(size, b" ") + data[8 + size :]
 
 
 def parse_tensors(data: bytes, source: str) -> tuple[dict[str, Tensor], dict[str, str]]:
