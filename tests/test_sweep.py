@@ -511,3 +511,26 @@ def test_sweep_files_go_through_the_strict_loader(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_sweep(path)
     assert len(str(info.value)) < 300, str(info.value)[:400]
+
+
+def test_a_run_process_killed_without_reporting_is_a_failure_not_a_traceback():
+    # SIGKILL (e.g. for memory) closes the run's pipe unsent: it reads as ready, and
+    # recv() raised EOFError, which crashed the sweep with a traceback
+    import multiprocessing
+
+    from osad.sweep.runner import _failure, _outcome
+
+    receive, send = multiprocessing.Pipe(duplex=False)
+    send.close()
+    assert _outcome(receive, -9) == ("died", -9)
+    assert "exit code -9" in _failure(("died", -9))
+    receive, send = multiprocessing.Pipe(duplex=False)
+    send.send(("failed", "bad config"))
+    assert _outcome(receive, 0) == ("failed", "bad config")
+
+
+def test_a_run_interrupted_alone_fails_the_sweep():
+    # a signal to one run's process (not to the sweep) left a partial sweep exiting 0
+    from osad.sweep.runner import _failure
+
+    assert "interrupted" in _failure(("interrupted",))

@@ -108,6 +108,10 @@ def reusable(
     Raises :class:`~osad.errors.RunDirError` (one line: the file, the result, the
     first setting that differs, the remedy).
     """
+    if dest.exists() and not dest.is_dir():  # a file, never replaced by results
+        raise RunDirError(
+            f"{dest} exists and is not a folder; choose another --out (nothing was written)"
+        )
     recover_dir(dest)
     if not dest.is_dir() or not any(dest.iterdir()):
         return [], {}

@@ -382,7 +382,7 @@ def _run_parallel(
             for sentinel in [r for r in ready if r in running]:
                 item, process, receive, start = running.pop(sentinel)
                 process.join()
-                outcome = receive.recv() if receive.poll() else ("died", process.exitcode)
+                outcome = _outcome(receive, process.exitcode)
                 receive.close()
                 seconds = time.perf_counter() - start
                 bar.set_postfix_str(", ".join(r[0].name for r in running.values()))
@@ -392,17 +392,12 @@ def _run_parallel(
                     if step.actions != ("skipped",):
                         _log_step(out, step)
                     done(item, f"{' + '.join(step.actions)} ({seconds:.0f} s)")
-                elif outcome[0] == "interrupted" or (outcome[0] == "died" and signals.received):
+                elif signals.received and outcome[0] in ("interrupted", "died"):
                     stopped.append(item)  # not done: no count, no step of the bar
                     say(f"{item.name}: interrupted ({seconds:.0f} s)")
                 else:
                     failed.append(item)
-                    reason = (
-                        outcome[1]
-                        if outcome[0] == "failed"
-                        else f"its process ended with exit code {outcome[1]} before reporting"
-                    )
-                    done(item, f"failed: {reason}")
+                    done(item, f"failed: {_failure(outcome)}")
     if signals.received:
         signum = signals.received[0]
         raise TrainingInterrupted(
@@ -419,6 +414,24 @@ def _run_parallel(
             failed,
         )
     return steps
+
+
+def _outcome(receive: Connection, exitcode: int | None) -> tuple:
+    """What a run's process reported, or ``("died", exitcode)`` when it ended without
+    reporting (killed, e.g. for memory: its closed pipe reads as ready but is empty)."""
+    try:
+        return receive.recv() if receive.poll() else ("died", exitcode)
+    except EOFError:
+        return ("died", exitcode)
+
+
+def _failure(outcome: tuple) -> str:
+    """Why a run that neither finished nor was stopped by the sweep's own signal failed."""
+    if outcome[0] == "failed":
+        return outcome[1]
+    if outcome[0] == "interrupted":  # a signal to the run's process alone
+        return "its process was interrupted (its checkpoint is kept)"
+    return f"its process ended with exit code {outcome[1]} before reporting"
 
 
 class _Received:
