@@ -439,6 +439,11 @@ def test_threads_per_job_come_from_omp_num_threads_or_the_cpus(monkeypatch):
         (MINIATURE.replace("[[osdn, plain]]", "[[osdn, plian]]"), (), "no method 'plian'"),
         (MINIATURE.replace("[[osdn, plain]]", "[osdn, plain]"), (), "[method, other method]"),
         (MINIATURE, ("--splits", "a"), "argument --splits: must be a comma list of integers"),
+        (  # an anti-spoofing preset got "unknown config key 'data.sources'"
+            f"config: {ROOT / 'configs' / 'fas-faces.yaml'}\n{MINIATURE}",
+            (),
+            "is a 'task: fas' config; sweeps run open-set methods only",
+        ),
     ],
 )
 def test_bad_sweeps_stop_with_one_line_before_any_run(tmp_path, capsys, text, args, message):

@@ -227,3 +227,25 @@ def test_report_refuses_a_damaged_metrics_file_naming_the_key(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.json" in err and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_a_run_given_twice(tmp_path, capsys):
+    # `osad report rA rA` counted one run twice: "runs 2, ± 0.0000", a false agreement
+    run = plant(tmp_path, "a", accuracy=0.8, auroc=0.7)
+    again = str(tmp_path / "." / "a")
+    assert main(["report", run, again, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "given twice" in err and not (tmp_path / "out").exists()
+
+
+def test_report_names_an_anti_spoofing_run_for_what_it_is(tmp_path, capsys):
+    # it asked for 'conditions.clean' and advised an `osad test --force` that cannot help
+    run = tmp_path / "fas"
+    (run / "eval").mkdir(parents=True)
+    metrics = {"format_version": 1, "config": {"task": "fas"}, "conditions": {"phone": {}}}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    for name in ("scores.h5", "results.md"):
+        (run / "eval" / name).touch()
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'task: fas' run" in err and "--force" not in err

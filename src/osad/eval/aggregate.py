@@ -239,7 +239,17 @@ def attack_captions(runs: list[RunMetrics], conditions: Iterable[str]) -> dict[s
 
 
 def aggregate(paths: list[str | Path]) -> Report:
-    """Mean +- std of accuracy and AUROC per group and condition over the runs ``paths``."""
+    """Mean +- std of accuracy and AUROC per group and condition over the runs ``paths``.
+
+    Raises :class:`RunDirError` for a run given twice (it would count as two)."""
+    seen: dict[Path, str | Path] = {}
+    for path in paths:
+        key = Path(path).resolve()
+        if key in seen:
+            raise RunDirError(
+                f"run {path} is given twice (also as {seen[key]}); name each run once"
+            )
+        seen[key] = path
     runs = [load_run(p) for p in paths]
     per_run = [list(r.conditions) for r in runs]
     conditions = [c for c in per_run[0] if all(c in names for names in per_run)]

@@ -106,6 +106,13 @@ def read_metrics(
     path = Path(path)
     hint = remedy or f"evaluate the run again with 'osad test {run or 'RUN'} --force'"
     document = load_document(path, hint)
+    config = document.get("config") if isinstance(document, dict) else None
+    task = config.get("task", "openset") if isinstance(config, dict) else "openset"
+    if task != "openset":  # e.g. anti-spoofing results: no open-set conditions
+        raise RunDirError(
+            f"{path} holds the results of a 'task: {task}' run; osad report and sweeps "
+            "tabulate open-set runs only (its own tables are in its results.md)"
+        )
     version = _versioned(document, str(path), METRICS_FORMAT, "metrics format", hint)
     try:
         conditions = check_metrics(document, str(path))
@@ -173,6 +180,13 @@ def read_summary(path: str | Path) -> SweepSummary:
     path = Path(path)
     hint = "write it again with 'osad sweep PRESET --out DIR --summary-only'"
     document = load_document(path, hint)
+    config = document.get("config") if isinstance(document, dict) else None
+    task = config.get("task", "openset") if isinstance(config, dict) else "openset"
+    if task != "openset":  # e.g. anti-spoofing results: no open-set conditions
+        raise RunDirError(
+            f"{path} holds the results of a 'task: {task}' run; osad report and sweeps "
+            "tabulate open-set runs only (its own tables are in its results.md)"
+        )
     version = _versioned(document, str(path), SUMMARY_FORMAT, "summary format", hint)
     if "format_version" not in document:
         document = {key: [] for key in SUMMARY_LATER_KEYS} | document

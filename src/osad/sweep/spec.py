@@ -93,6 +93,13 @@ class Sweep:
         """The validated configuration of ``method`` on ``split``."""
         base = method.config or self.config
         tree = load_yaml(base) if base is not None else {}
+        task = tree.get("task", "openset")
+        if task != "openset":
+            raise ConfigError(
+                f"sweep {self.name}, method {method.label}: {base} is a 'task: {task}' "
+                "config; sweeps run open-set methods only (for anti-spoofing, "
+                "scripts/fas_ablation.py runs methods x seeds x targets)"
+            )
         if self.settings:
             tree = _merge_tree(tree, self.settings)
         overrides = [*self.overrides, *method.overrides, f"data.split={split}"]
