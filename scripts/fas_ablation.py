@@ -71,6 +71,17 @@ PAIRED = ["auc", "eer", "video_auc", "video_eer", "hter"]
 KEY = ("config", "overrides", "target", "method", "seed", "inner_lr", "inner_reduction")
 
 
+# keys run_overrides sets per run: an override of one would be silently replaced
+SET_BY_THE_SCRIPT = (
+    "data.target",
+    "data.sources",
+    "method",
+    "seed",
+    "train.inner_lr",
+    "train.inner_reduction",
+)
+
+
 def run_overrides(spec: dict[str, Any]) -> list[str]:
     """The ``key=value`` overrides that make ``spec``'s configuration from its file."""
     collection = fas_collection(make_fas_config(spec["config"], spec["overrides"]).data.name)
@@ -293,6 +304,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    for name in ("methods", "targets", "inner_reductions"):  # nargs="+" takes key=value too
+        for value in getattr(args, name) or ():
+            if "=" in value:
+                parser.error(
+                    f"'{value}' was read as one of --{name.replace('_', '-')}: put key=value "
+                    "overrides before the list options"
+                )
+    for override in args.overrides:
+        if override.split("=", 1)[0].strip() in SET_BY_THE_SCRIPT:
+            parser.error(
+                f"'{override}': the script sets {', '.join(SET_BY_THE_SCRIPT)} per run; "
+                "use --methods, --seeds, --targets, --inner-lrs, --inner-reductions"
+            )
     if args.jobs < 1 or args.threads < 0:
         parser.error("--jobs must be >= 1 and --threads >= 0")
     if args.jobs > 1 and args.threads == 0:

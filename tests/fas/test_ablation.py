@@ -144,3 +144,19 @@ def test_jobs_train_the_runs_in_separate_processes(tmp_path):
     assert sorted(r["method"] for r in runs) == ["no-meta", "rfmeta"]
     assert all(0 <= r["auc"] <= 1 and r["cpu_seconds"] > 0 for r in runs)
     assert "| 0.01 | sum | no-meta |" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # a key the script sets per run was recorded as an override and silently replaced
+        (["data.target=phone"], "the script sets data.target"),
+        (["train.inner_lr=0.5"], "use --methods, --seeds"),
+        # nargs="+" swallowed the override as a method name
+        (["--methods", "rfmeta", "train.iterations=2"], "read as one of --methods"),
+    ],
+)
+def test_overrides_the_script_would_ignore_or_misread_are_refused(capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        _script().main(args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
