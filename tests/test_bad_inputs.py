@@ -30,6 +30,7 @@ CLI_CASES = [
     (["train", "--resume", "{run}", "train.epochs=3"], "takes no --config, key=value overrides"),
     (["train", "--resume", "{run}", "--force"], "key=value overrides or --force"),
     (["train", "--resume", "{tmp}/none"], "run directory not found"),
+    (["train", "--resume", "{run}/config.yaml"], "is a file, not a run directory"),
     (["train", "--resume", "{finished}"], "has finished training"),
     (["train", "--resume", "{fresh}"], "has no checkpoint yet, nothing to resume"),
     (["train", "--resume", "{edited}"], "with train.lr=0.001, the run's config.yaml now has 0.01"),

@@ -212,7 +212,7 @@ class RunDir:
         """An existing, trained run directory."""
         run = cls(Path(path))
         if not run.root.is_dir():
-            raise RunDirError(f"run directory not found: {run.root}")
+            raise RunDirError(_not_a_run(run.root))
         for needed in (run.config, run.model):
             if not needed.is_file():
                 hint = (
@@ -235,7 +235,7 @@ class RunDir:
         else:
             run, checkpoint = cls(path), None
         if not run.root.is_dir():
-            raise RunDirError(f"run directory not found: {run.root}")
+            raise RunDirError(_not_a_run(run.root))
         if not run.config.is_file():
             raise RunDirError(f"{run.root} is not a run directory: config.yaml is missing")
         if run.model.exists():
@@ -243,3 +243,10 @@ class RunDir:
                 f"{run.root} has finished training ({run.model.name} exists); nothing to resume"
             )
         return run, checkpoint
+
+
+def _not_a_run(path: Path) -> str:
+    """Why ``path`` cannot be a run directory, in one line."""
+    if path.exists():
+        return f"{path} is a file, not a run directory; name the run's folder"
+    return f"run directory not found: {path}"

@@ -141,7 +141,7 @@ def test_a_target_under_other_settings_is_refused_without_force(run, scored, cap
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("eval.targets=[studio]", "'eval.targets' lists studio, which is a source or data.target"),
+        ("eval.targets=[studio]", "'eval.targets' lists studio, which is a source (data.sources)"),
         ("eval.targets=[cctv,cctv]", "'eval.targets' has duplicates"),
         ("eval.targets=[phon]", "unknown digits domain 'phon'"),
         ("data.target=cctv", "osad test takes eval.* overrides only, not 'data.target'"),

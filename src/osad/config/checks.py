@@ -104,7 +104,7 @@ def validate(config: Config) -> None:
     require(
         "reconstruction" not in e.scores or has_decoder(config),
         "score 'reconstruction' in 'eval.scores' needs the OSDN decoder: use method=osdn "
-        "with train.reconstruction=true, or drop the score",
+        "or osdn-caml with train.reconstruction=true, or drop the score",
     )
     for name, options in e.score_options.items():
         check_scorer_options(name, options, "eval.score_options")

@@ -144,10 +144,11 @@ def validate_fas(config: FasConfig) -> None:
     for name in config.eval.targets:
         if name not in collection.domains:
             raise unknown_name(f"{d.name} domain", name, collection.domains)
+        role = "data.target" if name == d.target else "a source (data.sources)"
         require(
             name not in d.sources and name != d.target,
-            f"'eval.targets' lists {name}, which is a source or data.target; list held-out "
-            "domains besides data.target",
+            f"'eval.targets' lists {name}, which is {role}; list held-out domains besides "
+            "data.target",
         )
     require(
         len(set(config.eval.targets)) == len(config.eval.targets),
