@@ -248,6 +248,19 @@ def test_files_without_a_version_read_as_version_one(tmp_path):
     assert summary_markdown(committed.document) == written
 
 
+def test_the_committed_mnist_sweep_tables_are_the_generated_ones():
+    # docs/results-mnist.md holds the tables the finished sweep rendered, not hand-typed ones
+    committed = read_summary(ROOT / "docs" / "results-mnist" / "summary.json")
+    document = committed.document
+    assert committed.sweep == "mnist" and document["finished"] == 20
+    assert document["missing"] == [] and document["stale"] == []
+    written = (ROOT / "docs" / "results-mnist" / "results.md").read_text()
+    assert summary_markdown(document) == written
+    page = (ROOT / "docs" / "results-mnist.md").read_text()
+    rows = [line for line in written.splitlines() if line.startswith("|")]
+    assert len(rows) > 40 and all(row in page for row in rows)
+
+
 def _set_version(path: Path, version) -> None:
     document = json.loads(path.read_text())
     document["format_version"] = version
