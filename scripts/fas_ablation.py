@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from osad.errors import OsadError
+from osad.errors import ConfigError, OsadError
 from osad.fas.config import make_fas_config
 from osad.fas.data import fas_collection, load_fas
 from osad.fas.evaluate import evaluate_fas
@@ -199,8 +199,10 @@ def train_missing(todo: list[dict], runs: list[dict], args: argparse.Namespace) 
 
 
 def _mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+    """Mean ± sample standard deviation; the value alone for one run (no spread known)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _lr(value: float | None) -> str:
@@ -332,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         plan = planned_runs(args)
         if args.load:
             runs = [r for path in args.load for r in read_runs(path)]
+            planned = {key(spec) for spec in plan}
+            if runs and not any(key(r) in planned for r in runs):
+                raise ConfigError(
+                    f"none of the {len(runs)} saved runs matches the options (methods, "
+                    "seeds, targets, inner steps, config, overrides); give the options "
+                    "the runs were made with"
+                )
         else:
             runs = read_runs(args.out) if args.out and args.out.exists() else []
             done = {key(r) for r in runs}

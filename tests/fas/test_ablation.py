@@ -69,7 +69,8 @@ def test_the_grid_pairs_each_setting_with_one_baseline_and_resumes(tmp_path, cap
         for key, label in script.COLUMNS.items():
             if key in script.PAIRED:
                 difference = ahead[key] - baseline[key]
-                assert row[names.index(label)] == f"{difference:.3f} ± 0.000", (row, key)
+                # one pair: the difference alone (no spread is known, not a spread of 0)
+                assert row[names.index(label)] == f"{difference:.3f}", (row, key)
         assert row[-2:] == ["1", f"{int(ahead['auc'] > baseline['auc'])} of 1"]
 
     # A second call trains nothing and prints the same tables from the JSON.
@@ -80,6 +81,9 @@ def test_the_grid_pairs_each_setting_with_one_baseline_and_resumes(tmp_path, cap
     assert script.main(args) == 0
     assert capsys.readouterr().out == printed
     assert json.loads(out.read_text()) == runs
+    # --load with options none of the saved runs was made with: one line, not empty tables
+    assert script.main([*GRID, "--seeds", "9", "--load", str(out)]) == 2
+    assert "none of the 3 saved runs matches the options" in capsys.readouterr().err
 
 
 def test_bad_saved_runs_or_settings_stop_with_one_line(tmp_path, capsys):
