@@ -264,5 +264,6 @@ def test_one_iteration_of_the_preset_trains_and_evaluates(tmp_path):
     argv = ["run", "--config", str(PRESET), "--out", str(out), "--no-progress"]
     assert main([*argv, "train.iterations=1", "train.eval_every=1"]) == 0
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert metrics["target"] == "phone" and metrics["frame"]["count"] == 225
-    assert metrics["video"]["count"] == 75
+    phone = metrics["conditions"]["phone"]
+    assert metrics["target"] == "phone" and phone["frame"]["count"] == 225
+    assert phone["video"]["count"] == 75
