@@ -180,13 +180,6 @@ def read_summary(path: str | Path) -> SweepSummary:
     path = Path(path)
     hint = "write it again with 'osad sweep PRESET --out DIR --summary-only'"
     document = load_document(path, hint)
-    config = document.get("config") if isinstance(document, dict) else None
-    task = config.get("task", "openset") if isinstance(config, dict) else "openset"
-    if task != "openset":  # e.g. anti-spoofing results: no open-set conditions
-        raise RunDirError(
-            f"{path} holds the results of a 'task: {task}' run; osad report and sweeps "
-            "tabulate open-set runs only (its own tables are in its results.md)"
-        )
     version = _versioned(document, str(path), SUMMARY_FORMAT, "summary format", hint)
     if "format_version" not in document:
         document = {key: [] for key in SUMMARY_LATER_KEYS} | document
