@@ -14,7 +14,9 @@ from osad.eval import evaluate, write_results
 from osad.eval.ensemble import (
     KINDS,
     SURROGATES,
+    UNKNOWN_OBJECTIVES,
     VERSIONS,
+    Member,
     SmoothOpenMax,
     WorstCase,
     run_ensemble,
@@ -31,7 +33,12 @@ def test_versions_name_registered_attacks_and_objectives():
         assert len(set(names)) == len(names), version
         for m in members:
             assert m.attack in ATTACKS and m.kind in KINDS, (version, m)
-            allowed = {"closed": OBJECTIVES, "surrogate": SURROGATES, "score": ("score", "smooth")}
+            allowed = {
+                "closed": OBJECTIVES,
+                "unknown": ("margin", "ce"),
+                "surrogate": SURROGATES,
+                "score": ("score", "smooth"),
+            }
             assert m.objective in allowed[m.kind], (version, m)
             assert m.budget >= 1
     # each version runs at least what the one before it runs
@@ -143,6 +150,57 @@ def test_non_finite_gradients_inside_members_are_counted_per_member():
     assert set(report["non_finite"].values()) == {0}
     _, _, report, _ = run_planted({})
     assert set(report["nonfinite_gradients"].values()) == {0}
+
+
+def test_unknown_member_pulls_each_unknown_image_towards_its_top_classes(monkeypatch):
+    member = Member("apgd-t-unknown", "unknown", "apgd", "margin", 10, targets=2)
+    monkeypatch.setitem(VERSIONS, "unknown-only", (member,))
+    labels = torch.tensor([0, 0, -1, -1, -1])
+    # the unknown images' clean top classes: 2 then 1, 0 then 2, 1 then 0
+    clean = torch.tensor([CLEAN_KNOWN, CLEAN_KNOWN, [0.0, 1, 2], [2.0, 0, 1], [1.0, 2, 0]])
+    calls = []
+
+    def outputs(images, targets, config, seed, desc, objective):
+        ids = images.flatten(1)[:, 0].long()
+        calls.append((desc, ids.tolist(), targets.tolist(), objective))
+        # the first run makes image 2 a confident member of class 0: accepted, below
+        # every known image, so broken for the only score and left out of the second
+        rows = [[9.0, 0, 0] if i == 2 and "target 1" in desc else clean[i].tolist() for i in ids]
+        return SimpleNamespace(logits=torch.tensor(rows), features=None, nonfinite=None)
+
+    scorer = make_scorer("maxlogit")
+    _, scores, report = run_ensemble(
+        "unknown-only",
+        AttackConfig(eps=8),
+        {"maxlogit": scorer},
+        {"maxlogit": -1.0},
+        (clean, {"maxlogit": scorer.score(clean)}),
+        (torch.eye(3) * 4, None, torch.arange(3)),
+        torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1),
+        labels,
+        outputs,
+        lambda name, out: scorer.score(out.logits),
+        seed=0,
+    )
+    assert [c[:3] for c in calls] == [
+        ("ensemble apgd-t-unknown target 1", [2, 3, 4], [2, 0, 1]),
+        ("ensemble apgd-t-unknown target 2", [3, 4], [2, 0]),
+    ]
+    # maximised to the end of the run: no success test stops it at the predicted class
+    assert all(getattr(c[3], "success", None) is None for c in calls)
+    assert scores["maxlogit"][2] == -9.0
+    assert report["decisive"]["maxlogit"] == {"clean": 4, "apgd-t-unknown": 1}
+    assert report["attacked"] == {"apgd-t-unknown": 5}
+
+
+@pytest.mark.parametrize("name", sorted(UNKNOWN_OBJECTIVES))
+def test_unknown_objectives_rise_as_the_target_class_wins_and_never_stop(name):
+    objective = UNKNOWN_OBJECTIVES[name]()
+    assert getattr(objective, "success", None) is None  # maximised to the end of the run
+    target = torch.tensor([0, 0, 0])
+    logits = torch.tensor([[0.0, 1, 2], [2.0, 1, 0], [6.0, 1, 0]])  # class 0 ever more ahead
+    values = objective(logits, None, target)
+    assert torch.isfinite(values).all() and (values.diff() > 0).all()
 
 
 def test_worst_case_never_better_than_clean():

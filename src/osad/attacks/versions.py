@@ -16,7 +16,7 @@ from osad.errors import unknown_name
 if TYPE_CHECKING:
     from osad.config import AttackConfig
 
-KINDS = ("closed", "surrogate", "score")
+KINDS = ("closed", "unknown", "surrogate", "score")
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,15 @@ class Member:
     """One attack of a version: a registry attack on one objective, at a fixed cost.
 
     ``objective`` names a classification loss of :data:`osad.attacks.OBJECTIVES`
-    (kind ``closed``), a surrogate of :data:`SURROGATES` (kind ``surrogate``), or
-    ``score``/``smooth`` (kind ``score``: the score itself, or its smooth
-    surrogate of :data:`SMOOTH`). ``budget`` is APGD's steps or Square's queries.
-    ``targets`` > 0: a targeted run towards each of the ``targets`` highest other
-    classes of the clean logits, one after the other.
+    (kind ``closed``; kind ``unknown``: ``margin`` or ``ce``, the targeted margin or
+    log-probability), a surrogate
+    of :data:`SURROGATES` (kind ``surrogate``), or ``score``/``smooth`` (kind
+    ``score``: the score itself, or its smooth surrogate of :data:`SMOOTH`).
+    ``budget`` is APGD's steps or Square's queries. ``targets`` > 0: a targeted run
+    towards each of the ``targets`` highest classes of the clean logits, one after
+    the other: for kind ``closed`` the known images towards the classes other than
+    their label, for kind ``unknown`` the unknown images towards their own top
+    classes (the predicted class first).
     """
 
     name: str
@@ -61,13 +65,17 @@ _STANDARD = (
     *_FAST[3:],
     Member("square", "closed", "square", "margin", 1000),
     Member("square-score", "score", "square", "score", 1000),
+    Member("apgd-t-unknown", "unknown", "apgd", "margin", 100, targets=5),
+    Member("apgd-entropy", "surrogate", "apgd", "entropy", 100),
 )
 _PLUS = (
     *_STANDARD[:2],
     Member("apgd-dlr", "closed", "apgd", "dlr", 100),
-    *_STANDARD[2:-2],
+    *_STANDARD[2:-4],
     Member("square", "closed", "square", "margin", 5000),
     Member("square-score", "score", "square", "score", 5000),
+    *_STANDARD[-2:],
+    Member("apgd-t-unknown-ce", "unknown", "apgd", "ce", 100, targets=5),
 )
 
 VERSIONS: dict[str, tuple[Member, ...]] = {

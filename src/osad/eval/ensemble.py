@@ -25,10 +25,13 @@ at the clean-validation threshold, a known image rejected or an unknown one
 accepted), so no queries go to samples already broken. A point whose outputs
 are not finite is never kept; such samples are counted.
 
-Members come in three kinds:
+Members come in four kinds:
 
 * ``closed``: the classifier (APGD-CE, APGD-DLR, targeted APGD on the margin,
   Square on the margin), known images with their true labels;
+* ``unknown``: unknown images pulled into a known class: the targeted margin
+  towards each of their highest clean classes in turn, maximised to the end of
+  the run (a confident member of a class is what every confidence score accepts);
 * ``surrogate``: detector objectives that do not use any score's own gradient,
   in logit and latent space (distance to the nearest class mean, max logit,
   the top-2 margin, energy); run once, their points are offered to every score;
@@ -102,6 +105,18 @@ class NearestClassMean(Scorer):
         return torch.cdist(values, means, compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1)
 
 
+class Entropy(Scorer):
+    """The entropy of the softmax: spread over the classes = unknown. Smooth everywhere,
+    so it flattens a known image's probabilities where the maximum's gradient switches
+    class at every tie."""
+
+    name = "entropy"
+
+    def score(self, logits, features=None, images=None) -> Tensor:
+        log_p = logits.log_softmax(dim=1)
+        return -(log_p.exp() * log_p).sum(dim=1)
+
+
 class TopTwoMargin(Scorer):
     """Minus the gap between the two largest logits: low confidence = unknown."""
 
@@ -168,6 +183,7 @@ SURROGATES: dict[str, Callable[[], Scorer]] = {
     "mav-latent": lambda: NearestClassMean(latent=True),
     "maxlogit": lambda: make_scorer("maxlogit"),
     "top2-margin": TopTwoMargin,
+    "entropy": Entropy,
     "energy": lambda: make_scorer("energy"),
 }
 
@@ -202,10 +218,15 @@ class SurrogateObjective(ScoreObjective):
 class TargetedMargin:
     """``l_t - max_{j != t} l_j`` for the target class ``t`` given as the label: maximised,
     the image moves towards class ``t`` (Carlini & Wagner's targeted loss, as the
-    targeted APGD of AutoAttack). Succeeds where ``t`` wins."""
+    targeted APGD of AutoAttack). Succeeds where ``t`` wins (``stop_at_success``;
+    otherwise the attack never stops early and keeps the highest margin)."""
 
     needs_images = False
     accepts_unknown_labels = False
+
+    def __init__(self, stop_at_success: bool = True) -> None:
+        if not stop_at_success:
+            self.success = None  # no goal: the highest margin is the best point
 
     def __call__(self, logits: Tensor, features: Tensor | None, labels: Tensor) -> Tensor:
         return -margin_loss(logits, features, labels)
@@ -215,6 +236,24 @@ class TargetedMargin:
 
     def __repr__(self) -> str:
         return "<objective targeted margin>"
+
+
+class TargetedLogProbability(TargetedMargin):
+    """``log p_t``, the log-softmax of the target class ``t`` given as the label: maximised,
+    every other class is pushed down, not only the runner-up (targeted cross-entropy)."""
+
+    def __call__(self, logits: Tensor, features: Tensor | None, labels: Tensor) -> Tensor:
+        return logits.log_softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+
+    def __repr__(self) -> str:
+        return "<objective targeted log-probability>"
+
+
+# The objectives of the ``unknown`` members, maximised to the end of the run.
+UNKNOWN_OBJECTIVES: dict[str, Callable[[], TargetedMargin]] = {
+    "margin": lambda: TargetedMargin(stop_at_success=False),
+    "ce": lambda: TargetedLogProbability(stop_at_success=False),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -412,6 +451,14 @@ def run_ensemble(
                 continue
             objective = get_objective(member.objective)
             attack(member, f"ensemble {member.name}", is_known & ~worst.misclassified(), objective)
+        elif member.kind == "unknown":
+            # an unknown image made a confident member of each of its top clean classes
+            order = clean[0].argsort(dim=1, descending=True)
+            for rank in range(min(member.targets, order.shape[1])):
+                active = ~is_known & ~worst.broken_everywhere()
+                desc = f"ensemble {member.name} target {rank + 1}"
+                objective = UNKNOWN_OBJECTIVES[member.objective]()
+                attack(member, desc, active, objective, order[:, rank])
         elif member.kind == "surrogate":
             if member.objective not in surrogates:
                 continue
@@ -445,12 +492,15 @@ __all__ = [
     "KINDS",
     "SMOOTH",
     "SURROGATES",
+    "UNKNOWN_OBJECTIVES",
     "VERSIONS",
+    "Entropy",
     "Member",
     "NearestClassMean",
     "SmoothKNN",
     "SmoothOpenMax",
     "SurrogateObjective",
+    "TargetedLogProbability",
     "TargetedMargin",
     "TopTwoMargin",
     "WorstCase",
