@@ -289,22 +289,51 @@ def paired_table(runs: list[dict], methods: list[str]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["rfmeta", "no-meta", "no-depth"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--targets", nargs="+", help="default: every domain of the collection")
-    parser.add_argument("--inner-lrs", nargs="+", type=float, help="train.inner_lr values")
     parser.add_argument(
-        "--inner-reductions", nargs="+", help="train.inner_reduction values (mean, sum)"
+        "--methods",
+        nargs="+",
+        default=["rfmeta", "no-meta", "no-depth"],
+        help="anti-spoofing methods (osad.fas.methods); the first is compared with each "
+        "other one (default: rfmeta no-meta no-depth)",
     )
-    parser.add_argument("--config", default="configs/fas-faces.yaml")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)"
+    )
+    parser.add_argument(
+        "--targets", nargs="+", help="held-out domains (default: every domain of the collection)"
+    )
+    parser.add_argument(
+        "--inner-lrs",
+        nargs="+",
+        type=float,
+        help="train.inner_lr values (default: the configuration's)",
+    )
+    parser.add_argument(
+        "--inner-reductions",
+        nargs="+",
+        help="train.inner_reduction values, mean or sum (default: the configuration's)",
+    )
+    parser.add_argument(
+        "--config",
+        default="configs/fas-faces.yaml",
+        help="anti-spoofing preset (default: configs/fas-faces.yaml)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
-    parser.add_argument("--out", type=Path, help="JSON of every run: read, skipped, added to")
+    parser.add_argument(
+        "--out", type=Path, help="JSON of every run: read, runs in it skipped, new runs added"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument(
-        "--load", nargs="+", type=Path, help="print the tables of saved runs, train nothing"
+        "--load",
+        nargs="+",
+        type=Path,
+        help="print the tables of these saved JSON files (the runs matching the other "
+        "options), train nothing",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides for every run"
+    )
     args = parser.parse_args(argv)
     for name in ("methods", "targets", "inner_reductions"):  # nargs="+" takes key=value too
         for value in getattr(args, name) or ():
