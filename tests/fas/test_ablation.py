@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from osad.fas.config import make_fas_config
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -164,3 +166,37 @@ def test_overrides_the_script_would_ignore_or_misread_are_refused(capsys, args, 
     with pytest.raises(SystemExit) as stop:
         _script().main(args)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+STUDY = [
+    "--config", "configs/fas-faces.yaml",  # as the runs record it: run from the root
+    "--methods", "rfmeta", "no-meta",
+    "--inner-lrs", "0.001", "0.01", "0.1", "0.5",
+    "--inner-reductions", "mean", "sum",
+    "--seeds", "0", "1", "2", "3", "4", "5",
+]  # fmt: skip
+
+
+def test_the_committed_inner_step_study_tables_are_the_generated_ones(
+    tmp_path, capsys, monkeypatch
+):
+    # docs/anti-spoofing.md holds the tables the study's 240 runs render, not typed ones
+    monkeypatch.chdir(ROOT)
+    runs_file = ROOT / "docs" / "anti-spoofing" / "inner-step.json"
+    runs = json.loads(runs_file.read_text())
+    assert len(runs) == 240 and not any(r.get("diverged") for r in runs)
+    assert {r["seed"] for r in runs} == set(range(6))
+    generated = tmp_path / "study.md"
+    assert _script().main([*STUDY, "--load", str(runs_file), "--markdown", str(generated)]) == 0
+    capsys.readouterr()
+    committed = (ROOT / "docs" / "anti-spoofing" / "inner-step.md").read_text()
+    assert generated.read_text() == committed
+    page = (ROOT / "docs" / "anti-spoofing.md").read_text()
+    rows = [line for line in committed.splitlines() if line.startswith("|")]
+    assert len(rows) > 50 and all(row in page for row in rows)
+    # the chosen default is the setting with the largest paired gain in target AUC
+    paired = [_cells(row) for row in rows if row.startswith(("| 0.", "| 1"))]
+    paired = [row for row in paired if row[2] == "no-meta"]
+    best = max(paired, key=lambda row: float(row[3].split(" ± ")[0]))
+    default = make_fas_config().train
+    assert (float(best[0]), best[1]) == (default.inner_lr, default.inner_reduction)

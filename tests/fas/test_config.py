@@ -22,8 +22,16 @@ PROTOCOLS = {
 
 def test_default_preset_file_equals_builtin_default():
     assert make_task_config(ROOT / "configs" / "fas-faces.yaml") == make_fas_config()
-    # the digits preset is the default with another collection
-    digits = make_fas_config(overrides=["data.name=digits"])
+    # the study's inner step by default, the authors' as a named preset
+    default = make_fas_config()
+    assert (default.train.inner_lr, default.train.inner_reduction) == (0.1, "sum")
+    authors = ["train.inner_lr=0.001", "train.inner_reduction=mean"]
+    assert make_task_config(ROOT / "configs" / "fas-faces-authors.yaml") == make_fas_config(
+        overrides=authors
+    )
+    # the digits preset is the default with another collection and the authors' inner
+    # step (the study ran on the faces only)
+    digits = make_fas_config(overrides=["data.name=digits", *authors])
     assert make_task_config(ROOT / "configs" / "fas-digits.yaml") == digits
 
 
