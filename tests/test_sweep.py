@@ -20,7 +20,9 @@ from osad.eval.aggregate import worst_case
 from osad.eval.results import SUMMARY_FORMAT, read_summary
 from osad.runlock import run_lock
 from osad.sweep import load_sweep
+from osad.sweep.figures import budget_config
 from osad.sweep.runner import threads_per_run
+from osad.sweep.spec import FigureSpec
 from osad.sweep.summary import WORST, compute_time, paired_differences
 from osad.train import TrainObjective
 
@@ -539,3 +541,13 @@ def test_a_run_interrupted_alone_fails_the_sweep():
     from osad.sweep.runner import _failure
 
     assert "interrupted" in _failure(("interrupted",))
+
+
+def test_the_budget_curve_evaluates_only_the_budgets_even_with_an_ensemble_configured():
+    # A sweep whose runs evaluate the ensemble (eval.version) drew a budget curve with one
+    # point more than its budgets (the ensemble at the largest eps) and crashed drawing it.
+    config = make_config(overrides=["eval.version=fast"])
+    spec = FigureSpec(split=0, methods=("osdn",), score="openmax", attack="pgd", eps=(0, 8, 32))
+    curve = budget_config(config, spec)
+    assert curve.eval.version is None
+    assert list(curve.eval.attacks) == ["eps8", "eps32"]

@@ -61,10 +61,12 @@ def roc_figure(sweep: Sweep, spec: FigureSpec, out: Path, path: Path) -> None:
 
 def budget_config(config: Config, spec: FigureSpec) -> Config:
     """``config`` whose attacks are ``spec.attack`` at every nonzero eps of ``spec``, the
-    step scaled with the budget."""
+    step scaled with the budget, and nothing else: no ensemble (``eval.version``), which
+    would add a condition at the largest budget, one point more than the curve has."""
     base = config.eval.attacks[spec.attack]
     attacks = {f"eps{eps:g}": at_eps(base, eps) for eps in spec.eps if eps > 0}
-    return dataclasses.replace(config, eval=dataclasses.replace(config.eval, attacks=attacks))
+    evaluation = dataclasses.replace(config.eval, attacks=attacks, version=None)
+    return dataclasses.replace(config, eval=evaluation)
 
 
 def budget_curve(run: RunDir, spec: FigureSpec, cache: Path) -> dict[str, Any]:
@@ -74,10 +76,11 @@ def budget_curve(run: RunDir, spec: FigureSpec, cache: Path) -> dict[str, Any]:
         "eps": list(spec.eps),
         "score": spec.score,
         "attacks": [a.describe() for a in config.eval.attacks.values()],
+        "version": config.eval.version,  # a cache without it held an ensemble point
     }
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if all(cached[k] == v for k, v in key.items()):
+        if all(k in cached and cached[k] == v for k, v in key.items()):
             return cached
     data = load_openset(config.data)
     model = load_run_model(run, config, data, resolve_device(config.device))
