@@ -262,6 +262,19 @@ def test_the_committed_mnist_sweep_tables_are_the_generated_ones():
     assert len(rows) > 40 and all(row in page for row in rows)
 
 
+def test_the_committed_digits_sweep_tables_are_the_generated_ones():
+    # docs/results-digits.md holds the tables the finished sweep rendered, not hand-typed ones
+    committed = read_summary(ROOT / "docs" / "results-digits" / "summary.json")
+    document = committed.document
+    assert committed.sweep == "digits" and document["finished"] == 40
+    assert document["missing"] == [] and document["stale"] == []
+    written = (ROOT / "docs" / "results-digits" / "results.md").read_text()
+    assert summary_markdown(document) == written
+    page = (ROOT / "docs" / "results-digits.md").read_text()
+    rows = [line for line in written.splitlines() if line.startswith("|")]
+    assert len(rows) > 80 and all(row in page for row in rows)
+
+
 def _set_version(path: Path, version) -> None:
     document = json.loads(path.read_text())
     document["format_version"] = version
