@@ -10,11 +10,29 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from osad.rundir import RunDir
 from osad.storage import storage_error, write_atomic
+
+
+def _wait_for_a_later_event_file_name(folder: Path) -> None:
+    """Sleep until a new event file in ``folder`` sorts after every file there.
+
+    TensorBoard reads a folder's event files in name order and applies a purge only to
+    the events read before it. The names are ``events.out.tfevents.<seconds>.<host>.
+    <pid>.<counter>``: a resume in the same second as the last writer (a test, or a
+    notebook calling the trainer twice) in the same process could sort first (counter
+    10 before 9) and keep the purged records. At most one second."""
+    stamps = []
+    for path in folder.glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            stamps.append(int(field))
+    if stamps:
+        time.sleep(max(0.0, max(stamps) + 1 - time.time()))
 
 
 class RunLog:
@@ -53,6 +71,8 @@ class RunLog:
         threading.excepthook = self._quiet_writer_thread
         # TensorBoard drops the events at steps (values of ``axis``) from this one on.
         purge = (int(history[-1][axis]) + 1 if history else 0) if resumed else None
+        if resumed:
+            _wait_for_a_later_event_file_name(run.tensorboard)
         try:
             with self._writing(run.tensorboard):
                 self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge)

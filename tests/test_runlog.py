@@ -1,0 +1,27 @@
+"""osad.runlog.RunLog: a resumed log's TensorBoard file is read after the old ones."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from osad.rundir import RunDir
+from osad.runlog import RunLog
+
+
+def test_a_resumed_log_writes_an_event_file_that_sorts_after_the_existing_ones(tmp_path):
+    # TensorBoard applies a resume's purge only to the events of files read before it,
+    # in name order; a writer of the same process in the same second once sorted first
+    # (its counter "12" before "99999"), and the purged records came back.
+    run = RunDir(tmp_path / "run")
+    run.tensorboard.mkdir(parents=True)
+    stamp = int(time.time()) + 1  # a file of this second or the next
+    old = f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.{os.getpid()}.99999"
+    (run.tensorboard / old).write_bytes(b"")
+    log = RunLog(run, [{"iteration": 2, "val_auc": 0.5}], resumed=True, axis="iteration")
+    try:
+        names = sorted(p.name for p in run.tensorboard.iterdir())
+    finally:
+        log.close()
+    assert len(names) == 2 and names[0] == old
