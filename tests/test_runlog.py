@@ -6,6 +6,7 @@ import os
 import socket
 import time
 
+import osad.runlog as runlog
 from osad.rundir import RunDir
 from osad.runlog import RunLog
 
@@ -25,3 +26,15 @@ def test_a_resumed_log_writes_an_event_file_that_sorts_after_the_existing_ones(t
     finally:
         log.close()
     assert len(names) == 2 and names[0] == old
+
+
+def test_a_file_stamped_far_ahead_is_not_waited_for(tmp_path, monkeypatch):
+    # a run copied from a machine whose clock runs an hour ahead: no hang
+    run = RunDir(tmp_path / "run")
+    run.tensorboard.mkdir(parents=True)
+    ahead = int(time.time()) + 3600
+    (run.tensorboard / f"events.out.tfevents.{ahead:010d}.elsewhere.1.0").write_bytes(b"")
+    sleeps = []
+    monkeypatch.setattr(runlog.time, "sleep", sleeps.append)
+    RunLog(run, [{"epoch": 1, "loss": 0.5}], resumed=True).close()
+    assert sleeps == []

@@ -25,14 +25,17 @@ def _wait_for_a_later_event_file_name(folder: Path) -> None:
     the events read before it. The names are ``events.out.tfevents.<seconds>.<host>.
     <pid>.<counter>``: a resume in the same second as the last writer (a test, or a
     notebook calling the trainer twice) in the same process could sort first (counter
-    10 before 9) and keep the purged records. At most one second."""
+    10 before 9) and keep the purged records. At most two seconds: a file stamped
+    further ahead (copied from a machine whose clock runs ahead) is not waited for,
+    since no wait that short can pass it."""
     stamps = []
     for path in folder.glob("events.out.tfevents.*"):
         field = path.name.split(".")[3]
         if field.isdigit():
             stamps.append(int(field))
-    if stamps:
-        time.sleep(max(0.0, max(stamps) + 1 - time.time()))
+    wait = max(stamps) + 1 - time.time() if stamps else 0.0
+    if 0.0 < wait <= 2.0:
+        time.sleep(wait)
 
 
 class RunLog:
