@@ -249,30 +249,18 @@ def test_files_without_a_version_read_as_version_one(tmp_path):
     assert summary_markdown(committed.document) == written
 
 
-def test_the_committed_mnist_sweep_tables_are_the_generated_ones():
-    # docs/results-mnist.md holds the tables the finished sweep rendered, not hand-typed ones
-    committed = read_summary(ROOT / "docs" / "results-mnist" / "summary.json")
+@pytest.mark.parametrize("sweep,finished,min_rows", [("mnist", 20, 40), ("digits", 40, 80)])
+def test_the_committed_sweep_tables_are_the_generated_ones(sweep, finished, min_rows):
+    # docs/results-<sweep>.md holds the tables the finished sweep rendered, not typed ones
+    committed = read_summary(ROOT / "docs" / f"results-{sweep}" / "summary.json")
     document = committed.document
-    assert committed.sweep == "mnist" and document["finished"] == 20
+    assert committed.sweep == sweep and document["finished"] == finished
     assert document["missing"] == [] and document["stale"] == []
-    written = (ROOT / "docs" / "results-mnist" / "results.md").read_text()
+    written = (ROOT / "docs" / f"results-{sweep}" / "results.md").read_text()
     assert summary_markdown(document) == written
-    page = (ROOT / "docs" / "results-mnist.md").read_text()
+    page = (ROOT / "docs" / f"results-{sweep}.md").read_text()
     rows = [line for line in written.splitlines() if line.startswith("|")]
-    assert len(rows) > 40 and all(row in page for row in rows)
-
-
-def test_the_committed_digits_sweep_tables_are_the_generated_ones():
-    # docs/results-digits.md holds the tables the finished sweep rendered, not hand-typed ones
-    committed = read_summary(ROOT / "docs" / "results-digits" / "summary.json")
-    document = committed.document
-    assert committed.sweep == "digits" and document["finished"] == 40
-    assert document["missing"] == [] and document["stale"] == []
-    written = (ROOT / "docs" / "results-digits" / "results.md").read_text()
-    assert summary_markdown(document) == written
-    page = (ROOT / "docs" / "results-digits.md").read_text()
-    rows = [line for line in written.splitlines() if line.startswith("|")]
-    assert len(rows) > 80 and all(row in page for row in rows)
+    assert len(rows) > min_rows and all(row in page for row in rows)
 
 
 def _set_version(path: Path, version) -> None:
